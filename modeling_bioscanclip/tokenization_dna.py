@@ -1,0 +1,321 @@
+"""K-mer tokenizer for DNA barcodes (COI), with a vectorised batch path.
+
+In its reference mode it gives exactly the ids of the original BIOSCAN-CLIP / CLIBD pipeline
+(``shared/reference/CLIBD_REFERENCE.md`` §1.2): non-overlapping 5-mers of the barcode truncated or right-padded
+with ``N`` to 660 nt, vocabulary ``<MASK>``=0, ``<CLS>``=1, ``<UNK>``=2, then the 1024 ACGT 5-mers in
+lexicographic order, and id 0 prepended: 133 ids. Any k-mer holding something other than A/C/G/T is ``<UNK>``.
+
+Normalisation, applied in every mode because it is safe and documented: whitespace (also inside the
+sequence) removed, one optional FASTA header dropped, upper-case, ``U``->``T``, alignment gaps ``-``/``.``
+removed. IUPAC ambiguity codes are kept (their k-mers become ``<UNK>`` and are counted). Anything else raises
+:class:`BioscanInputError` naming the record, the character and its position.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from transformers import BatchEncoding, PreTrainedTokenizer
+
+from .constants_bioscanclip import (
+    AMBIGUITY_CODES,
+    DNA_PAD_NUCLEOTIDE,
+    DNA_SPECIAL_TOKENS,
+    GAP_CHARACTERS,
+    KMER_SIZE,
+    KMER_STRIDE,
+    MAX_NUCLEOTIDES,
+    MAX_RAW_DNA_CHARACTERS,
+    NUCLEOTIDES,
+    kmer_vocabulary,
+)
+from .errors_bioscanclip import BioscanInputError
+
+VOCAB_FILES_NAMES = {"vocab_file": "vocab.json"}
+
+_ALLOWED = set(NUCLEOTIDES + AMBIGUITY_CODES)
+_WHITESPACE = re.compile(r"\s+")
+_DELETE_GAPS = str.maketrans("", "", GAP_CHARACTERS)
+# Byte -> base index (A=0, C=1, G=2, T=3); everything else is -1 and makes its k-mer unknown.
+_BASE_INDEX = np.full(256, -1, dtype=np.int64)
+for _i, _base in enumerate(NUCLEOTIDES):
+    _BASE_INDEX[ord(_base)] = _i
+
+
+@dataclass(frozen=True)
+class NormalizedBarcode:
+    """A cleaned barcode and what cleaning and length fitting found.
+
+    Attributes:
+        sequence (`str`): upper-case nucleotides, gaps and whitespace removed, not yet truncated or padded.
+        ambiguous_bases (`int`): IUPAC ambiguity codes (N included) in ``sequence``.
+        truncated_bases (`int`): bases beyond the tokenizer's ``max_nucleotides`` that were dropped.
+    """
+
+    sequence: str
+    ambiguous_bases: int
+    truncated_bases: int
+
+    @property
+    def ambiguous_fraction(self) -> float:
+        return self.ambiguous_bases / max(1, len(self.sequence))
+
+
+def normalize_barcode(text: str, *, record: str = "barcode", max_nucleotides: int | None = None) -> NormalizedBarcode:
+    """Cleans one barcode given as plain text or a single FASTA record.
+
+    Args:
+        text (`str`): the barcode, possibly with whitespace, a ``>header`` line, lower case, ``U`` or gaps.
+        record (`str`, *optional*): how to name this input in error messages (e.g. ``"barcode 3"``).
+        max_nucleotides (`int`, *optional*): length kept; the number of bases cut is reported.
+
+    Raises:
+        `BioscanInputError`: not a string, over the raw size cap, several FASTA records, empty after cleaning,
+        or a character that is neither a nucleotide, an IUPAC code nor a gap.
+
+    Example:
+
+    ```python
+    >>> normalize_barcode(">seq1\\nacgu-\\nNNtA\\n")
+    NormalizedBarcode(sequence='ACGTNNTA', ambiguous_bases=2, truncated_bases=0)
+
+    ```
+    """
+    if not isinstance(text, str):
+        raise BioscanInputError(f"{record}: expected a string of nucleotides, got {type(text).__name__}")
+    if len(text) > MAX_RAW_DNA_CHARACTERS:
+        raise BioscanInputError(
+            f"{record}: {len(text):,} characters is over the limit of {MAX_RAW_DNA_CHARACTERS:,} for one barcode"
+        )
+    if ">" in text or ";" in text:
+        lines = text.splitlines()
+        headers = [line for line in lines if line.lstrip().startswith(">")]
+        if len(headers) > 1:
+            raise BioscanInputError(f"{record}: expected one FASTA record, got {len(headers)} headers")
+        body = [line for line in lines if not line.lstrip().startswith((">", ";"))]
+        text = "".join(body)
+    sequence = _WHITESPACE.sub("", text).upper().replace("U", "T").translate(_DELETE_GAPS)
+    if not sequence:
+        raise BioscanInputError(f"{record}: no nucleotides after removing whitespace, headers and gaps")
+    bad = set(sequence) - _ALLOWED
+    if bad:
+        position = min(sequence.index(character) for character in bad)
+        raise BioscanInputError(
+            f"{record}: invalid character {sequence[position]!r} at position {position} (after cleaning); "
+            f"expected A, C, G, T, U, IUPAC codes {AMBIGUITY_CODES!r} or gaps; found {''.join(sorted(bad))!r}"
+        )
+    truncated = 0
+    if max_nucleotides is not None and len(sequence) > max_nucleotides:
+        truncated = len(sequence) - max_nucleotides
+        sequence = sequence[:max_nucleotides]
+    ambiguous = len(sequence) - sum(sequence.count(base) for base in NUCLEOTIDES)
+    return NormalizedBarcode(sequence, ambiguous, truncated)
+
+
+class BioscanDnaTokenizer(PreTrainedTokenizer):
+    r"""K-mer tokenizer for DNA barcodes; ``AutoTokenizer``-loadable.
+
+    Args:
+        vocab_file (`str`, *optional*):
+            ``vocab.json`` mapping tokens to ids; built from ``kmer_size`` when omitted.
+        kmer_size (`int`, *optional*, defaults to 5): length of a k-mer.
+        stride (`int`, *optional*, defaults to 5): step between k-mers (``stride == kmer_size``: non-overlapping).
+        max_nucleotides (`int`, *optional*, defaults to 660): barcodes are truncated or padded with ``N`` to this.
+        prefix_token (`str` or `None`, *optional*, defaults to ``"<CLS>"``):
+            Token prepended to every sequence. The original prepends ``<MASK>`` (id 0); ``None`` prepends none.
+        reference_mode (`bool`, *optional*, defaults to `False`):
+            Shortcut for the original's settings (k=5, stride 5, 660 nt, ``<MASK>`` prefix).
+
+    The attention mask is 0 on k-mers made only of padding. (The original model attends to them: that is a
+    model option, ``dna_use_attention_mask=False``, not a tokenizer one.)
+
+    Example:
+
+    ```python
+    >>> tokenizer = BioscanDnaTokenizer(reference_mode=True)
+    >>> encoded = tokenizer(["ACGTA" * 132, "acgta"], return_tensors="np")
+    >>> encoded["input_ids"].shape, int(encoded["input_ids"][0, 0]), int(encoded["attention_mask"][1].sum())
+    ((2, 133), 0, 2)
+    >>> tokenizer.convert_ids_to_tokens([3, 1026])
+    ['AAAAA', 'TTTTT']
+
+    ```
+    """
+
+    vocab_files_names = VOCAB_FILES_NAMES
+    model_input_names = ["input_ids", "attention_mask"]
+
+    def __init__(
+        self,
+        vocab_file: str | None = None,
+        kmer_size: int = KMER_SIZE,
+        stride: int = KMER_STRIDE,
+        max_nucleotides: int = MAX_NUCLEOTIDES,
+        prefix_token: str | None = "<CLS>",
+        reference_mode: bool = False,
+        mask_token: str = "<MASK>",
+        cls_token: str = "<CLS>",
+        unk_token: str = "<UNK>",
+        **kwargs: Any,
+    ) -> None:
+        if reference_mode:
+            kmer_size, stride, max_nucleotides, prefix_token = KMER_SIZE, KMER_STRIDE, MAX_NUCLEOTIDES, "<MASK>"
+        if not 1 <= kmer_size <= 8:
+            raise ValueError(f"expected 1 <= kmer_size <= 8, got {kmer_size}")
+        if not 1 <= stride <= kmer_size:
+            raise ValueError(f"expected 1 <= stride <= kmer_size ({kmer_size}), got {stride}")
+        if max_nucleotides < kmer_size:
+            raise ValueError(f"expected max_nucleotides >= kmer_size ({kmer_size}), got {max_nucleotides}")
+        # The vocabulary must exist before the base __init__, which asks for it.
+        if vocab_file is not None:
+            with open(vocab_file, encoding="utf-8") as handle:
+                self.vocab: dict[str, int] = json.load(handle)
+        else:
+            self.vocab = kmer_vocabulary(kmer_size, DNA_SPECIAL_TOKENS)
+        expected = kmer_vocabulary(kmer_size, DNA_SPECIAL_TOKENS)
+        if self.vocab != expected:
+            raise ValueError(
+                f"vocab_file does not hold the {len(expected)}-token vocabulary of {kmer_size}-mers "
+                f"(specials {DNA_SPECIAL_TOKENS} then ACGT k-mers in lexicographic order); got {len(self.vocab)} tokens"
+            )
+        if prefix_token is not None and prefix_token not in self.vocab:
+            raise ValueError(f"prefix_token must be one of {DNA_SPECIAL_TOKENS} or None, got {prefix_token!r}")
+        self.ids_to_tokens = {index: token for token, index in self.vocab.items()}
+        self.kmer_size = int(kmer_size)
+        self.stride = int(stride)
+        self.max_nucleotides = int(max_nucleotides)
+        self.prefix_token = prefix_token
+        self.reference_mode = bool(reference_mode)
+        kwargs.setdefault("model_max_length", self.sequence_length)
+        super().__init__(
+            mask_token=mask_token,
+            cls_token=cls_token,
+            unk_token=unk_token,
+            kmer_size=self.kmer_size,
+            stride=self.stride,
+            max_nucleotides=self.max_nucleotides,
+            prefix_token=prefix_token,
+            reference_mode=self.reference_mode,
+            **kwargs,
+        )
+
+    # ---- vocabulary -------------------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def num_kmers(self) -> int:
+        """K-mers per sequence after padding/truncation (132 in reference mode)."""
+        return (self.max_nucleotides - self.kmer_size) // self.stride + 1
+
+    @property
+    def sequence_length(self) -> int:
+        """Ids per sequence, prefix included (133 in reference mode)."""
+        return self.num_kmers + (self.prefix_token is not None)
+
+    def get_vocab(self) -> dict[str, int]:
+        return dict(self.vocab)
+
+    def _convert_token_to_id(self, token: str) -> int:
+        return self.vocab.get(token, self.vocab[self.unk_token])
+
+    def _convert_id_to_token(self, index: int) -> str:
+        return self.ids_to_tokens.get(index, self.unk_token)
+
+    def _tokenize(self, text: str, **kwargs: Any) -> list[str]:
+        sequence = self._fit_length(normalize_barcode(text, max_nucleotides=self.max_nucleotides).sequence)
+        return [sequence[i : i + self.kmer_size] for i in range(0, self.num_kmers * self.stride, self.stride)]
+
+    def build_inputs_with_special_tokens(self, token_ids_0: list[int], token_ids_1: list[int] | None = None) -> list[int]:
+        if token_ids_1 is not None:
+            raise BioscanInputError("DNA barcodes are encoded one at a time, not as sequence pairs")
+        prefix = [self.vocab[self.prefix_token]] if self.prefix_token is not None else []
+        return prefix + token_ids_0
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str]:
+        name = (filename_prefix + "-" if filename_prefix else "") + VOCAB_FILES_NAMES["vocab_file"]
+        path = os.path.join(save_directory, name)
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(self.vocab, handle)
+        return (path,)
+
+    # ---- the vectorised batch path ----------------------------------------------------------------------------
+    def _fit_length(self, sequence: str) -> str:
+        return sequence[: self.max_nucleotides].ljust(self.max_nucleotides, DNA_PAD_NUCLEOTIDE)
+
+    def normalize(self, barcodes: Sequence[str]) -> list[NormalizedBarcode]:
+        """Cleans every barcode (see :func:`normalize_barcode`), naming the failing one by its index."""
+        return [
+            normalize_barcode(text, record=f"barcode {index}", max_nucleotides=self.max_nucleotides)
+            for index, text in enumerate(barcodes)
+        ]
+
+    def encode_normalized(self, barcodes: Sequence[NormalizedBarcode]) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and attention mask, both int64 of shape (batch, sequence_length), from cleaned barcodes.
+
+        One numpy pass over the joined, padded bytes: a k-mer's id is its base-4 number plus the special
+        tokens before it, or ``<UNK>`` when it holds anything other than A/C/G/T.
+        """
+        if not barcodes:
+            raise BioscanInputError("expected at least one barcode, got an empty batch")
+        joined = "".join(self._fit_length(barcode.sequence) for barcode in barcodes).encode("ascii")
+        codes = _BASE_INDEX[np.frombuffer(joined, dtype=np.uint8)].reshape(len(barcodes), self.max_nucleotides)
+        starts = np.arange(self.num_kmers) * self.stride
+        windows = codes[:, starts[:, None] + np.arange(self.kmer_size)]  # (batch, kmers, k)
+        weights = 4 ** np.arange(self.kmer_size - 1, -1, -1)
+        ids = (windows * weights).sum(-1) + len(DNA_SPECIAL_TOKENS)
+        ids[(windows < 0).any(-1)] = self.vocab[self.unk_token]
+        lengths = np.array([len(barcode.sequence) for barcode in barcodes])
+        # A k-mer is padding when it starts at or after the end of the real sequence.
+        mask = (starts[None, :] < lengths[:, None]).astype(np.int64)
+        if self.prefix_token is not None:
+            ids = np.concatenate([np.full((len(barcodes), 1), self.vocab[self.prefix_token]), ids], axis=1)
+            mask = np.concatenate([np.ones((len(barcodes), 1), dtype=np.int64), mask], axis=1)
+        return ids.astype(np.int64), mask
+
+    def __call__(
+        self,
+        text: str | Sequence[str],
+        return_tensors: str | None = None,
+        return_quality: bool = False,
+        **kwargs: Any,
+    ) -> BatchEncoding:
+        """Tokenises one barcode or a batch; every sequence has ``sequence_length`` ids (fixed-length padding).
+
+        Args:
+            text (`str` or `list[str]`): barcodes (plain or one FASTA record each).
+            return_tensors (`str`, *optional*): ``"pt"``, ``"np"`` or `None` for lists.
+            return_quality (`bool`, *optional*, defaults to `False`):
+                Also return ``truncated_bases`` and ``ambiguous_bases`` per barcode, so callers can report
+                truncation and ambiguous content.
+
+        Padding/truncation arguments of the generic tokenizer API (``padding``, ``truncation``,
+        ``max_length``) are accepted only with their fixed-length meaning.
+        """
+        max_length = kwargs.pop("max_length", None)
+        if max_length is not None and max_length != self.sequence_length:
+            raise ValueError(f"this tokenizer always produces {self.sequence_length} ids, got max_length={max_length}")
+        for name in ("padding", "truncation", "add_special_tokens"):
+            kwargs.pop(name, None)
+        if kwargs:
+            raise TypeError(f"unexpected arguments for the DNA tokenizer: {sorted(kwargs)}")
+        single = isinstance(text, str)
+        barcodes = self.normalize([text] if single else list(text))
+        ids, mask = self.encode_normalized(barcodes)
+        data: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
+        if return_quality:
+            data["truncated_bases"] = np.array([b.truncated_bases for b in barcodes], dtype=np.int64)
+            data["ambiguous_bases"] = np.array([b.ambiguous_bases for b in barcodes], dtype=np.int64)
+        if return_tensors is None:
+            data = {key: value.tolist() for key, value in data.items()}
+            if single:
+                data = {key: value[0] for key, value in data.items()}
+            return BatchEncoding(data)
+        return BatchEncoding(data, tensor_type=return_tensors)

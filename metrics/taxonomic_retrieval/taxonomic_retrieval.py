@@ -192,6 +192,36 @@ def _columns(
     return to_columns(predictions, "predictions"), to_columns(references, "references")
 
 
+def _validate_columns(
+    prediction_columns: Mapping[str, Sequence[Any]],
+    reference_columns: Mapping[str, Sequence[Any]],
+    is_unseen: Sequence[Any],
+    ranks: Sequence[str],
+) -> np.ndarray:
+    """Checks types and lengths (evaluate's Arrow cast would turn ``"yes"`` into `True` or ``3`` into ``"3"``);
+    returns ``is_unseen`` as a bool array."""
+    flags = list(is_unseen)
+    for index, flag in enumerate(flags):
+        if not isinstance(flag, (bool, np.bool_)):
+            raise BioscanInputError(f"is_unseen[{index}] must be a bool, got {type(flag).__name__} {flag!r}")
+    for rank in ranks:
+        for name, column in (("predictions", prediction_columns[rank]), ("references", reference_columns[rank])):
+            if len(column) != len(flags):
+                raise BioscanInputError(
+                    f"{name} has {len(column)} queries at rank {rank!r} but is_unseen has {len(flags)}"
+                )
+        for index, label in enumerate(reference_columns[rank]):
+            _check_label(label, f"references[{index}][{rank!r}]")
+        for index, labels in enumerate(prediction_columns[rank]):
+            if isinstance(labels, (str, bytes)) or not isinstance(labels, (Sequence, np.ndarray)):
+                raise BioscanInputError(
+                    f"predictions[{index}][{rank!r}] must be a list of labels, got {type(labels).__name__} {labels!r}"
+                )
+            for position, label in enumerate(labels):
+                _check_label(label, f"predictions[{index}][{rank!r}][{position}]")
+    return np.asarray(flags, dtype=bool)
+
+
 def compute_taxonomic_accuracy(
     predictions: Sequence[Mapping[str, Sequence[str | None]]] | Mapping[str, Sequence[Sequence[str | None]]],
     references: Sequence[Mapping[str, str | None]] | Mapping[str, Sequence[str | None]],
@@ -244,18 +274,8 @@ def compute_taxonomic_accuracy(
         raise BioscanInputError(f"ranks must be a non-empty sequence of rank names, got {ranks!r}")
     prediction_columns, reference_columns = _columns(predictions, references, ranks)
 
-    unseen_flags = list(is_unseen)
-    for index, flag in enumerate(unseen_flags):
-        if not isinstance(flag, (bool, np.bool_)):
-            raise BioscanInputError(f"is_unseen[{index}] must be a bool, got {type(flag).__name__} {flag!r}")
-    unseen_mask = np.asarray(unseen_flags, dtype=bool)
-    n_queries = len(unseen_flags)
-    for rank in ranks:
-        for name, column in (("predictions", prediction_columns[rank]), ("references", reference_columns[rank])):
-            if len(column) != n_queries:
-                raise BioscanInputError(
-                    f"{name} has {len(column)} queries at rank {rank!r} but is_unseen has {n_queries}"
-                )
+    unseen_mask = _validate_columns(prediction_columns, reference_columns, is_unseen, ranks)
+    n_queries = len(unseen_mask)
 
     result: dict[str, float | int | None] = {}
     for rank in ranks:
@@ -265,14 +285,9 @@ def compute_taxonomic_accuracy(
         class_codes: dict[str, int] = {}
         true_codes = np.empty(n_queries, dtype=np.int64)
         for index, label in enumerate(truth):
-            _check_label(label, f"references[{index}][{rank!r}]")
             true_codes[index] = -1 if _is_missing(label) else class_codes.setdefault(label, len(class_codes))
         predicted_codes = np.empty((n_queries, max_k), dtype=np.int64)
         for index, labels in enumerate(prediction_columns[rank]):
-            if isinstance(labels, (str, bytes)) or not isinstance(labels, (Sequence, np.ndarray)):
-                raise BioscanInputError(
-                    f"predictions[{index}][{rank!r}] must be a list of labels, got {type(labels).__name__} {labels!r}"
-                )
             if len(labels) < max_k:
                 raise BioscanInputError(
                     f"predictions[{index}][{rank!r}] has {len(labels)} labels but max(k_list) = {max_k} needs at "
@@ -280,7 +295,6 @@ def compute_taxonomic_accuracy(
                 )
             for position in range(max_k):
                 label = labels[position]
-                _check_label(label, f"predictions[{index}][{rank!r}][{position}]")
                 predicted_codes[index, position] = -2 if _is_missing(label) else class_codes.get(label, -2)
         hits = predicted_codes == true_codes[:, None]  # (queries, max_k); rows with a missing truth are all False
         first_hit = np.where(hits.any(axis=1), hits.argmax(axis=1), max_k)  # position of the first hit, or max_k
@@ -352,26 +366,13 @@ class TaxonomicRetrieval(evaluate.Metric):
                     "the evaluate metric takes one mapping per query; for column-oriented inputs call "
                     "compute_taxonomic_accuracy directly"
                 )
-            flags = list(kwargs["is_unseen"])
-            for index, flag in enumerate(flags):
-                if not isinstance(flag, (bool, np.bool_)):
-                    raise BioscanInputError(f"is_unseen[{index}] must be a bool, got {type(flag).__name__} {flag!r}")
             prediction_columns, reference_columns = _columns(predictions, references, TAXONOMIC_RANKS)
-            for rank in TAXONOMIC_RANKS:
-                for index, label in enumerate(reference_columns[rank]):
-                    _check_label(label, f"references[{index}][{rank!r}]")
-                for index, labels in enumerate(prediction_columns[rank]):
-                    if isinstance(labels, (str, bytes)) or not isinstance(labels, (Sequence, np.ndarray)):
-                        raise BioscanInputError(
-                            f"predictions[{index}][{rank!r}] must be a list of labels, got {labels!r}"
-                        )
-                    for position, label in enumerate(labels):
-                        _check_label(label, f"predictions[{index}][{rank!r}][{position}]")
+            unseen_mask = _validate_columns(prediction_columns, reference_columns, kwargs["is_unseen"], TAXONOMIC_RANKS)
             # evaluate type-checks only the first row and rejects None there; "" is the same "missing" label.
             references = [
                 {rank: ("" if row[rank] is None else row[rank]) for rank in TAXONOMIC_RANKS} for row in references
             ]
-            kwargs["is_unseen"] = [bool(flag) for flag in flags]
+            kwargs["is_unseen"] = unseen_mask.tolist()
         super().add_batch(predictions=predictions, references=references, **kwargs)
 
     def add(self, *, prediction=None, reference=None, **kwargs) -> None:

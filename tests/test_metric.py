@@ -1,0 +1,257 @@
+"""Tests for the ``taxonomic_retrieval`` evaluate metric and its numpy core."""
+
+from __future__ import annotations
+
+import doctest
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
+from modeling_bioscanclip.errors_bioscanclip import BioscanInputError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+METRIC_DIR = REPO_ROOT / "metrics" / "taxonomic_retrieval"
+
+
+def _import_metric_module():
+    spec = importlib.util.spec_from_file_location("taxonomic_retrieval", METRIC_DIR / "taxonomic_retrieval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+metric_module = _import_metric_module()
+compute = metric_module.compute_taxonomic_accuracy
+harmonic_mean = metric_module.harmonic_mean
+
+
+def _row(order, family, genus, species):
+    return {"order": order, "family": family, "genus": genus, "species": species}
+
+
+# Hand-built case. Seen species: A (3 queries), B (1 query). Unseen species: C (2 queries). Three neighbours each.
+# Only the species rank varies; the higher ranks are constant so that every query is right there.
+SPECIES_PREDICTIONS = [
+    ["A", "B", "B"],  # seen A: top1 hit
+    ["B", "A", "B"],  # seen A: top3 hit (position 2)
+    ["B", "B", "B"],  # seen A: miss
+    ["A", "A", "B"],  # seen B: top3 hit (position 3)
+    ["C", "A", "A"],  # unseen C: top1 hit
+    ["A", "A", "A"],  # unseen C: miss
+]
+SPECIES_TRUTH = ["A", "A", "A", "B", "C", "C"]
+IS_UNSEEN = [False, False, False, False, True, True]
+
+
+def _case():
+    predictions = [_row(["O"] * 3, ["F"] * 3, ["G"] * 3, species) for species in SPECIES_PREDICTIONS]
+    references = [_row("O", "F", "G", species) for species in SPECIES_TRUTH]
+    return predictions, references, IS_UNSEEN
+
+
+def test_hand_computed_micro_macro_and_harmonic_mean():
+    result = compute(*_case(), k_list=[1, 2, 3])
+    # Seen micro: top1 1/4; top2 2/4 (query 2 hits at position 2); top3 3/4.
+    assert result["seen/species/micro/top1"] == pytest.approx(1 / 4)
+    assert result["seen/species/micro/top2"] == pytest.approx(2 / 4)
+    assert result["seen/species/micro/top3"] == pytest.approx(3 / 4)
+    # Seen macro: class A (1/3, 2/3, 2/3) and class B (0, 0, 1), averaged.
+    assert result["seen/species/macro/top1"] == pytest.approx((1 / 3 + 0) / 2)
+    assert result["seen/species/macro/top2"] == pytest.approx((2 / 3 + 0) / 2)
+    assert result["seen/species/macro/top3"] == pytest.approx((2 / 3 + 1) / 2)
+    assert result["seen/species/micro/top3"] != pytest.approx(result["seen/species/macro/top3"])
+    # Unseen: one class, so micro == macro == 1/2 at every k.
+    for k in (1, 2, 3):
+        assert result[f"unseen/species/micro/top{k}"] == pytest.approx(0.5)
+        assert result[f"unseen/species/macro/top{k}"] == pytest.approx(0.5)
+    assert result["hm/species/micro/top1"] == pytest.approx(2 / (4 + 2))  # 2 / (1/0.25 + 1/0.5)
+    assert result["hm/species/macro/top3"] == pytest.approx(2 / (1 / (5 / 6) + 2))
+    assert result["seen/species/n_queries"] == 4 and result["unseen/species/n_queries"] == 2
+    for rank in ("order", "family", "genus"):
+        assert result[f"seen/{rank}/micro/top1"] == 1.0
+        assert result[f"hm/{rank}/macro/top1"] == 1.0
+
+
+def test_output_keys_are_flat_and_complete():
+    result = compute(*_case(), k_list=[1, 3])
+    expected = set()
+    for rank in TAXONOMIC_RANKS:
+        for group in ("seen", "unseen"):
+            expected.add(f"{group}/{rank}/n_queries")
+        for group in ("seen", "unseen", "hm"):
+            for average in ("micro", "macro"):
+                for k in (1, 3):
+                    expected.add(f"{group}/{rank}/{average}/top{k}")
+    assert set(result) == expected
+
+
+def test_column_oriented_input_equals_row_oriented():
+    predictions, references, is_unseen = _case()
+    columns_pred = {rank: [row[rank] for row in predictions] for rank in TAXONOMIC_RANKS}
+    columns_ref = {rank: [row[rank] for row in references] for rank in TAXONOMIC_RANKS}
+    assert compute(columns_pred, columns_ref, np.array(is_unseen), k_list=[1, 3]) == compute(
+        predictions, references, is_unseen, k_list=[1, 3]
+    )
+
+
+def test_missing_reference_labels_are_excluded_per_rank():
+    predictions, references, is_unseen = _case()
+    references[2]["species"] = None  # the seen "miss" at species leaves the species rank only
+    references[3]["species"] = "not_classified"
+    references[1]["genus"] = ""
+    result = compute(predictions, references, is_unseen, k_list=[1])
+    assert result["seen/species/n_queries"] == 2
+    assert result["seen/species/micro/top1"] == pytest.approx(1 / 2)
+    assert result["seen/genus/n_queries"] == 3
+    assert result["seen/family/n_queries"] == 4
+
+
+def test_missing_predicted_label_never_matches():
+    result = compute(
+        {"species": [[None, "A"], ["", "A"]]},
+        {"species": ["A", "A"]},
+        [False, False],
+        k_list=[1, 2],
+        ranks=["species"],
+    )
+    assert result["seen/species/micro/top1"] == 0.0
+    assert result["seen/species/micro/top2"] == 1.0
+
+
+def test_absent_group_gives_none_not_zero():
+    predictions, references, _ = _case()
+    result = compute(predictions, references, [False] * 6, k_list=[1])
+    assert result["unseen/species/n_queries"] == 0
+    assert result["unseen/species/micro/top1"] is None
+    assert result["unseen/species/macro/top1"] is None
+    assert result["hm/species/micro/top1"] is None
+    assert result["seen/species/micro/top1"] == pytest.approx(2 / 6)
+
+
+@pytest.mark.parametrize(
+    ("seen", "unseen", "expected"),
+    [(0.5, 0.25, 1 / 3), (1.0, 1.0, 1.0), (0.0, 0.9, 0.0), (0.9, 0.0, 0.0), (None, 0.5, None), (0.5, None, None)],
+)
+def test_harmonic_mean_edge_cases(seen, unseen, expected):
+    value = harmonic_mean(seen, unseen)
+    assert value == (pytest.approx(expected) if expected is not None else None)
+
+
+def test_too_few_predictions_is_an_error_naming_query_and_rank():
+    predictions, references, is_unseen = _case()
+    predictions[4]["genus"] = ["G", "G"]
+    with pytest.raises(BioscanInputError, match=r"predictions\[4\]\['genus'\] has 2 labels.*max\(k_list\) = 3"):
+        compute(predictions, references, is_unseen, k_list=[1, 3])
+    # Two are enough for k_list up to 2.
+    compute(predictions, references, is_unseen, k_list=[1, 2])
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda p, r, u: u.__setitem__(0, 1), r"is_unseen\[0\] must be a bool"),
+        (lambda p, r, u: u.__setitem__(0, "yes"), r"is_unseen\[0\] must be a bool"),
+        (lambda p, r, u: u.pop(), r"has 6 queries .* is_unseen has 5"),
+        (lambda p, r, u: r[1].__setitem__("species", 3), r"references\[1\]\['species'\]: expected a str"),
+        (lambda p, r, u: p[2].__setitem__("order", "Diptera"), r"predictions\[2\]\['order'\] must be a list"),
+        (lambda p, r, u: p[0].pop("family"), r"predictions\[0\] has no rank 'family'"),
+    ],
+)
+def test_bad_inputs_raise_typed_errors(mutate, message):
+    predictions, references, is_unseen = _case()
+    is_unseen = list(is_unseen)
+    mutate(predictions, references, is_unseen)
+    with pytest.raises(BioscanInputError, match=message):
+        compute(predictions, references, is_unseen, k_list=[1])
+
+
+@pytest.mark.parametrize("k_list", [[], [0], [1, 1], [True], "1", [1.0]])
+def test_bad_k_list(k_list):
+    with pytest.raises(BioscanInputError, match="k_list"):
+        compute(*_case(), k_list=k_list)
+
+
+def test_matches_a_naive_loop_on_random_labels():
+    rng = np.random.default_rng(3)
+    n, k_max = 300, 5
+    classes = [f"c{i}" for i in range(12)]
+    predictions = {"species": rng.choice(classes, size=(n, k_max)).tolist()}
+    truth = rng.choice(classes + [None], size=n).tolist()
+    unseen = (rng.random(n) < 0.4).tolist()
+    result = compute(predictions, {"species": truth}, unseen, k_list=[1, 3, 5], ranks=["species"])
+    for group, flag in (("seen", False), ("unseen", True)):
+        rows = [i for i in range(n) if unseen[i] == flag and truth[i] is not None]
+        for k in (1, 3, 5):
+            hits = {i: truth[i] in predictions["species"][i][:k] for i in rows}
+            assert result[f"{group}/species/micro/top{k}"] == pytest.approx(np.mean(list(hits.values())))
+            per_class = {}
+            for i in rows:
+                per_class.setdefault(truth[i], []).append(hits[i])
+            macro = np.mean([np.mean(v) for v in per_class.values()])
+            assert result[f"{group}/species/macro/top{k}"] == pytest.approx(macro)
+
+
+@pytest.fixture(scope="module")
+def loaded_metric():
+    evaluate = pytest.importorskip("evaluate")
+    return evaluate.load(str(METRIC_DIR))
+
+
+def test_evaluate_load_offline_equals_direct_function(loaded_metric):
+    predictions, references, is_unseen = _case()
+    via_evaluate = loaded_metric.compute(
+        predictions=predictions, references=references, is_unseen=is_unseen, k_list=[1, 2, 3]
+    )
+    assert via_evaluate == compute(predictions, references, is_unseen, k_list=[1, 2, 3])
+
+
+def test_evaluate_add_batch_and_none_references(loaded_metric):
+    predictions, references, is_unseen = _case()
+    references[0]["species"] = None  # evaluate itself rejects None in a first row; the metric maps it to ""
+    loaded_metric.add_batch(predictions=predictions[:3], references=references[:3], is_unseen=is_unseen[:3])
+    loaded_metric.add_batch(predictions=predictions[3:], references=references[3:], is_unseen=is_unseen[3:])
+    assert loaded_metric.compute(k_list=[1]) == compute(predictions, references, is_unseen, k_list=[1])
+
+
+def test_evaluate_path_refuses_values_arrow_would_coerce(loaded_metric):
+    predictions, references, is_unseen = _case()
+    with pytest.raises(BioscanInputError, match=r"is_unseen\[1\] must be a bool"):
+        loaded_metric.compute(
+            predictions=predictions, references=references, is_unseen=[False, "yes", False, False, True, True]
+        )
+    references[2]["genus"] = 7
+    with pytest.raises(BioscanInputError, match=r"references\[2\]\['genus'\]"):
+        loaded_metric.compute(predictions=predictions, references=references, is_unseen=is_unseen)
+
+
+def test_kwargs_description_doctests_run(monkeypatch, loaded_metric):
+    monkeypatch.chdir(REPO_ROOT)  # the examples load the metric by its relative folder path
+    parser = doctest.DocTestParser()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for name, text in [
+        ("_KWARGS_DESCRIPTION", metric_module._KWARGS_DESCRIPTION),
+        ("harmonic_mean", metric_module.harmonic_mean.__doc__),
+        ("compute_taxonomic_accuracy", metric_module.compute_taxonomic_accuracy.__doc__),
+    ]:
+        test = parser.get_doctest(text, vars(metric_module).copy(), name, str(METRIC_DIR), 0)
+        assert test.examples, f"{name} has no examples"
+        runner.run(test)
+    results = runner.summarize(verbose=False)
+    assert results.failed == 0 and results.attempted >= 12
+
+
+def test_metric_card_examples_run(monkeypatch, loaded_metric):
+    monkeypatch.chdir(REPO_ROOT)
+    monkeypatch.setattr("sys.path", list(__import__("sys").path))  # the card inserts the metric folder
+    results = doctest.testfile(str(METRIC_DIR / "README.md"), module_relative=False, verbose=False)
+    assert results.failed == 0 and results.attempted >= 8
+
+
+def test_evaluate_add_one_query_at_a_time(loaded_metric):
+    predictions, references, is_unseen = _case()
+    for prediction, reference, unseen in zip(predictions, references, is_unseen, strict=True):
+        loaded_metric.add(prediction=prediction, reference=reference, is_unseen=unseen)
+    assert loaded_metric.compute(k_list=[1, 3]) == compute(predictions, references, is_unseen, k_list=[1, 3])

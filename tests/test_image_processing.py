@@ -1,0 +1,124 @@
+"""The safe image loader and the Pillow image processor."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFile
+
+from modeling_bioscanclip import BioscanClipImageProcessor, BioscanImageError, load_image_safely
+
+
+def encode(image: Image.Image, format: str = "PNG", **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=format, **kwargs)
+    return buffer.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height, with a tiny IDAT: nothing big is ever allocated."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 16)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (png_header_only(31623, 31623), "exceeds"),  # 1e9 px: Pillow itself would refuse
+        (png_header_only(10_000, 10_000), "exceeds the limit"),  # 1e8 px: Pillow only warns; our cap refuses
+        (png_header_only(4000, 1), "aspect ratio"),
+        (b"this is not an image at all", "not a decodable image"),
+        (b"", "no image data"),
+        (encode(Image.new("RGB", (8, 8)), "GIF"), "not a decodable image"),
+    ],
+    ids=["1e9-pixels", "1e8-pixels", "4000x1-strip", "random-bytes", "empty", "gif"],
+)
+def test_unsafe_inputs_are_refused(data, message):
+    with pytest.raises(BioscanImageError, match=message):
+        load_image_safely(data)
+
+
+def test_truncated_jpeg_is_refused_without_touching_global_flags(realdata):
+    data = (realdata / "zahrag__BIOSCAN-1M/cropped_images/BIOUG68001-C12.jpg").read_bytes()
+    with pytest.raises(BioscanImageError, match="truncated"):
+        load_image_safely(data[: len(data) // 2], name="half.jpg")
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+    assert Image.MAX_IMAGE_PIXELS == 89_478_485
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(BioscanImageError, match="nope.jpg"):
+        load_image_safely(tmp_path / "nope.jpg")
+
+
+def test_modes_convert_to_rgb_correctly():
+    transparent = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    assert load_image_safely(encode(transparent)).getpixel((0, 0)) == (255, 255, 255)
+    grey16 = Image.fromarray(np.full((4, 4), 40000, dtype=np.uint16))
+    value = load_image_safely(encode(grey16)).getpixel((0, 0))
+    assert value == (156, 156, 156)  # 40000 / 65535 * 255, not saturated to 255
+    cmyk = Image.new("CMYK", (4, 4), (0, 255, 255, 0))
+    assert load_image_safely(encode(cmyk, "JPEG")).mode == "RGB"
+    palette = Image.new("P", (4, 4))
+    assert load_image_safely(encode(palette)).mode == "RGB"
+    for mode in ("L", "LA"):
+        assert load_image_safely(encode(Image.new(mode, (4, 4)))).mode == "RGB"
+
+
+def test_exif_orientation_is_applied():
+    image = Image.new("RGB", (4, 2))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise when displayed
+    loaded = load_image_safely(encode(image, "JPEG", exif=exif.tobytes()))
+    assert loaded.size == (2, 4)
+
+
+def test_processor_shapes_and_equivalent_inputs():
+    processor = BioscanClipImageProcessor(resize_shortest_edge=40, crop_size=32)
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 256, size=(50, 60, 3), dtype=np.uint8)
+    as_pil = processor(Image.fromarray(array))["pixel_values"]
+    as_hwc = processor(array)["pixel_values"]
+    as_chw = processor(np.moveaxis(array, -1, 0))["pixel_values"]
+    as_png = processor(encode(Image.fromarray(array)))["pixel_values"]
+    assert as_pil.shape == (1, 3, 32, 32)
+    for other in (as_hwc, as_chw, as_png):
+        torch.testing.assert_close(other, as_pil, atol=1e-6, rtol=0)
+    tiny = processor(Image.new("RGB", (1, 1), (255, 255, 255)))["pixel_values"]
+    assert tiny.shape == (1, 3, 32, 32) and torch.allclose(tiny, torch.ones_like(tiny))
+
+
+def test_reference_normalisation_keeps_unit_range(realdata):
+    processor = BioscanClipImageProcessor(do_normalize=False)
+    images = sorted((realdata / "zahrag__BIOSCAN-1M/cropped_images").glob("*.jpg"))
+    pixels = processor([str(path) for path in images])["pixel_values"]
+    assert pixels.shape == (len(images), 3, 224, 224)
+    assert pixels.min() >= 0 and pixels.max() <= 1 and pixels.std() > 0.05
+
+
+def test_large_real_photo_goes_through(realdata):
+    # 2880x2160 order exemplars exercise the resize path.
+    path = next(iter(sorted((realdata / "zahrag__BIOSCAN-1M/order_exemplar_images").glob("*.jpg"))))
+    pixels = BioscanClipImageProcessor()(str(path))["pixel_values"]
+    assert pixels.shape == (1, 3, 224, 224) and torch.isfinite(pixels).all()
+
+
+def test_processor_save_load(tmp_path):
+    processor = BioscanClipImageProcessor(resize_shortest_edge=72, crop_size=64, do_normalize=False)
+    processor.save_pretrained(tmp_path)
+    loaded = BioscanClipImageProcessor.from_pretrained(tmp_path)
+    assert (loaded.resize_shortest_edge, loaded.crop_size, loaded.do_normalize) == (72, 64, False)
+
+
+def test_bad_processor_settings():
+    with pytest.raises(ValueError, match="crop_size"):
+        BioscanClipImageProcessor(resize_shortest_edge=100, crop_size=224)

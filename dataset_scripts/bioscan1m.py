@@ -1,0 +1,172 @@
+"""BIOSCAN-1M builder with the CLIBD partition, reading the official on-disk layout.
+
+Layout (as the ``bioscan-dataset`` package reads it)::
+
+    {data_dir}/bioscan1m/BIOSCAN_Insect_Dataset_metadata.tsv
+    {data_dir}/bioscan1m/images/{image_package}/part{chunk_number}/{image_file}
+    {data_dir}/bioscan1m/CLIBD_partitioning/{split}.txt        # optional: official sampleid lists
+
+Columns are renamed to the record schema: ``nucraw`` -> ``dna_barcode``, ``uri`` -> ``dna_bin``. A metadata file
+without ``nucraw`` (e.g. the 8,273-row validation sample of the BIOSCAN-1M repository) yields ``dna_barcode=None``
+with a warning, or an error with ``require_dna=True``. Without ``chunk_number`` the image folder is indexed
+instead, so images found in any ``part*/`` folder are used.
+
+Splits: the ten CLIBD splits plus the metasplits ``all_keys`` and ``no_split_and_seen_train``
+(:mod:`dataset_scripts.partition`). ``partition="auto"`` reads the official lists when the folder exists and
+otherwise rebuilds the partition by the published rules (``"official"`` / ``"rebuild"`` force one of them).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import pandas as pd
+
+from modeling_bioscanclip.constants_bioscanclip import ALL_RANKS
+
+from .base import BioscanBuilderBase, BioscanBuilderConfig, take_column
+from .integrity import DataIntegrityError, PrepareSummary
+from .partition import CLIBD_METASPLITS, CLIBD_SPLITS, clibd_partition, read_official_partition
+from .schema import read_metadata_table
+
+__all__ = ["Bioscan1M", "Bioscan1MConfig", "apply_partition"]
+
+_PARTITION_MODES = ("auto", "official", "rebuild")
+
+_DESCRIPTION = """\
+BIOSCAN-1M: 1.1 million insect specimens with microscope images, COI DNA barcodes and taxonomic labels
+(Gharaee et al., NeurIPS 2023 Datasets and Benchmarks), with the CLIBD seen/unseen partition (Gong et al., ICLR
+2025). Read from the official layout into the bioscan-clip record schema."""
+
+_CITATION = """\
+@inproceedings{gharaee2023bioscan1m,
+  title={A Step Towards Worldwide Biodiversity Assessment: The {BIOSCAN-1M} Insect Dataset},
+  author={Gharaee, Zahra and Gong, ZeMing and Pellegrino, Nicholas and others},
+  booktitle={Advances in Neural Information Processing Systems (Datasets and Benchmarks Track)},
+  year={2023}
+}
+@inproceedings{gong2025clibd,
+  title={{CLIBD}: Bridging Vision and Genomics for Biodiversity Monitoring at Scale},
+  author={Gong, ZeMing and Wang, Austin T. and Huo, Xiaoliang and others},
+  booktitle={International Conference on Learning Representations},
+  year={2025}
+}"""
+
+
+@dataclass
+class Bioscan1MConfig(BioscanBuilderConfig):
+    """:class:`BioscanBuilderConfig` named ``bioscan1m``; ``partition`` is ``auto``, ``official`` or ``rebuild``."""
+
+    name: str = "bioscan1m"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.partition not in _PARTITION_MODES:
+            raise ValueError(f"partition must be one of {_PARTITION_MODES} for BIOSCAN-1M, got {self.partition!r}")
+
+
+def apply_partition(
+    frame: pd.DataFrame, summary: PrepareSummary, *, mode: str, seed: int, lists_dir: Path | None, source: Path
+) -> pd.DataFrame:
+    """Fills ``frame["split"]`` with CLIBD split names (official lists or the rebuilt rules).
+
+    Records absent from every official list are dropped and counted as ``not_in_partition_lists``.
+    """
+    use_lists = lists_dir is not None and lists_dir.is_dir() and mode in ("auto", "official")
+    if mode == "official" and not use_lists:
+        raise DataIntegrityError(f"partition='official' but the CLIBD split lists are missing: {lists_dir}")
+    if use_lists:
+        splits = read_official_partition(lists_dir, frame["sampleid"])
+        unlisted = splits == ""
+        if unlisted.any():
+            summary.rows_dropped["not_in_partition_lists"] = int(unlisted.sum())
+            summary.warnings.append(f"{int(unlisted.sum())} record(s) of {source} are in no list of {lists_dir}")
+        frame = frame.assign(split=splits)[~unlisted]
+    else:
+        frame = frame.assign(split=clibd_partition(frame["species"], seed=seed))
+    return frame
+
+
+class Bioscan1M(BioscanBuilderBase):
+    """Builder for BIOSCAN-1M in its official layout, with the CLIBD partition.
+
+    Example:
+
+    ```python
+    >>> builder = Bioscan1M(data_dir="/data", cache_dir="/tmp/hf", partition="rebuild", seed=0)  # doctest: +SKIP
+    >>> builder.download_and_prepare()  # doctest: +SKIP
+    >>> keys = builder.as_dataset(split="all_keys")  # doctest: +SKIP
+    ```
+    """
+
+    BUILDER_CONFIG_CLASS = Bioscan1MConfig
+    SPLITS: ClassVar[tuple[str, ...]] = CLIBD_SPLITS
+    METASPLITS: ClassVar[dict[str, tuple[str, ...]]] = CLIBD_METASPLITS
+    DESCRIPTION = _DESCRIPTION
+    CITATION = _CITATION
+    HOMEPAGE = "https://biodiversitygenomics.net/projects/1m-insects/"
+    LICENSE = "CC BY-NC-SA 4.0 (images); metadata CC BY 3.0"
+
+    @classmethod
+    def _default_metadata_path(cls, data_dir: Path) -> Path:
+        return data_dir / "bioscan1m" / "BIOSCAN_Insect_Dataset_metadata.tsv"
+
+    @classmethod
+    def _source_files(cls, data_dir: str | None, metadata_file: str | None) -> list[Path]:
+        files = super()._source_files(data_dir, metadata_file)
+        if files:
+            lists_dir = files[0].parent / "CLIBD_partitioning"
+            files += sorted(lists_dir.glob("*.txt")) if lists_dir.is_dir() else []
+        return files
+
+    def _load_frame(self, metadata: Path, summary: PrepareSummary) -> pd.DataFrame:
+        raw = read_metadata_table(metadata, sep="\t")
+        summary.rows_read = len(raw)
+        if "processid" not in raw.columns:
+            raise DataIntegrityError(f"{metadata} has no 'processid' column (columns: {list(raw.columns)})")
+        frame = pd.DataFrame(index=raw.index)
+        frame["processid"] = take_column(raw, "processid")
+        frame["sampleid"] = take_column(raw, "sampleid")
+        if "nucraw" not in raw.columns:
+            message = f"{metadata} has no 'nucraw' (DNA) column: dna_barcode is None for every record"
+            if self.config.require_dna:
+                raise DataIntegrityError(message)
+            summary.warnings.append(message)
+        frame["dna_barcode"] = take_column(raw, "nucraw")
+        frame["dna_bin"] = take_column(raw, "uri")
+        for rank in ALL_RANKS:
+            frame[rank] = take_column(raw, rank)
+        frame["image_path"] = self._image_paths(raw)
+        return apply_partition(
+            frame,
+            summary,
+            mode=self.config.partition,
+            seed=self.config.seed,
+            lists_dir=metadata.parent / "CLIBD_partitioning",
+            source=metadata,
+        )
+
+    def _image_paths(self, raw: pd.DataFrame) -> pd.Series:
+        if self.config.image_package is None:
+            return pd.Series([None] * len(raw), index=raw.index, dtype=object)
+        if "image_file" not in raw.columns:
+            raise DataIntegrityError(
+                f"{self.metadata_path} has no 'image_file' column; pass image_package=None to read metadata only"
+            )
+        root = self.metadata_path.parent / "images" / str(self.config.image_package)
+        image_file = raw["image_file"].str.strip()
+        if "chunk_number" in raw.columns:
+            return (str(root) + "/part" + raw["chunk_number"].str.strip() + "/" + image_file).astype(object)
+        # No chunk column: find each file in whichever part*/ folder holds it (one directory scan, not a
+        # stat per record). Files not found keep their would-be path so the image policy reports them.
+        found: dict[str, str] = {}
+        if root.is_dir():
+            for part in sorted(os.scandir(root), key=lambda entry: entry.name):
+                if part.is_dir():
+                    for entry in os.scandir(part.path):
+                        found.setdefault(entry.name, entry.path)
+        fallback = str(root) + "/" + image_file
+        return image_file.map(found).fillna(fallback).astype(object)

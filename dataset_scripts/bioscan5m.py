@@ -1,0 +1,126 @@
+"""BIOSCAN-5M builder, reading the official on-disk layout.
+
+Layout (as the ``bioscan-dataset`` package reads it)::
+
+    {data_dir}/bioscan5m/metadata/csv/BIOSCAN_5M_Insect_Dataset_metadata.csv
+    {data_dir}/bioscan5m/images/{image_package}/{split}/{chunk}/{processid}.jpg   # pretrain and train
+    {data_dir}/bioscan5m/images/{image_package}/{split}/{processid}.jpg           # the other splits
+
+Splits are the dataset's own: ``pretrain, train, val, test, key_unseen, val_unseen, test_unseen, other_heldout``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+
+from modeling_bioscanclip.constants_bioscanclip import ALL_RANKS
+
+from .base import BioscanBuilderBase, BioscanBuilderConfig, take_column
+from .integrity import DataIntegrityError, PrepareSummary
+from .schema import read_metadata_table
+
+__all__ = ["BIOSCAN5M_SPLITS", "Bioscan5M", "Bioscan5MConfig"]
+
+BIOSCAN5M_SPLITS: tuple[str, ...] = (
+    "pretrain",
+    "train",
+    "val",
+    "test",
+    "key_unseen",
+    "val_unseen",
+    "test_unseen",
+    "other_heldout",
+)
+# Splits whose images sit one folder deeper, in numbered chunks (too many files for one folder).
+_CHUNKED_SPLITS = ("pretrain", "train")
+_SPLIT_ALIASES = {"validation": "val"}
+
+_DESCRIPTION = """\
+BIOSCAN-5M: 5.15 million arthropod specimens from the BIOSCAN project, each with a microscope image, a COI DNA
+barcode and a taxonomic label of varying depth (Gharaee et al., NeurIPS 2024 Datasets and Benchmarks).
+Read from the official layout into the bioscan-clip record schema."""
+
+_CITATION = """\
+@inproceedings{gharaee2024bioscan5m,
+  title={{BIOSCAN-5M}: A Multimodal Dataset for Insect Biodiversity},
+  author={Gharaee, Zahra and Lowe, Scott C. and Gong, ZeMing and others},
+  booktitle={Advances in Neural Information Processing Systems (Datasets and Benchmarks Track)},
+  year={2024}
+}"""
+
+
+@dataclass
+class Bioscan5MConfig(BioscanBuilderConfig):
+    """:class:`BioscanBuilderConfig` named ``bioscan5m``; ``partition`` is unused (5M ships its splits)."""
+
+    name: str = "bioscan5m"
+
+
+class Bioscan5M(BioscanBuilderBase):
+    """Builder for BIOSCAN-5M in its official layout.
+
+    Example:
+
+    ```python
+    >>> builder = Bioscan5M(data_dir="/data", cache_dir="/tmp/hf")  # doctest: +SKIP
+    >>> builder.download_and_prepare()  # doctest: +SKIP
+    >>> builder.as_dataset(split="val")[0]["species"]  # doctest: +SKIP
+    ```
+    """
+
+    BUILDER_CONFIG_CLASS = Bioscan5MConfig
+    SPLITS: ClassVar[tuple[str, ...]] = BIOSCAN5M_SPLITS
+    DESCRIPTION = _DESCRIPTION
+    CITATION = _CITATION
+    HOMEPAGE = "https://biodiversitygenomics.net/projects/5m-insects/"
+    LICENSE = "CC BY 3.0"
+    ROOT = "bioscan5m"
+
+    @classmethod
+    def _default_metadata_path(cls, data_dir: Path) -> Path:
+        return data_dir / cls.ROOT / "metadata" / "csv" / "BIOSCAN_5M_Insect_Dataset_metadata.csv"
+
+    def _image_root(self) -> Path:
+        return self.metadata_path.parents[2] / "images" / str(self.config.image_package)
+
+    def _load_frame(self, metadata: Path, summary: PrepareSummary) -> pd.DataFrame:
+        raw = read_metadata_table(metadata, sep=",")
+        summary.rows_read = len(raw)
+        for required in ("processid", "split"):
+            if required not in raw.columns:
+                raise DataIntegrityError(f"{metadata} has no {required!r} column (columns: {list(raw.columns)})")
+        frame = pd.DataFrame(index=raw.index)
+        frame["processid"] = take_column(raw, "processid")
+        frame["sampleid"] = take_column(raw, "sampleid")
+        if "dna_barcode" not in raw.columns:
+            message = f"{metadata} has no 'dna_barcode' column: dna_barcode is None for every record"
+            if self.config.require_dna:
+                raise DataIntegrityError(message)
+            summary.warnings.append(message)
+        frame["dna_barcode"] = take_column(raw, "dna_barcode")
+        frame["dna_bin"] = take_column(raw, "dna_bin")
+        for rank in ALL_RANKS:
+            frame[rank] = take_column(raw, rank)  # 5M has no tribe column: all None
+        split = raw["split"].str.strip().replace(_SPLIT_ALIASES)
+        unknown = sorted(set(split) - set(BIOSCAN5M_SPLITS))
+        if unknown:
+            raise DataIntegrityError(f"{metadata}: unknown split value(s) {unknown}; expected {BIOSCAN5M_SPLITS}")
+        frame["split"] = split.astype(object)
+        frame["image_path"] = self._image_paths(raw, split)
+        return frame
+
+    def _image_paths(self, raw: pd.DataFrame, split: pd.Series) -> pd.Series:
+        if self.config.image_package is None:
+            return pd.Series([None] * len(raw), index=raw.index, dtype=object)
+        chunk_column = "chunk" if "chunk" in raw.columns else "chunk_number" if "chunk_number" in raw.columns else None
+        root = str(self._image_root()) + "/"
+        chunk = raw[chunk_column].str.strip() if chunk_column else pd.Series("", index=raw.index)
+        chunked = split.isin(_CHUNKED_SPLITS) & (chunk != "")
+        # Vectorised string building: 5 M rows, so no per-row Python here.
+        middle = np.where(chunked, split + "/" + chunk + "/", split + "/")
+        return (root + pd.Series(middle, index=raw.index) + raw["processid"].str.strip() + ".jpg").astype(object)

@@ -1,0 +1,144 @@
+"""The one record schema shared by every data source, and the missing-value rules that feed it.
+
+Every builder (BIOSCAN-1M, BIOSCAN-5M, BOLD exports, mini-BIOSCAN) yields rows with exactly the columns of
+:data:`RECORD_FEATURES`. Column names follow BIOSCAN-5M and the ``bioscan-dataset`` package (1M's ``nucraw``
+becomes ``dna_barcode`` and ``uri`` becomes ``dna_bin``).
+
+Missing values: the sources write "unknown" in several ways (``not_classified`` in BIOSCAN-1M, ``None`` in
+BOLD exports, empty cells in BIOSCAN-5M, ``NA`` elsewhere). All of them (the set
+:data:`~modeling_bioscanclip.constants_bioscanclip.MISSING_TAXON_STRINGS`) are read as ``None`` here and nowhere
+else, so a literal ``"NA"`` never becomes a float ``NaN`` and a literal ``"None"`` never becomes a species name.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from modeling_bioscanclip.constants_bioscanclip import ALL_RANKS, MAX_NUCLEOTIDES, MISSING_TAXON_STRINGS
+
+__all__ = [
+    "RECORD_COLUMNS",
+    "RECORD_FEATURES",
+    "STRING_COLUMNS",
+    "normalise_missing",
+    "read_metadata_table",
+    "records_to_arrow",
+    "truncate_dna",
+]
+
+# Text columns of a record, in schema order (``image`` sits after ``sampleid``).
+STRING_COLUMNS: tuple[str, ...] = ("processid", "sampleid", "dna_barcode", "dna_bin", *ALL_RANKS, "split")
+RECORD_COLUMNS: tuple[str, ...] = ("processid", "sampleid", "image", "dna_barcode", "dna_bin", *ALL_RANKS, "split")
+
+RECORD_FEATURES = datasets.Features(
+    {
+        "processid": datasets.Value("string"),
+        "sampleid": datasets.Value("string"),
+        "image": datasets.Image(),
+        "dna_barcode": datasets.Value("string"),
+        "dna_bin": datasets.Value("string"),
+        **{rank: datasets.Value("string") for rank in ALL_RANKS},
+        "split": datasets.Value("string"),
+    }
+)
+"""`datasets.Features`: the record schema. Every column may be ``None`` except ``processid`` and ``split``."""
+
+# Compared after stripping whitespace; matching is exact (case-sensitive) so that "na" stays a name if a
+# source ever uses it as one.
+_MISSING = frozenset(MISSING_TAXON_STRINGS)
+
+
+def read_metadata_table(path: str | Path, *, sep: str, usecols: list[str] | None = None) -> pd.DataFrame:
+    """Reads a TSV/CSV metadata file with every column as a Python string.
+
+    ``keep_default_na=False`` and ``na_filter=False`` stop pandas from turning "NA", "None" or empty cells into
+    float ``NaN``: missing values are decided by :func:`normalise_missing`, one rule for all sources.
+
+    Args:
+        path (`str` or `Path`): the file.
+        sep (`str`): the column separator (``"\\t"`` or ``","``).
+        usecols (`list[str]`, *optional*): columns to read (all when ``None``). Unknown names are ignored.
+
+    Returns:
+        `pd.DataFrame`: one ``object`` (str) column per file column.
+    """
+    header = pd.read_csv(path, sep=sep, nrows=0, dtype=str).columns
+    columns = list(header) if usecols is None else [c for c in header if c in set(usecols)]
+    # BOLD TSV notes contain stray double quotes that would swallow tabs: TSVs are read unquoted, CSVs
+    # (BIOSCAN-5M, mini-BIOSCAN) with standard quoting.
+    quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
+    return pd.read_csv(
+        path, sep=sep, dtype=str, keep_default_na=False, na_filter=False, usecols=columns, quoting=quoting
+    )
+
+
+def normalise_missing(values: pd.Series) -> pd.Series:
+    """Strips whitespace and maps the sources' "unknown" spellings to ``None`` (vectorised).
+
+    Args:
+        values (`pd.Series`): strings (or ``None``).
+
+    Returns:
+        `pd.Series` of dtype ``object``: the stripped strings, ``None`` where missing.
+
+    Example:
+
+    ```python
+    >>> import pandas as pd
+    >>> normalise_missing(pd.Series(["Diptera ", "not_classified", "None", "NA", ""])).tolist()
+    ['Diptera', None, None, None, None]
+    ```
+    """
+    stripped = values.astype(object).where(values.notna(), "").astype(str).str.strip()
+    return stripped.where(~stripped.isin(_MISSING), None).astype(object)
+
+
+def truncate_dna(values: pd.Series, max_nucleotides: int | None = MAX_NUCLEOTIDES) -> pd.Series:
+    """Cuts barcodes to ``max_nucleotides`` characters, as BIOSCAN does (660 nt by default).
+
+    Sequences are otherwise kept exactly as given (lower case, gaps, ambiguity codes): the DNA tokenizer owns
+    normalisation, so that the stored dataset is the source, not our interpretation of it.
+
+    Args:
+        values (`pd.Series`): barcodes or ``None``.
+        max_nucleotides (`int`, *optional*, defaults to 660): ``None`` keeps full length.
+    """
+    if max_nucleotides is None:
+        return values
+    if max_nucleotides < 1:
+        raise ValueError(f"max_nucleotides must be a positive integer or None, got {max_nucleotides!r}")
+    mask = values.notna()
+    out = values.copy()
+    out[mask] = values[mask].astype(str).str.slice(0, max_nucleotides)
+    return out
+
+
+def _as_optional_strings(values: pd.Series) -> list[str | None]:
+    return [None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in values.tolist()]
+
+
+def records_to_arrow(frame: pd.DataFrame, images: list[dict | None]) -> pa.Table:
+    """Builds an Arrow table in the :data:`RECORD_FEATURES` schema from a record frame and image cells.
+
+    Args:
+        frame (`pd.DataFrame`): has every column of :data:`STRING_COLUMNS`.
+        images (`list`): one ``{"bytes": bytes | None, "path": str | None}`` or ``None`` per row.
+
+    Returns:
+        `pa.Table`: columns in schema order, typed as :data:`RECORD_FEATURES` stores them.
+    """
+    schema = RECORD_FEATURES.arrow_schema
+    arrays = []
+    for name in RECORD_COLUMNS:
+        field = schema.field(name)
+        if name == "image":
+            arrays.append(pa.array(images, type=field.type))
+        else:
+            arrays.append(pa.array(_as_optional_strings(frame[name]), type=field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)

@@ -339,7 +339,10 @@ class KeyIndex:
             lengths = {name: len(values) for name, values in metadata.items()}
             if len(set(lengths.values())) > 1:
                 raise BioscanInputError(f"metadata columns have different lengths: {lengths}")
-            table = datasets.Dataset.from_dict({name: list(values) for name, values in metadata.items()})
+            try:
+                table = datasets.Dataset.from_dict({name: list(values) for name, values in metadata.items()})
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as error:  # e.g. str and int mixed in one column
+                raise BioscanInputError(f"metadata columns must each hold one type: {error}") from None
         else:
             raise BioscanInputError(f"metadata must be a dict of columns or a datasets.Dataset, got {type(metadata)}")
         if EMBEDDING_COLUMN in table.column_names:
@@ -349,15 +352,16 @@ class KeyIndex:
         if len(table) != count:
             raise BioscanInputError(f"metadata has {len(table)} rows but embeddings have {count}")
         string_columns = (id_column, *required_columns)
+        string_features = (datasets.Value("string"), datasets.Value("large_string"), datasets.Value("null"))
         for column in string_columns:
             if column not in table.column_names:
                 raise BioscanInputError(f"metadata has no {column!r} column; it has {table.column_names}")
-            for row, value in enumerate(table[column]):
-                if value is not None and not isinstance(value, str):
-                    raise BioscanInputError(
-                        f"metadata column {column!r} row {row} must be a str or None, got {type(value).__name__} "
-                        f"{value!r}"
-                    )
+            if table.features[column] not in string_features:
+                first = next((value for value in table[column] if value is not None), None)
+                raise BioscanInputError(
+                    f"metadata column {column!r} must hold str or None, got {table.features[column]} values such as "
+                    f"{type(first).__name__} {first!r}"
+                )
         # An all-missing column is inferred as Arrow "null"; declare it string so saved schemas do not vary.
         null_columns = [c for c in string_columns if table.features[c] == datasets.Value("null")]
         for column in null_columns:
@@ -433,9 +437,12 @@ class KeyIndex:
 
     def embeddings(self) -> np.ndarray:
         """The indexed key vectors as a ``(keys, dim)`` float32 array (normalised when :attr:`normalize`)."""
-        return np.asarray(
-            self.keys.with_format("numpy", columns=[EMBEDDING_COLUMN])[EMBEDDING_COLUMN], dtype=np.float32
-        )
+        column = self._arrow_column(EMBEDDING_COLUMN).combine_chunks()
+        return column.values.to_numpy(zero_copy_only=False).reshape(len(self.keys), self.dim).astype(np.float32)
+
+    def _arrow_column(self, name: str) -> pa.ChunkedArray:
+        # Through the arrow formatter: whole columns without per-row Python objects, honouring any indices mapping.
+        return self.keys.with_format("arrow", columns=[name])[:][name]
 
     def prepare_queries(self, queries: np.ndarray) -> np.ndarray:
         """Validates queries (2-D, finite, matching dim, non-zero when normalising) and normalises them like keys."""
@@ -449,7 +456,7 @@ class KeyIndex:
             if name not in self.keys.column_names or name == EMBEDDING_COLUMN:
                 raise BioscanInputError(f"unknown key column {name!r}; columns are {self.keys.column_names}")
             values = np.empty(len(self.keys), dtype=object)
-            values[:] = self.keys[name]
+            values[:] = self._arrow_column(name).to_pylist()
             self._column_cache[name] = values
         return self._column_cache[name]
 

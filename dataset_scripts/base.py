@@ -17,6 +17,7 @@ still checked one by one, because each must pass the safe loader.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -37,7 +38,7 @@ from .integrity import (
     source_fingerprint,
     verify_sha256,
 )
-from .schema import RECORD_FEATURES, STRING_COLUMNS, normalise_missing, records_to_arrow, truncate_dna
+from .schema import RECORD_FEATURES, normalise_missing, records_to_arrow, truncate_dna
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +193,7 @@ class BioscanBuilderBase(datasets.ArrowBasedBuilder):
             raise DataIntegrityError(f"{int(missing_ids.sum())} row(s) of {metadata} have no processid")
         check_unique(frame["processid"], column="processid", source=metadata)
         frame["dna_barcode"] = truncate_dna(frame["dna_barcode"], self.config.max_nucleotides)
+        frame = self._apply_missing_image_policy(frame)
         self._update_description()
         for warning in summary.warnings:
             logger.warning(warning)
@@ -201,8 +203,44 @@ class BioscanBuilderBase(datasets.ArrowBasedBuilder):
         for split in (*splits, *metasplits):
             members = metasplits.get(split, (split,))
             part = frame[frame["split"].isin(members)]
+            if len(part) == 0:
+                # datasets cannot read back a split with no rows ("corresponds to no data"): leave it out.
+                summary.warnings.append(f"split {split!r} has no records and is not written")
+                continue
             generators.append(datasets.SplitGenerator(name=split, gen_kwargs={"frame": part, "split": split}))
         return generators
+
+    def _apply_missing_image_policy(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Checks that every expected image file exists, before splitting, so skipped records never empty a split.
+
+        Corrupt files are found later, while decoding during generation.
+        """
+        expected = frame["image_path"].notna()
+        if not expected.any():
+            return frame
+        exists = frame.loc[expected, "image_path"].map(os.path.isfile)
+        missing = exists.index[~exists.to_numpy(dtype=bool)]
+        if len(missing) == 0:
+            return frame
+        if self.config.image_policy == "fail":
+            first = missing[0]
+            raise DataIntegrityError(
+                f"image of processid {frame.at[first, 'processid']!r} is missing: {frame.at[first, 'image_path']} "
+                f"({len(missing)} image(s) missing in total; image_policy='fail'; use 'skip' to drop such records "
+                "or 'keep' to keep them without image)"
+            )
+        self._summary.images_missing += len(missing)
+        self._image_problem_ids.update(frame.loc[missing, "processid"])
+        logger.warning(
+            "%s: %d image(s) missing under %s; image_policy=%r", type(self).__name__, len(missing),
+            os.path.dirname(str(frame.at[missing[0], "image_path"])), self.config.image_policy,
+        )  # fmt: skip
+        if self.config.image_policy == "skip":
+            self._summary.images_skipped += len(missing)
+            return frame.drop(index=missing)
+        frame = frame.copy()
+        frame.loc[missing, "image_path"] = None
+        return frame
 
     def _generate_tables(self, frame: pd.DataFrame, split: str):
         self._summary.records[split] = 0  # restarted, not accumulated, when a split is streamed twice
@@ -211,7 +249,7 @@ class BioscanBuilderBase(datasets.ArrowBasedBuilder):
             images, keep = self._image_cells(batch)
             batch = batch[keep]
             self._summary.records[split] = self._summary.records.get(split, 0) + len(batch)
-            yield Key(0, batch_index), records_to_arrow(batch, [img for img, k in zip(images, keep) if k])
+            yield Key(0, batch_index), records_to_arrow(batch, [img for img, k in zip(images, keep, strict=True) if k])
         self._update_description()
 
     # --- images -------------------------------------------------------------------------------------------
@@ -271,27 +309,10 @@ class BioscanBuilderBase(datasets.ArrowBasedBuilder):
             self._summary.images_corrupt += 1
         if self.config.image_policy == "skip":
             self._summary.images_skipped += 1
-        logger.debug("image of %s is %s: %s (%s)", processid, problem, path, self.config.image_policy)
+        logger.warning("image of %s is %s: %s (image_policy=%r)", processid, problem, path, self.config.image_policy)
 
     def _update_description(self) -> None:
         self.info.description = self._summary.to_description(self.DESCRIPTION)
-        problems = self._summary.images_missing + self._summary.images_corrupt
-        if problems:
-            logger.warning(
-                "%s: %d image(s) missing, %d corrupt; image_policy=%r (%d record(s) skipped)",
-                type(self).__name__,
-                self._summary.images_missing,
-                self._summary.images_corrupt,
-                self.config.image_policy,
-                self._summary.images_skipped,
-            )
-
-
-def empty_record_frame(index: pd.Index) -> pd.DataFrame:
-    """A frame with every :data:`STRING_COLUMNS` column set to ``None`` and ``image_path`` ``None``."""
-    return pd.DataFrame(
-        {name: pd.Series([None] * len(index), index=index, dtype=object) for name in (*STRING_COLUMNS, "image_path")}
-    )
 
 
 def take_column(raw: pd.DataFrame, name: str) -> pd.Series:

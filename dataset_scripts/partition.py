@@ -117,7 +117,9 @@ def clibd_partition(
     out = np.full(len(labels), "no_split", dtype=object)
     rng = np.random.default_rng(seed)
 
-    groups = labels[labels.notna()].groupby(labels[labels.notna()], sort=True).indices  # species -> row positions
+    labelled = labels[labels.notna()]
+    positions = labelled.index.to_numpy()  # groupby().indices are positions within `labelled`: map back
+    groups = {name: positions[rows] for name, rows in labelled.groupby(labelled, sort=True).indices.items()}
     names = sorted(groups)
     sizes = {name: len(groups[name]) for name in names}
     common = [name for name in names if sizes[name] >= min_common]

@@ -555,6 +555,7 @@ def generate_mini_bioscan(
     *,
     progress: bool = True,
     image_package: str = "cropped_256",
+    with_images: bool = True,
 ) -> Path:
     """Writes a SYNTHETIC mini-BIOSCAN in the BIOSCAN-5M on-disk layout.
 
@@ -565,6 +566,8 @@ def generate_mini_bioscan(
             ``"medium"`` (about four times larger) or ``"tiny"`` (~250 records, for unit tests).
         progress (`bool`, *optional*, defaults to `True`): show a tqdm bar while rendering.
         image_package (`str`, *optional*, defaults to ``"cropped_256"``): image folder name, as in BIOSCAN-5M.
+        with_images (`bool`, *optional*, defaults to `True`): ``False`` writes the metadata only (same rows and
+            barcodes for the seed; read it with ``image_package=None``).
 
     Returns:
         `Path`: ``out_dir``; read it with ``Bioscan5M(data_dir=out_dir)`` or ``MiniBioscan(data_dir=out_dir)``.
@@ -597,13 +600,14 @@ def generate_mini_bioscan(
         per_split[split] = position + 1
         chunk = str(1 + position // 500) if split in ("pretrain", "train") else ""
         row = _row(index, record, sp, _barcode_string(sequence, rng), rng, chunk)
-        image = _draw_specimen(sp.plan, sp.colour, shape.image_size, rng)
-        data = _jpeg_bytes(image)
-        load_image_safely(data, name=row["processid"])
+        rows.append(row)
+        if not with_images:
+            continue
+        data = _jpeg_bytes(_draw_specimen(sp.plan, sp.colour, shape.image_size, rng))
+        load_image_safely(data, name=row["processid"])  # never write an image the builders would refuse
         folder = root / "images" / image_package / split / chunk if chunk else root / "images" / image_package / split
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"{row['processid']}.jpg").write_bytes(data)
-        rows.append(row)
 
     frame = pd.DataFrame(rows, columns=list(CSV_COLUMNS)).sort_values("processid", kind="stable")
     frame.to_csv(csv_path, index=False, lineterminator="\n")

@@ -286,3 +286,12 @@ def test_l2_normalize_is_unit_length_and_float32():
     vectors = l2_normalize(np.array([[3.0, 4.0], [0.0, 2.0]], dtype=np.float64))
     assert vectors.dtype == np.float32 and vectors.flags["C_CONTIGUOUS"]
     np.testing.assert_allclose(vectors, [[0.6, 0.8], [0.0, 1.0]])
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import bioscan_clip.retrieval
+
+    results = doctest.testmod(bioscan_clip.retrieval)
+    assert results.failed == 0 and results.attempted >= 3

@@ -385,6 +385,10 @@ class KeyIndex:
             `Path`: the target folder.
         """
         target = Path(directory)
+        try:  # extra may have been edited since build (e.g. calibration thresholds added later)
+            manifest_text = json.dumps(self.manifest, indent=2, sort_keys=True) + "\n"
+        except (TypeError, ValueError) as error:
+            raise BioscanInputError(f"the manifest's extra must be JSON-serialisable: {error}") from None
         if target.exists():
             if not overwrite:
                 raise BioscanInputError(f"{target} already exists; pass overwrite=True to replace it")
@@ -395,7 +399,7 @@ class KeyIndex:
         try:
             self.keys.save_to_disk(str(staging / KEYS_DIRNAME))
             faiss.write_index(self.index, str(staging / INDEX_NAME))
-            (staging / MANIFEST_NAME).write_text(json.dumps(self.manifest, indent=2, sort_keys=True) + "\n")
+            (staging / MANIFEST_NAME).write_text(manifest_text)
             if target.exists():
                 retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
                 os.replace(target, retired / "index")

@@ -210,6 +210,16 @@ def test_save_refuses_to_clobber_and_overwrites_atomically(flat_index, tmp_path)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["keys", "not_an_index"]
 
 
+def test_extra_edited_after_build_is_saved_and_checked(tmp_path):
+    index = KeyIndex.build(np.eye(3), _metadata(3), extra={"calibrated": False})
+    index.extra["threshold"] = 0.42
+    assert KeyIndex.load(index.save(tmp_path / "a")).extra == {"calibrated": False, "threshold": 0.42}
+    index.extra["bad"] = {1, 2}
+    with pytest.raises(BioscanInputError, match="extra must be JSON-serialisable"):
+        index.save(tmp_path / "b")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a"]
+
+
 def test_load_rejects_incomplete_or_foreign_folders(flat_index, tmp_path):
     with pytest.raises(BioscanInputError, match="manifest.json is missing"):
         KeyIndex.load(tmp_path)

@@ -19,6 +19,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ORDERS = ("Diptera", "Coleoptera", "Odonata")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _single_faiss_thread():
+    # The test machines have 2 shared cores; OpenMP spin-waiting under contention made k-means 10x slower.
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(previous)
+
+
 def _metadata(count: int) -> dict[str, list]:
     return {
         "processid": [f"KEY{row:05d}" for row in range(count)],

@@ -253,7 +253,11 @@ class KeyIndex:
         """
         if index_type not in INDEX_TYPES:
             raise BioscanInputError(f"index_type must be one of {INDEX_TYPES}, got {index_type!r}")
-        vectors = l2_normalize(embeddings, "key embeddings") if normalize else as_embedding_matrix(embeddings, "keys")
+        vectors = (
+            l2_normalize(embeddings, "key embeddings")
+            if normalize
+            else as_embedding_matrix(embeddings, "key embeddings")
+        )
         count, dim = vectors.shape
         table = cls._metadata_table(metadata, count, id_column, required_columns)
         extra_dict = dict(extra or {})

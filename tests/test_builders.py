@@ -356,3 +356,11 @@ def test_interrupted_prepare_leaves_nothing_and_rerun_succeeds(tmp_path, monkeyp
     monkeypatch.setattr(base_module, "records_to_arrow", real)
     _, splits = _prepare(Bioscan5M, **kwargs)
     assert sum(len(d) for d in splits.values()) == 16
+
+
+def test_embed_images_stores_bytes(tmp_path):
+    write_5m(tmp_path / "data")
+    builder = Bioscan5M(data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), embed_images=True)
+    builder.download_and_prepare()
+    cell = builder.as_dataset(split="val").cast_column("image", datasets.Image(decode=False))[0]["image"]
+    assert cell["bytes"][:2] == b"\xff\xd8" and cell["path"] == "P0004.jpg"  # JPEG bytes, no absolute path

@@ -143,3 +143,11 @@ def test_cli_glue(tmp_path, capsys):
     assert (tmp_path / "m" / CSV).is_file() and "SYNTHETIC" in capsys.readouterr().out
     with pytest.raises(ValueError, match="size must be one of"):
         generate_mini_bioscan(tmp_path / "x", size="huge")
+
+
+def test_mini_builder_generates_default_when_no_data_dir(tmp_path):
+    builder = MiniBioscan(cache_dir=str(tmp_path / "cache"), synth_size="tiny", synth_seed=7)
+    assert (tmp_path / "cache" / "mini_bioscan_raw" / "tiny-seed7" / "README.md").is_file()
+    builder.download_and_prepare()
+    assert "SYNTHETIC" in builder.info.description
+    assert len(builder.as_dataset(split="train")) > 0

@@ -40,6 +40,9 @@ def register_auto_classes() -> None:
     AutoModel.register(BioscanClipConfig, BioscanClipModel, exist_ok=True)
     AutoImageProcessor.register(BioscanClipConfig, slow_image_processor_class=BioscanClipImageProcessor, exist_ok=True)
     AutoProcessor.register(BioscanClipConfig, BioscanClipProcessor, exist_ok=True)
+    # Lets AutoTokenizer resolve the class named in dna_tokenizer/tokenizer_config.json without remote code. The
+    # root text tokenizer names its own class (BertTokenizer), which takes precedence over this mapping.
+    AutoTokenizer.register(BioscanClipConfig, tokenizer_class=BioscanDnaTokenizer, exist_ok=True)
     BioscanClipConfig.register_for_auto_class()
     BioscanClipModel.register_for_auto_class("AutoModel")
     BioscanClipImageProcessor.register_for_auto_class("AutoImageProcessor")

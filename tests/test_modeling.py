@@ -18,6 +18,7 @@ from PIL import Image
 from modeling_bioscanclip import (
     BioscanClipConfig,
     BioscanClipModel,
+    BioscanDnaTokenizer,
     BioscanInputError,
     contrastive_loss,
     taxonomy_to_text,
@@ -239,7 +240,10 @@ def test_local_registration_needs_no_remote_code(tmp_path, tiny_processor):
     tiny_model().save_pretrained(tmp_path)
     tiny_processor.save_pretrained(tmp_path)
     assert isinstance(AutoModel.from_pretrained(tmp_path), BioscanClipModel)
-    assert type(AutoProcessor.from_pretrained(tmp_path)).__module__.startswith("modeling_bioscanclip")
+    processor = AutoProcessor.from_pretrained(tmp_path)
+    assert type(processor).__module__.startswith("modeling_bioscanclip")
+    assert isinstance(processor.dna_tokenizer, BioscanDnaTokenizer)
+    assert type(processor.tokenizer).__name__ == "BertTokenizer"
 
 
 def test_from_towers_with_tiny_saved_towers(tmp_path):

@@ -1,0 +1,288 @@
+"""Identify specimens: a saved model plus saved key indexes answer "what is this, at each rank, how sure".
+
+A *key folder* (written by :func:`build_key_folder`, ``bioscan-clip index``) holds one :class:`KeyIndex` per
+feature (``image``, ``dna``, ``text``, ``averaged``) over the same key records, the key records themselves (with
+their images, for galleries) and the calibration of the confidence thresholds.
+
+Prediction at each rank is the label of the nearest key (1-NN, as the paper). Its *confidence* is the
+similarity-weighted share of the k nearest keys that agree with it. A rank is *confident* when the nearest key's
+cosine similarity reaches that rank's threshold, calibrated on validation queries so that confident predictions
+reach a target precision (default 90 %). The *unknown species* flag is raised when the species rank is not
+confident: the query is probably from a species absent from the keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+
+from bioscan_clip.data import SpecimenDataset, with_modalities
+from bioscan_clip.evaluation import add_combined_features, embed_dataset, labels_of
+from bioscan_clip.retrieval import KeyIndex
+from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError
+from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
+
+logger = logging.getLogger(__name__)
+
+KEY_FEATURES = ("image", "dna", "text", "averaged")
+RECORDS_DIRNAME = "records"
+CALIBRATION_FILE = "calibration.json"
+DEFAULT_PRECISION = 0.9
+DEFAULT_VOTE_TEMPERATURE = 0.05  # cosine differences of a few hundredths decide between neighbours
+
+
+@dataclass
+class RankPrediction:
+    """The answer at one rank."""
+
+    rank: str
+    label: str | None
+    confidence: float
+    similarity: float
+    confident: bool
+
+
+@dataclass
+class Neighbour:
+    """One of the nearest keys."""
+
+    row: int
+    processid: str
+    similarity: float
+    taxonomy: dict[str, str | None]
+
+
+@dataclass
+class Identification:
+    """The answer for one query."""
+
+    query_feature: str
+    key_feature: str
+    ranks: list[RankPrediction]
+    deepest_confident_rank: str | None
+    unknown_species: bool
+    neighbours: list[Neighbour] = field(default_factory=list)
+
+    def to_row(self) -> dict[str, Any]:
+        """A flat, JSON/Parquet-friendly row."""
+        row: dict[str, Any] = {"query_feature": self.query_feature, "key_feature": self.key_feature}
+        for prediction in self.ranks:
+            row[f"{prediction.rank}"] = prediction.label
+            row[f"{prediction.rank}_confidence"] = round(prediction.confidence, 4)
+            row[f"{prediction.rank}_confident"] = prediction.confident
+        row["similarity"] = round(self.ranks[0].similarity, 4) if self.ranks else None
+        row["deepest_confident_rank"] = self.deepest_confident_rank
+        row["unknown_species"] = self.unknown_species
+        row["neighbours"] = json.dumps([asdict(n) for n in self.neighbours])
+        return row
+
+
+def vote_confidence(similarities: np.ndarray, labels: Sequence[str | None], temperature: float) -> float:
+    """Similarity-weighted share of the neighbours whose label equals the nearest one's."""
+    weights = np.exp((similarities - similarities.max()) / temperature)
+    agree = np.array([label == labels[0] and label is not None for label in labels])
+    return float(weights[agree].sum() / weights.sum())
+
+
+def calibrate_thresholds(
+    similarities: np.ndarray,
+    correct: Mapping[str, np.ndarray],
+    precision: float = DEFAULT_PRECISION,
+) -> dict[str, float]:
+    """Per rank, the smallest top-1 similarity above which 1-NN predictions reach ``precision`` on these queries.
+
+    Args:
+        similarities (`np.ndarray`): top-1 cosine similarity of each validation query.
+        correct (`dict[str, np.ndarray]`): per rank, whether each query's 1-NN label was right (True/False), or
+            None for a query without a true label at that rank (left out of that rank).
+        precision (`float`): the precision confident predictions must reach.
+
+    Returns:
+        rank -> threshold (``inf`` when no threshold reaches the precision: that rank is never confident).
+    """
+    thresholds = {}
+    for rank, outcome in correct.items():
+        known = np.array([value is not None for value in outcome], dtype=bool)
+        order = np.argsort(-similarities[known])
+        hits = np.asarray(outcome[known], dtype=float)[order]
+        running = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+        # The largest prefix (lowest threshold) whose precision still reaches the target.
+        passing = np.flatnonzero(running >= precision)
+        thresholds[rank] = float(similarities[known][order][passing[-1]]) if passing.size else float("inf")
+    return thresholds
+
+
+class Identifier:
+    """A model, its processor and a key folder, ready to identify queries.
+
+    Example (after the main job)::
+
+        identifier = Identifier.load("runs/quickstart/model", "runs/quickstart/keys")
+        [answer] = identifier.identify(images=["specimen.jpg"])
+        answer.deepest_confident_rank, answer.ranks[-1].label
+    """
+
+    def __init__(self, model: BioscanClipModel, processor: BioscanClipProcessor, indexes: dict[str, KeyIndex],
+                 calibration: dict[str, Any], records: datasets.Dataset | None = None) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.indexes = indexes
+        self.calibration = calibration
+        self.records = records
+
+    @classmethod
+    def load(cls, model_dir: str | Path, key_dir: str | Path) -> Identifier:
+        """Loads a saved model folder and a key folder written by :func:`build_key_folder`."""
+        key_dir = Path(key_dir)
+        if not (key_dir / CALIBRATION_FILE).exists():
+            raise BioscanInputError(f"{key_dir}: not a key folder (no {CALIBRATION_FILE}); build it with `bioscan-clip index`")
+        model = BioscanClipModel.from_pretrained(model_dir)
+        processor = BioscanClipProcessor.from_pretrained(model_dir)
+        indexes = {name: KeyIndex.load(key_dir / name) for name in KEY_FEATURES if (key_dir / name).exists()}
+        records = datasets.load_from_disk(str(key_dir / RECORDS_DIRNAME)) if (key_dir / RECORDS_DIRNAME).exists() else None
+        calibration = json.loads((key_dir / CALIBRATION_FILE).read_text())
+        return cls(model, processor, indexes, calibration, records)
+
+    @torch.no_grad()
+    def embed(self, images: Sequence[Any] | None = None, barcodes: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Unit-length query features (``image``, ``dna`` and, with both, ``averaged``)."""
+        if not images and not barcodes:
+            raise BioscanInputError("expected images and/or barcodes to identify, got neither")
+        if images and barcodes and len(images) != len(barcodes):
+            raise BioscanInputError(f"paired queries need as many images as barcodes, got {len(images)} and {len(barcodes)}")
+        inputs = self.processor(images=list(images) if images else None, dna=list(barcodes) if barcodes else None)
+        embeds = {name: value.numpy() for name, value in self.model.embed(**inputs).items()}
+        return add_combined_features(embeds)
+
+    def identify(
+        self,
+        images: Sequence[Any] | None = None,
+        barcodes: Sequence[str] | None = None,
+        *,
+        k: int = 5,
+        key_feature: str | None = None,
+        restrict: Mapping[str, str | Sequence[str]] | None = None,
+    ) -> list[Identification]:
+        """Identifies each query (an image, a barcode, or an image with its barcode).
+
+        Args:
+            images, barcodes: the queries; given together, they are paired row by row and the averaged image+DNA
+                feature is searched against averaged keys.
+            k (`int`, defaults to 5): neighbours returned and used for the confidence vote.
+            key_feature (`str`, *optional*): search other keys than the query's own modality, e.g. ``"dna"`` for
+                image queries (the cross-modal view).
+            restrict (`dict`, *optional*): search only keys with these taxa, e.g. ``{"order": ["Diptera"]}``.
+        """
+        features = self.embed(images, barcodes)
+        query_feature = "averaged" if "averaged" in features else ("image" if "image" in features else "dna")
+        key_feature = key_feature or query_feature
+        if key_feature not in self.indexes:
+            raise BioscanInputError(f"no {key_feature} keys in this key folder; it has {sorted(self.indexes)}")
+        index = self.indexes[key_feature]
+        found = index.search_labels(features[query_feature], min(k, len(index)), restrict=restrict)
+        thresholds = self.calibration.get("thresholds", {}).get(f"{query_feature}->{key_feature}", {})
+        temperature = self.calibration.get("vote_temperature", DEFAULT_VOTE_TEMPERATURE)
+        ids = index.keys["processid"]
+        answers = []
+        for q in range(len(found.scores)):
+            similarities = found.scores[q]
+            ranks = []
+            for rank in TAXONOMIC_RANKS:
+                labels = found.labels[rank][q]
+                threshold = thresholds.get(rank, float("inf"))
+                ranks.append(RankPrediction(
+                    rank=rank, label=labels[0], confidence=vote_confidence(similarities, labels, temperature),
+                    similarity=float(similarities[0]), confident=bool(labels[0] is not None and similarities[0] >= threshold),
+                ))
+            deepest = None
+            for prediction in ranks:  # ranks run from order to species; stop at the first unsure one
+                if not prediction.confident:
+                    break
+                deepest = prediction.rank
+            neighbours = [
+                Neighbour(row=int(row), processid=ids[int(row)], similarity=float(similarities[j]),
+                          taxonomy={rank: found.labels[rank][q][j] for rank in TAXONOMIC_RANKS})
+                for j, row in enumerate(found.indices[q])
+            ]
+            answers.append(Identification(query_feature, key_feature, ranks, deepest, not ranks[-1].confident, neighbours))
+        return answers
+
+    def key_image(self, row: int) -> Any:
+        """The stored image of key ``row`` (a PIL image), or None."""
+        if self.records is None or "image" not in self.records.column_names:
+            return None
+        return self.records[int(row)]["image"]
+
+
+def build_key_folder(
+    model: BioscanClipModel,
+    processor: BioscanClipProcessor,
+    keys: datasets.Dataset,
+    out_dir: str | Path,
+    *,
+    calibration_queries: datasets.Dataset | None = None,
+    precision: float = DEFAULT_PRECISION,
+    index_type: str = "flat",
+    batch_size: int = 128,
+    show_progress: bool = True,
+) -> Path:
+    """Embeds ``keys`` once and writes a key folder: one index per feature, the records, the calibration.
+
+    Args:
+        model, processor: the trained model and its processor.
+        keys (`datasets.Dataset`): labelled key records (the package's record schema).
+        out_dir: the folder to write (replaced if it is a key folder).
+        calibration_queries (`datasets.Dataset`, *optional*): validation queries whose 1-NN correctness sets the
+            confidence thresholds; without them no rank is ever confident.
+        precision (`float`, defaults to 0.9): precision the confident predictions must reach on those queries.
+        index_type (`str`, defaults to ``"flat"``): ``flat`` (exact) or an approximate faiss index (see KeyIndex).
+    """
+    out_dir = Path(out_dir)
+    modalities = list(model.config.modalities)
+    keys = with_modalities(keys, modalities, what="keys")
+    key_set = SpecimenDataset(keys, processor, modalities)
+    features = add_combined_features(
+        embed_dataset(model, key_set, batch_size=batch_size, description="embedding keys", show_progress=show_progress)
+    )
+    labels = labels_of(key_set)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, matrix in features.items():
+        if name in KEY_FEATURES:
+            KeyIndex.build(matrix, labels, index_type=index_type, modality=name).save(out_dir / name, overwrite=True)
+    calibration: dict[str, Any] = {"precision": precision, "vote_temperature": DEFAULT_VOTE_TEMPERATURE, "thresholds": {}}
+    if calibration_queries is not None:
+        query_set = SpecimenDataset(with_modalities(calibration_queries, modalities),
+                                    processor, modalities)
+        query_features = add_combined_features(embed_dataset(model, query_set, batch_size=batch_size,
+                                                             description="calibration queries", show_progress=show_progress))
+        truth = labels_of(query_set)
+        for query_name, key_name in (("image", "image"), ("dna", "dna"), ("averaged", "averaged"), ("image", "dna")):
+            if query_name not in query_features or key_name not in features:
+                continue
+            index = KeyIndex.load(out_dir / key_name)
+            found = index.search_labels(query_features[query_name], 1)
+            correct = {
+                rank: np.array([None if t is None else p[0] == t for p, t in zip(found.labels[rank], truth[rank])])
+                for rank in TAXONOMIC_RANKS
+            }
+            thresholds = calibrate_thresholds(found.scores[:, 0], correct, precision)
+            calibration["thresholds"][f"{query_name}->{key_name}"] = thresholds
+        calibration["calibration_queries"] = len(query_set)
+    (out_dir / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2))
+    records_dir = out_dir / RECORDS_DIRNAME
+    if records_dir.exists():
+        shutil.rmtree(records_dir)
+    stored = key_set.records
+    if "image" in stored.column_names:
+        stored = stored.cast_column("image", datasets.Image())
+    stored.save_to_disk(str(records_dir))
+    return out_dir

@@ -117,12 +117,39 @@ class TrainConfig:
 # The paper's recipe (CLIBD_REFERENCE.md §2.2): 500 per GPU, AdamW wd 0.01, one-cycle peak 5e-5 at batch 500
 # scaled with the global batch, 30 % warm-up, bf16; 50 epochs on BIOSCAN-1M, 20 on BIOSCAN-5M.
 PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {"epochs": 12, "batch_size": 64, "learning_rate": 2e-3, "lr_reference_batch": 64, "crop_scale_min": 0.5,
-             "text_vocab_size": 600, "mixed_precision": "no", "max_grad_norm": 1.0, "eval_every_epochs": 4},
-    "clibd-1m": {"source": "bioscan1m", "epochs": 50, "batch_size": 500, "learning_rate": 5e-5, "lr_reference_batch": 500,
-                 "mixed_precision": "bf16", "max_grad_norm": None, "crop_scale_min": 0.08, "text_vocab_size": 30522},
-    "clibd-5m": {"source": "bioscan5m", "epochs": 20, "batch_size": 500, "learning_rate": 5e-5, "lr_reference_batch": 500,
-                 "mixed_precision": "bf16", "max_grad_norm": None, "crop_scale_min": 0.08, "text_vocab_size": 30522},
+    "tiny": {
+        "epochs": 12,
+        "batch_size": 64,
+        "learning_rate": 2e-3,
+        "lr_reference_batch": 64,
+        "crop_scale_min": 0.5,
+        "text_vocab_size": 600,
+        "mixed_precision": "no",
+        "max_grad_norm": 1.0,
+        "eval_every_epochs": 4,
+    },
+    "clibd-1m": {
+        "source": "bioscan1m",
+        "epochs": 50,
+        "batch_size": 500,
+        "learning_rate": 5e-5,
+        "lr_reference_batch": 500,
+        "mixed_precision": "bf16",
+        "max_grad_norm": None,
+        "crop_scale_min": 0.08,
+        "text_vocab_size": 30522,
+    },
+    "clibd-5m": {
+        "source": "bioscan5m",
+        "epochs": 20,
+        "batch_size": 500,
+        "learning_rate": 5e-5,
+        "lr_reference_batch": 500,
+        "mixed_precision": "bf16",
+        "max_grad_norm": None,
+        "crop_scale_min": 0.08,
+        "text_vocab_size": 30522,
+    },
 }
 
 HELP = {
@@ -225,7 +252,10 @@ def contrastive_targets(species_ids: torch.Tensor, same_species_positives: bool)
 
 
 def global_contrastive_loss(
-    accelerator: Accelerator, embeds: dict[str, torch.Tensor], logit_scale: torch.Tensor, species_ids: torch.Tensor,
+    accelerator: Accelerator,
+    embeds: dict[str, torch.Tensor],
+    logit_scale: torch.Tensor,
+    species_ids: torch.Tensor,
     same_species_positives: bool = False,
 ) -> torch.Tensor:
     """Symmetric InfoNCE over every pair of modalities on the global batch (all processes' records).
@@ -319,8 +349,11 @@ def evaluate_on_validation(model, accelerator, datasets_by_role, config) -> dict
     if not query_features:
         return None
     # Image->image, DNA->DNA, image->DNA and text pairs: the paper's main table.
-    pairs = [p for p in (("image", "image"), ("dna", "dna"), ("image", "dna"), ("image", "text"), ("dna", "text"))
-             if p[0] in key_features and p[1] in key_features]
+    pairs = [
+        p
+        for p in (("image", "image"), ("dna", "dna"), ("image", "dna"), ("image", "text"), ("dna", "text"))
+        if p[0] in key_features and p[1] in key_features
+    ]
     return evaluate_retrieval(query_features, query_labels, key_features, labels_of(keys), pairs=pairs)
 
 
@@ -350,8 +383,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if not accelerator.is_main_process:
         logging.getLogger().setLevel(logging.WARNING)
-    logger.info("%d process(es), %s, device %s, mixed precision %s", accelerator.num_processes,
-                accelerator.distributed_type, accelerator.device, accelerator.mixed_precision)
+    logger.info(
+        "%d process(es), %s, device %s, mixed precision %s",
+        accelerator.num_processes,
+        accelerator.distributed_type,
+        accelerator.device,
+        accelerator.mixed_precision,
+    )
 
     # --- Seed everything (model init, dropout); augmentation draws from (seed, epoch, index).
     set_seed(config.seed)
@@ -361,14 +399,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         splits, roles = load_splits(config.source, config.data_dir, config.dataset_path, config.cache_dir)
     train_records = with_modalities(role_records(splits, roles, "train"), modalities, what="training records")
     if len(train_records) < config.batch_size * accelerator.num_processes:
-        raise ValueError(f"{len(train_records)} training records are fewer than one global batch "
-                         f"({config.batch_size} x {accelerator.num_processes})")
+        raise ValueError(
+            f"{len(train_records)} training records are fewer than one global batch "
+            f"({config.batch_size} x {accelerator.num_processes})"
+        )
     output_dir.mkdir(parents=True, exist_ok=True)
     text_tokenizer = build_text_tokenizer(config, train_records, accelerator, output_dir / "text_tokenizer")
     processor = presets.build_processor(config.preset, text_tokenizer)
     image_processor = processor.image_processor
-    augmentation = ImageAugmentation(image_processor.resize_shortest_edge, image_processor.crop_size,
-                                     scale=(config.crop_scale_min, 1.0)) if "image" in modalities else None
+    augmentation = (
+        ImageAugmentation(
+            image_processor.resize_shortest_edge, image_processor.crop_size, scale=(config.crop_scale_min, 1.0)
+        )
+        if "image" in modalities
+        else None
+    )
     train_dataset = SpecimenDataset(train_records, processor, modalities, augmentation=augmentation, seed=config.seed)
     eval_datasets: dict[str, SpecimenDataset] = {}
     if config.eval_every_epochs > 0:
@@ -378,8 +423,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 eval_datasets[role] = SpecimenDataset(records, processor, modalities)
     generator = torch.Generator().manual_seed(config.seed)
     train_loader = torch.utils.data.DataLoader(
-        train_dataset, batch_size=config.batch_size, shuffle=True, drop_last=True, num_workers=config.num_workers,
-        generator=generator, persistent_workers=False,
+        train_dataset,
+        batch_size=config.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=config.num_workers,
+        generator=generator,
+        persistent_workers=False,
     )
 
     # --- Model and optimiser.
@@ -394,8 +444,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     total_steps = steps_per_epoch * config.epochs
     # Stepped once per optimiser step by us (an `accelerator.prepare`d scheduler would step once per process).
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=peak_lr, total_steps=max(total_steps, 1), pct_start=config.warmup_fraction,
-        anneal_strategy="cos", cycle_momentum=False,
+        optimizer,
+        max_lr=peak_lr,
+        total_steps=max(total_steps, 1),
+        pct_start=config.warmup_fraction,
+        anneal_strategy="cos",
+        cycle_momentum=False,
     )
     state = TrainState()
     accelerator.register_for_checkpointing(scheduler, state)
@@ -416,22 +470,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     raw_model = accelerator.unwrap_model(model)
     max_steps = config.max_steps if config.max_steps is not None else total_steps
-    progress = tqdm(total=min(max_steps, total_steps), initial=state.global_step, desc="training",
-                    disable=not accelerator.is_local_main_process)
+    progress = tqdm(
+        total=min(max_steps, total_steps),
+        initial=state.global_step,
+        desc="training",
+        disable=not accelerator.is_local_main_process,
+    )
     started = time.time()
     last_eval: dict[str, Any] | None = None
     while state.epoch < config.epochs and state.global_step < max_steps:
         model.train()
         train_loader.set_epoch(state.epoch)  # reshuffles per epoch (the original never did)
         train_dataset.set_epoch(state.epoch)
-        batches = accelerator.skip_first_batches(train_loader, state.step_in_epoch * config.gradient_accumulation_steps) \
-            if state.step_in_epoch else train_loader
+        batches = (
+            accelerator.skip_first_batches(train_loader, state.step_in_epoch * config.gradient_accumulation_steps)
+            if state.step_in_epoch
+            else train_loader
+        )
         for batch in batches:
             with accelerator.accumulate(model):
                 out = model(**model_inputs(batch))
                 embeds = {m: getattr(out, f"{m}_embeds") for m in modalities}
-                loss = global_contrastive_loss(accelerator, embeds, out.logit_scale, batch["species_id"],
-                                               config.same_species_positives)
+                loss = global_contrastive_loss(
+                    accelerator, embeds, out.logit_scale, batch["species_id"], config.same_species_positives
+                )
                 # Decided across processes: if one process skipped backward alone, DDP would hang.
                 finite = bool(accelerator.gather(torch.isfinite(loss.detach()).float().reshape(1)).min() > 0)
                 if finite:
@@ -449,8 +511,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 state.consecutive_nan_skips += 1
                 state.total_nan_skips += 1
-                logger.warning("non-finite loss at step %d: step skipped (%d in a row)", state.global_step,
-                               state.consecutive_nan_skips)
+                logger.warning(
+                    "non-finite loss at step %d: step skipped (%d in a row)",
+                    state.global_step,
+                    state.consecutive_nan_skips,
+                )
                 if state.consecutive_nan_skips >= config.max_nan_skips:
                     raise TrainingDivergedError(
                         f"loss was not finite for {state.consecutive_nan_skips} consecutive steps "
@@ -460,8 +525,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             state.step_in_epoch += 1
             progress.update(1)
             if state.global_step % config.log_every_steps == 0 or state.global_step == 1:
-                logs = {"loss": loss.item(), "lr": scheduler.get_last_lr()[0],
-                        "logit_scale": raw_model.logit_scale.exp().item(), "epoch": state.epoch}
+                logs = {
+                    "loss": loss.item(),
+                    "lr": scheduler.get_last_lr()[0],
+                    "logit_scale": raw_model.logit_scale.exp().item(),
+                    "epoch": state.epoch,
+                }
                 progress.set_postfix(loss=f"{logs['loss']:.3f}", lr=f"{logs['lr']:.2e}")
                 accelerator.log(logs, step=state.global_step)
             if config.checkpoint_every_steps and state.global_step % config.checkpoint_every_steps == 0:
@@ -471,7 +540,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:  # the epoch ran to its end
             state.epoch += 1
             state.step_in_epoch = 0
-            if config.eval_every_epochs and (state.epoch % config.eval_every_epochs == 0 or state.epoch == config.epochs):
+            if config.eval_every_epochs and (
+                state.epoch % config.eval_every_epochs == 0 or state.epoch == config.epochs
+            ):
                 last_eval = evaluate_on_validation(model, accelerator, eval_datasets, config)
                 if last_eval is not None:
                     score = selection_score(last_eval)
@@ -492,10 +563,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         best = output_dir / "best_model"
         chosen = best if best.exists() else output_dir / "final_model"
         summary = {
-            "model": str(chosen), "global_step": state.global_step, "epochs": state.epoch,
-            "best_score": state.best_score, "best_step": state.best_step, "nan_skips": state.total_nan_skips,
-            "processes": accelerator.num_processes, "seconds": round(time.time() - started, 1),
-            "training_records": len(train_dataset), "selection_score": "mean over pairs and ranks of macro top-1 HM",
+            "model": str(chosen),
+            "global_step": state.global_step,
+            "epochs": state.epoch,
+            "best_score": state.best_score,
+            "best_step": state.best_step,
+            "nan_skips": state.total_nan_skips,
+            "processes": accelerator.num_processes,
+            "seconds": round(time.time() - started, 1),
+            "training_records": len(train_dataset),
+            "selection_score": "mean over pairs and ranks of macro top-1 HM",
         }
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         if last_eval is not None:

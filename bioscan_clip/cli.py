@@ -12,22 +12,54 @@ from collections.abc import Sequence
 
 # name -> (module, function adding the arguments, function running the command, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "quickstart": ("bioscan_clip.quickstart", "add_arguments", "run",
-                   "the main job: generate mini-BIOSCAN, train the tiny preset, evaluate, build the key index"),
-    "synth": ("dataset_scripts.synth", "add_synth_arguments", "run_synth",
-              "write the synthetic mini-BIOSCAN dataset in the BIOSCAN-5M on-disk layout"),
-    "evaluate": ("bioscan_clip.evaluation", "add_arguments", "run",
-                 "the paper's retrieval accuracy tables for a trained model (JSON, PNG, model card)"),
-    "index": ("bioscan_clip.commands", "add_index_arguments", "run_index",
-              "embed the keys of a dataset once and save a faiss key index"),
-    "embed": ("bioscan_clip.commands", "add_embed_arguments", "run_embed",
-              "export embeddings of images, barcodes or dataset records to Parquet"),
-    "predict": ("bioscan_clip.commands", "add_predict_arguments", "run_predict",
-                "identify specimens (images, FASTA/CSV barcodes, or both) against a key index"),
-    "convert-clibd": ("bioscan_clip.convert_clibd", "add_arguments", "run",
-                      "convert a published CLIBD .pth checkpoint into a from_pretrained folder"),
-    "demo": ("bioscan_clip.commands", "add_demo_arguments", "run_demo",
-             "open the Gradio demo on a trained model and its key index"),
+    "quickstart": (
+        "bioscan_clip.quickstart",
+        "add_arguments",
+        "run",
+        "the main job: generate mini-BIOSCAN, train the tiny preset, evaluate, build the key index",
+    ),
+    "synth": (
+        "dataset_scripts.synth",
+        "add_synth_arguments",
+        "run_synth",
+        "write the synthetic mini-BIOSCAN dataset in the BIOSCAN-5M on-disk layout",
+    ),
+    "evaluate": (
+        "bioscan_clip.evaluation",
+        "add_arguments",
+        "run",
+        "the paper's retrieval accuracy tables for a trained model (JSON, PNG, model card)",
+    ),
+    "index": (
+        "bioscan_clip.commands",
+        "add_index_arguments",
+        "run_index",
+        "embed the keys of a dataset once and save a faiss key index",
+    ),
+    "embed": (
+        "bioscan_clip.commands",
+        "add_embed_arguments",
+        "run_embed",
+        "export embeddings of images, barcodes or dataset records to Parquet",
+    ),
+    "predict": (
+        "bioscan_clip.commands",
+        "add_predict_arguments",
+        "run_predict",
+        "identify specimens (images, FASTA/CSV barcodes, or both) against a key index",
+    ),
+    "convert-clibd": (
+        "bioscan_clip.convert_clibd",
+        "add_arguments",
+        "run",
+        "convert a published CLIBD .pth checkpoint into a from_pretrained folder",
+    ),
+    "demo": (
+        "bioscan_clip.commands",
+        "add_demo_arguments",
+        "run_demo",
+        "open the Gradio demo on a trained model and its key index",
+    ),
 }
 
 
@@ -52,7 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     module_name, add_name, run_name, help_text = SUBCOMMANDS[name]
     module = importlib.import_module(module_name)
-    sub_parser = argparse.ArgumentParser(prog=f"bioscan-clip {name}", description=help_text[0].upper() + help_text[1:] + ".")
+    sub_parser = argparse.ArgumentParser(
+        prog=f"bioscan-clip {name}", description=help_text[0].upper() + help_text[1:] + "."
+    )
     getattr(module, add_name)(sub_parser)
     args = sub_parser.parse_args(rest)
     return int(getattr(module, run_name)(args) or 0)

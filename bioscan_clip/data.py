@@ -77,13 +77,20 @@ def with_modalities(records: datasets.Dataset, modalities: Sequence[str], *, wha
     keep = np.ones(len(records), dtype=bool)
     if "image" in modalities:
         images = records.data.column("image").to_pylist() if "image" in records.column_names else [None] * len(records)
-        keep &= np.array([image is not None and (image.get("bytes") or image.get("path")) is not None for image in images])
+        keep &= np.array(
+            [image is not None and (image.get("bytes") or image.get("path")) is not None for image in images]
+        )
     if "dna" in modalities:
         keep &= np.array([bool(barcode) for barcode in records["dna_barcode"]])
     dropped = int((~keep).sum())
     if dropped:
-        logger.info("%s: %d of %d lack a needed modality (%s) and are left out", what, dropped, len(records),
-                    ", ".join(modalities))
+        logger.info(
+            "%s: %d of %d lack a needed modality (%s) and are left out",
+            what,
+            dropped,
+            len(records),
+            ", ".join(modalities),
+        )
     return records if not dropped else records.select(np.flatnonzero(keep))
 
 
@@ -98,8 +105,14 @@ class ImageAugmentation:
         max_rotation (`float`, defaults to 45): rotation range in degrees.
     """
 
-    def __init__(self, resize_shortest_edge: int, crop_size: int, scale: tuple[float, float] = (0.08, 1.0),
-                 ratio: tuple[float, float] = (3 / 4, 4 / 3), max_rotation: float = 45.0) -> None:
+    def __init__(
+        self,
+        resize_shortest_edge: int,
+        crop_size: int,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        max_rotation: float = 45.0,
+    ) -> None:
         if not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"scale: expected 0 < min <= max <= 1, got {scale}")
         self.resize_shortest_edge = resize_shortest_edge
@@ -149,8 +162,14 @@ class SpecimenDataset(torch.utils.data.Dataset):
     Records whose barcode the tokenizer refuses are left out and counted in ``dropped_barcodes``.
     """
 
-    def __init__(self, records: datasets.Dataset, processor: BioscanClipProcessor, modalities: Sequence[str],
-                 augmentation: ImageAugmentation | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        records: datasets.Dataset,
+        processor: BioscanClipProcessor,
+        modalities: Sequence[str],
+        augmentation: ImageAugmentation | None = None,
+        seed: int = 0,
+    ) -> None:
         self.modalities = list(modalities)
         self.processor = processor
         self.augmentation = augmentation
@@ -162,8 +181,9 @@ class SpecimenDataset(torch.utils.data.Dataset):
             barcodes, keep = [], []
             for row, barcode in enumerate(records["dna_barcode"]):
                 try:
-                    barcodes.append(normalize_barcode(barcode, record=f"record {row}",
-                                                      max_nucleotides=tokenizer.max_nucleotides))
+                    barcodes.append(
+                        normalize_barcode(barcode, record=f"record {row}", max_nucleotides=tokenizer.max_nucleotides)
+                    )
                     keep.append(row)
                 except BioscanInputError as error:
                     self.dropped_barcodes += 1
@@ -177,10 +197,13 @@ class SpecimenDataset(torch.utils.data.Dataset):
         columns = records.select_columns([c for c in ("processid", *TAXONOMIC_RANKS) if c in records.column_names])
         self.metadata: dict[str, list[Any]] = columns.to_dict()
         if "text" in self.modalities:
-            texts = [taxonomy_to_text({rank: self.metadata.get(rank, [None] * len(records))[i] for rank in TAXONOMIC_RANKS})
-                     for i in range(len(records))]
-            encoded = processor.tokenizer(texts, padding="max_length", truncation=True,
-                                          max_length=processor.text_max_length, return_tensors="np")
+            texts = [
+                taxonomy_to_text({rank: self.metadata.get(rank, [None] * len(records))[i] for rank in TAXONOMIC_RANKS})
+                for i in range(len(records))
+            ]
+            encoded = processor.tokenizer(
+                texts, padding="max_length", truncation=True, max_length=processor.text_max_length, return_tensors="np"
+            )
             self.input_ids = torch.from_numpy(encoded["input_ids"].astype(np.int64))
             self.attention_mask = torch.from_numpy(encoded["attention_mask"].astype(np.int64))
         species = self.metadata.get("species", [None] * len(records))

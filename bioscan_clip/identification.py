@@ -131,8 +131,14 @@ class Identifier:
         answer.deepest_confident_rank, answer.ranks[-1].label
     """
 
-    def __init__(self, model: BioscanClipModel, processor: BioscanClipProcessor, indexes: dict[str, KeyIndex],
-                 calibration: dict[str, Any], records: datasets.Dataset | None = None) -> None:
+    def __init__(
+        self,
+        model: BioscanClipModel,
+        processor: BioscanClipProcessor,
+        indexes: dict[str, KeyIndex],
+        calibration: dict[str, Any],
+        records: datasets.Dataset | None = None,
+    ) -> None:
         self.model = model.eval()
         self.processor = processor
         self.indexes = indexes
@@ -144,21 +150,29 @@ class Identifier:
         """Loads a saved model folder and a key folder written by :func:`build_key_folder`."""
         key_dir = Path(key_dir)
         if not (key_dir / CALIBRATION_FILE).exists():
-            raise BioscanInputError(f"{key_dir}: not a key folder (no {CALIBRATION_FILE}); build it with `bioscan-clip index`")
+            raise BioscanInputError(
+                f"{key_dir}: not a key folder (no {CALIBRATION_FILE}); build it with `bioscan-clip index`"
+            )
         model = BioscanClipModel.from_pretrained(model_dir)
         processor = BioscanClipProcessor.from_pretrained(model_dir)
         indexes = {name: KeyIndex.load(key_dir / name) for name in KEY_FEATURES if (key_dir / name).exists()}
-        records = datasets.load_from_disk(str(key_dir / RECORDS_DIRNAME)) if (key_dir / RECORDS_DIRNAME).exists() else None
+        records = (
+            datasets.load_from_disk(str(key_dir / RECORDS_DIRNAME)) if (key_dir / RECORDS_DIRNAME).exists() else None
+        )
         calibration = json.loads((key_dir / CALIBRATION_FILE).read_text())
         return cls(model, processor, indexes, calibration, records)
 
     @torch.no_grad()
-    def embed(self, images: Sequence[Any] | None = None, barcodes: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    def embed(
+        self, images: Sequence[Any] | None = None, barcodes: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
         """Unit-length query features (``image``, ``dna`` and, with both, ``averaged``)."""
         if not images and not barcodes:
             raise BioscanInputError("expected images and/or barcodes to identify, got neither")
         if images and barcodes and len(images) != len(barcodes):
-            raise BioscanInputError(f"paired queries need as many images as barcodes, got {len(images)} and {len(barcodes)}")
+            raise BioscanInputError(
+                f"paired queries need as many images as barcodes, got {len(images)} and {len(barcodes)}"
+            )
         inputs = self.processor(images=list(images) if images else None, dna=list(barcodes) if barcodes else None)
         embeds = {name: value.numpy() for name, value in self.model.embed(**inputs).items()}
         return add_combined_features(embeds)
@@ -199,21 +213,32 @@ class Identifier:
             for rank in TAXONOMIC_RANKS:
                 labels = found.labels[rank][q]
                 threshold = thresholds.get(rank, float("inf"))
-                ranks.append(RankPrediction(
-                    rank=rank, label=labels[0], confidence=vote_confidence(similarities, labels, temperature),
-                    similarity=float(similarities[0]), confident=bool(labels[0] is not None and similarities[0] >= threshold),
-                ))
+                ranks.append(
+                    RankPrediction(
+                        rank=rank,
+                        label=labels[0],
+                        confidence=vote_confidence(similarities, labels, temperature),
+                        similarity=float(similarities[0]),
+                        confident=bool(labels[0] is not None and similarities[0] >= threshold),
+                    )
+                )
             deepest = None
             for prediction in ranks:  # ranks run from order to species; stop at the first unsure one
                 if not prediction.confident:
                     break
                 deepest = prediction.rank
             neighbours = [
-                Neighbour(row=int(row), processid=ids[int(row)], similarity=float(similarities[j]),
-                          taxonomy={rank: found.labels[rank][q][j] for rank in TAXONOMIC_RANKS})
+                Neighbour(
+                    row=int(row),
+                    processid=ids[int(row)],
+                    similarity=float(similarities[j]),
+                    taxonomy={rank: found.labels[rank][q][j] for rank in TAXONOMIC_RANKS},
+                )
                 for j, row in enumerate(found.indices[q])
             ]
-            answers.append(Identification(query_feature, key_feature, ranks, deepest, not ranks[-1].confident, neighbours))
+            answers.append(
+                Identification(query_feature, key_feature, ranks, deepest, not ranks[-1].confident, neighbours)
+            )
         return answers
 
     def key_image(self, row: int) -> Any:
@@ -258,12 +283,18 @@ def build_key_folder(
     for name, matrix in features.items():
         if name in KEY_FEATURES:
             KeyIndex.build(matrix, labels, index_type=index_type, modality=name).save(out_dir / name, overwrite=True)
-    calibration: dict[str, Any] = {"precision": precision, "vote_temperature": DEFAULT_VOTE_TEMPERATURE, "thresholds": {}}
+    calibration: dict[str, Any] = {
+        "precision": precision,
+        "vote_temperature": DEFAULT_VOTE_TEMPERATURE,
+        "thresholds": {},
+    }
     if calibration_queries is not None:
-        query_set = SpecimenDataset(with_modalities(calibration_queries, modalities),
-                                    processor, modalities)
-        query_features = add_combined_features(embed_dataset(model, query_set, batch_size=batch_size,
-                                                             description="calibration queries", show_progress=show_progress))
+        query_set = SpecimenDataset(with_modalities(calibration_queries, modalities), processor, modalities)
+        query_features = add_combined_features(
+            embed_dataset(
+                model, query_set, batch_size=batch_size, description="calibration queries", show_progress=show_progress
+            )
+        )
         truth = labels_of(query_set)
         for query_name, key_name in (("image", "image"), ("dna", "dna"), ("averaged", "averaged"), ("image", "dna")):
             if query_name not in query_features or key_name not in features:
@@ -271,7 +302,9 @@ def build_key_folder(
             index = KeyIndex.load(out_dir / key_name)
             found = index.search_labels(query_features[query_name], 1)
             correct = {
-                rank: np.array([None if t is None else p[0] == t for p, t in zip(found.labels[rank], truth[rank])])
+                rank: np.array(
+                    [None if t is None else p[0] == t for p, t in zip(found.labels[rank], truth[rank], strict=True)]
+                )
                 for rank in TAXONOMIC_RANKS
             }
             thresholds = calibrate_thresholds(found.scores[:, 0], correct, precision)

@@ -133,9 +133,15 @@ class BioscanClipConfig(PreTrainedConfig):
             )
         # Keep the tower order canonical so that configs compare equal however modalities were listed.
         self.modalities = [m for m in MODALITIES if m in modalities]
-        self.image_config = _build_sub_config(image_config, DEFAULT_IMAGE_CONFIG, "image_config") if "image" in modalities else None
-        self.dna_config = _build_sub_config(dna_config, DEFAULT_DNA_CONFIG, "dna_config") if "dna" in modalities else None
-        self.text_config = _build_sub_config(text_config, DEFAULT_TEXT_CONFIG, "text_config") if "text" in modalities else None
+        self.image_config = (
+            _build_sub_config(image_config, DEFAULT_IMAGE_CONFIG, "image_config") if "image" in modalities else None
+        )
+        self.dna_config = (
+            _build_sub_config(dna_config, DEFAULT_DNA_CONFIG, "dna_config") if "dna" in modalities else None
+        )
+        self.text_config = (
+            _build_sub_config(text_config, DEFAULT_TEXT_CONFIG, "text_config") if "text" in modalities else None
+        )
         self.projection_dim = projection_dim
         self.projection_bias = bool(projection_bias)
         self.logit_scale_init_value = float(logit_scale_init_value)

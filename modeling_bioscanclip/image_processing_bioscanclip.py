@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from collections.abc import Sequence
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -26,7 +27,7 @@ from .constants_bioscanclip import (
 )
 from .errors_bioscanclip import BioscanImageError
 
-ImageSource = Union[str, os.PathLike, bytes, BinaryIO, Image.Image, np.ndarray]
+ImageSource = str | os.PathLike | bytes | BinaryIO | Image.Image | np.ndarray
 
 
 def _check_geometry(width: int, height: int, name: str, max_pixels: int, max_aspect_ratio: float) -> None:
@@ -116,8 +117,12 @@ def load_image_safely(
         _check_geometry(source.width, source.height, label, max_pixels, max_aspect_ratio)
         return to_rgb(source)
     if isinstance(source, np.ndarray):
-        return load_image_safely(_array_to_pil(source, name or "<array>"), name=name or "<array>",
-                                 max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio)
+        return load_image_safely(
+            _array_to_pil(source, name or "<array>"),
+            name=name or "<array>",
+            max_pixels=max_pixels,
+            max_aspect_ratio=max_aspect_ratio,
+        )
 
     if isinstance(source, (str, os.PathLike)):
         label = name or os.fspath(source)
@@ -147,7 +152,11 @@ def load_image_safely(
         raise BioscanImageError(f"expected a path, bytes, file object, PIL image or array, got {type(source).__name__}")
 
     try:
-        with Image.open(io.BytesIO(data), formats=list(formats)) as opened:
+        with warnings.catch_warnings():
+            # Our own pixel cap below is stricter than the warning zone of Pillow's.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(io.BytesIO(data), formats=list(formats))
+        with opened:
             _check_geometry(opened.width, opened.height, label, max_pixels, max_aspect_ratio)
             opened.seek(0)  # first frame only
             opened.load()
@@ -272,14 +281,13 @@ class BioscanClipImageProcessor(BaseImageProcessor):
             array = (array - mean) / std
         return array
 
-    def preprocess(self, images: ImageSource | Sequence[ImageSource], return_tensors: str | None = "pt",
-                   **kwargs: Any) -> BatchFeature:
+    def preprocess(
+        self, images: ImageSource | Sequence[ImageSource], return_tensors: str | None = "pt", **kwargs: Any
+    ) -> BatchFeature:
         """Turns one image or a list of images into ``pixel_values`` of shape (batch, 3, crop, crop)."""
         if kwargs:
             raise TypeError(f"unexpected arguments for the image processor: {sorted(kwargs)}")
-        if isinstance(images, (list, tuple)):
-            batch = list(images)
-        elif isinstance(images, np.ndarray) and images.ndim == 4:
+        if isinstance(images, (list, tuple)) or (isinstance(images, np.ndarray) and images.ndim == 4):
             batch = list(images)
         else:
             batch = [images]
@@ -288,6 +296,7 @@ class BioscanClipImageProcessor(BaseImageProcessor):
         arrays = [self.to_array(self.resize_and_crop(self.load(image))) for image in batch]
         return BatchFeature({"pixel_values": np.stack(arrays)}, tensor_type=return_tensors)
 
-    def __call__(self, images: ImageSource | Sequence[ImageSource], return_tensors: str | None = "pt",
-                 **kwargs: Any) -> BatchFeature:
+    def __call__(
+        self, images: ImageSource | Sequence[ImageSource], return_tensors: str | None = "pt", **kwargs: Any
+    ) -> BatchFeature:
         return self.preprocess(images, return_tensors=return_tensors, **kwargs)

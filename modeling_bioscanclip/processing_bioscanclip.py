@@ -52,8 +52,14 @@ class BioscanClipProcessor(ProcessorMixin):
         text_max_length (`int`, *optional*, defaults to 20): taxonomy strings are padded/truncated to this.
     """
 
-    def __init__(self, image_processor: Any, dna_tokenizer: Any, tokenizer: Any, text_max_length: int = TEXT_MAX_LENGTH,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        image_processor: Any,
+        dna_tokenizer: Any,
+        tokenizer: Any,
+        text_max_length: int = TEXT_MAX_LENGTH,
+        **kwargs: Any,
+    ) -> None:
         if text_max_length < 2:
             raise ValueError(f"text_max_length: expected >= 2, got {text_max_length}")
         self.text_max_length = int(text_max_length)

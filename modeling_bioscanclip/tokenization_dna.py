@@ -233,7 +233,9 @@ class BioscanDnaTokenizer(PreTrainedTokenizer):
         sequence = self._fit_length(normalize_barcode(text, max_nucleotides=self.max_nucleotides).sequence)
         return [sequence[i : i + self.kmer_size] for i in range(0, self.num_kmers * self.stride, self.stride)]
 
-    def build_inputs_with_special_tokens(self, token_ids_0: list[int], token_ids_1: list[int] | None = None) -> list[int]:
+    def build_inputs_with_special_tokens(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None
+    ) -> list[int]:
         if token_ids_1 is not None:
             raise BioscanInputError("DNA barcodes are encoded one at a time, not as sequence pairs")
         prefix = [self.vocab[self.prefix_token]] if self.prefix_token is not None else []

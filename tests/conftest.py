@@ -39,15 +39,30 @@ def tiny_config_kwargs(modalities=("image", "dna", "text"), text_vocab_size: int
     """A hidden-32, 2-layer configuration of every tower (image 32 px, patch 8), as transformers' own tests do."""
 
     def bert(vocab: int, positions: int) -> dict:
-        return {"model_type": "bert", "vocab_size": vocab, "hidden_size": 32, "num_hidden_layers": 2,
-                "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": positions,
-                "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+        return {
+            "model_type": "bert",
+            "vocab_size": vocab,
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": positions,
+            "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0,
+        }
 
     kwargs = {
         "modalities": list(modalities),
         "projection_dim": 16,
-        "image_config": {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-                         "intermediate_size": 64, "image_size": 32, "patch_size": 8},
+        "image_config": {
+            "model_type": "vit",
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "image_size": 32,
+            "patch_size": 8,
+        },
         "dna_config": bert(1027, 140),
         "text_config": bert(text_vocab_size, 32),
     }

@@ -111,7 +111,9 @@ def test_two_modality_models(tiny_processor, modalities, present):
     missing = ({"image", "dna", "text"} - set(modalities)).pop()
     assert not hasattr(model, f"{missing}_model")
     with pytest.raises(BioscanInputError, match=f"no {missing} tower"):
-        getattr(model, f"get_{missing}_features")(torch.zeros(1, 3, 32, 32) if missing == "image" else torch.ones(1, 5, dtype=torch.long))
+        getattr(model, f"get_{missing}_features")(
+            torch.zeros(1, 3, 32, 32) if missing == "image" else torch.ones(1, 5, dtype=torch.long)
+        )
 
 
 def test_dna_only_records_need_no_dummy_image(tiny_processor):
@@ -224,7 +226,11 @@ def test_fresh_process_loads_with_remote_code_bit_for_bit(tmp_path, tiny_process
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""}
     result = subprocess.run(
         [sys.executable, "-c", FRESH_PROCESS_LOAD, str(tmp_path), barcode, text],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=240,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "bioscan_clip BioscanClipProcessor" in result.stdout
@@ -278,8 +284,11 @@ def test_from_towers_with_real_minilm_text_encoder(tmp_path):
     text_dir = minilm.get_model_path()
     model = BioscanClipModel.from_towers(dna_tower=str(tmp_path / "dna"), text_tower=str(text_dir), projection_dim=16)
     tokenizer = AutoTokenizer.from_pretrained(text_dir)
-    batch = tokenizer(["Diptera Cecidomyiidae", "Diptera Sciaridae gnat", "a photo of a car engine"],
-                      padding=True, return_tensors="pt")
+    batch = tokenizer(
+        ["Diptera Cecidomyiidae", "Diptera Sciaridae gnat", "a photo of a car engine"],
+        padding=True,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         hidden = model.text_model(**batch).last_hidden_state
     mask = batch["attention_mask"].unsqueeze(-1)

@@ -46,7 +46,7 @@ def test_reference_ids_on_real_barcodes(reference, realdata):
     ids = reference(barcodes, return_tensors="np")["input_ids"]
     assert ids.shape == (len(barcodes), 133)
     lowercase = gapped = 0
-    for row, raw in zip(ids, barcodes):
+    for row, raw in zip(ids, barcodes, strict=True):
         clean = raw.upper().replace("-", "").replace(".", "")
         lowercase += raw != raw.upper()
         gapped += "-" in raw
@@ -66,7 +66,13 @@ def test_clean_mode_prefix_and_mask():
 
 @pytest.mark.parametrize(
     "variant",
-    ["acgtacgtaaccggtt", "ACGUACGUAACCGGUU", "ACGT ACGT\nAACC\r\nGGTT", ">seq 1\nACGTACGTAA\nCCGGTT\n", "ACGT-ACGTAA..CCGGTT"],
+    [
+        "acgtacgtaaccggtt",
+        "ACGUACGUAACCGGUU",
+        "ACGT ACGT\nAACC\r\nGGTT",
+        ">seq 1\nACGTACGTAA\nCCGGTT\n",
+        "ACGT-ACGTAA..CCGGTT",
+    ],
 )
 def test_normalisation_is_invisible(reference, variant):
     clean = "ACGTACGTAACCGGTT"

@@ -32,6 +32,7 @@ import math
 import os
 import pickle
 import re
+import shutil
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -740,6 +741,24 @@ def _image_processor(image_size: int) -> BioscanClipImageProcessor:
     return BioscanClipImageProcessor(resize_shortest_edge=resize, crop_size=image_size, do_normalize=False)
 
 
+CARD_BEHAVIOUR = {
+    "image": (
+        "- Image: timm ViT-B/16 as a transformers ViT (LayerNorm eps 1e-6, biased qkv, exact GELU), CLS token of the\n"
+        "  final norm, linear head. Pixels are **not normalised** (the original feeds [0, 1]): shorter side resized to\n"
+        "  256, centre crop 224 (`do_normalize=False`)."
+    ),
+    "dna": (
+        "- DNA: the original k-mer ids (5-mers, stride 5, 660 nt padded with `N`, id 0 prepended, 133 ids;\n"
+        "  `BioscanDnaTokenizer(reference_mode=True)`), no attention mask; MLM transform + linear head, softmax over\n"
+        '  the outputs, mean over all 133 positions (`dna_pooling="softmax_mean"`, `dna_use_attention_mask=False`).'
+    ),
+    "text": (
+        '- Text: BERT-small over `"order family genus species"` padded to 20 tokens, mean over all 20 positions\n'
+        '  (`text_pooling="mean_all"`), linear head.'
+    ),
+}
+
+
 def _model_card(report: ClibdConversionReport, source_name: str, has_processor: bool) -> str:
     towers = "\n".join(f"| {name} | {json.dumps(sizes)} |" for name, sizes in report.towers.items())
     lora = (
@@ -749,10 +768,18 @@ def _model_card(report: ClibdConversionReport, source_name: str, has_processor: 
         )
         or "none"
     )
-    dropped = "\n".join(f"- `{key}`: {reason}" for key, reason in sorted(report.dropped_keys.items())) or "- none"
+    dropped = "\n".join(f"  - `{key}`: {reason}" for key, reason in sorted(report.dropped_keys.items())) or "  - none"
+    behaviour = "\n".join(CARD_BEHAVIOUR[modality] for modality in report.modalities)
     if has_processor:
         processor_note = (
             "The folder holds the full processor: `AutoProcessor.from_pretrained(folder, trust_remote_code=True)`."
+        )
+    elif "text" not in report.modalities:
+        processor_note = (
+            "This variant has no text tower. The image processor is saved at the root "
+            "(`AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)`) and the DNA tokenizer in "
+            '`dna_tokenizer/` (`AutoTokenizer.from_pretrained(folder, subfolder="dna_tokenizer", '
+            "trust_remote_code=True)`); `BioscanClipProcessor` also wants a text tokenizer, which this model ignores."
         )
     else:
         processor_note = (
@@ -770,6 +797,8 @@ def _model_card(report: ClibdConversionReport, source_name: str, has_processor: 
             "```\n\n"
             "or re-run the conversion with `--text-tokenizer DIR` (a local copy of that tokenizer)."
         )
+    projection_dim = next(iter(report.towers.values())).get("projection_dim", "")
+    load_processor = "" if has_processor else "  # once the processor is added (see above)"
     return f"""---
 library_name: transformers
 tags:
@@ -809,15 +838,9 @@ paper (Gong et al., *CLIBD: Bridging Vision and Genomics for Biodiversity Monito
 
 ## Behaviour kept from the original
 
-- Image: timm ViT-B/16 as a transformers ViT (LayerNorm eps 1e-6, biased qkv, exact GELU), CLS token of the final
-  norm, linear head. Pixels are **not normalised** (the original feeds [0, 1]): resize the shorter side to 256,
-  centre-crop 224 (`do_normalize=False`).
-- DNA: BarcodeBERT k-mer ids of the original tokenizer (5-mers, stride 5, 660 nt padded with `N`, id 0 prepended,
-  133 ids; `BioscanDnaTokenizer(reference_mode=True)`), no attention mask; MLM transform + linear head, softmax over
-  the outputs, mean over all 133 positions (`dna_pooling="softmax_mean"`, `dna_use_attention_mask=False`).
-- Text: BERT-small over `"order family genus species"` padded to 20 tokens, mean over all 20 positions
-  (`text_pooling="mean_all"`), linear head.
-- `forward` returns L2-normalised 768-d embeddings; `get_*_features(..., normalize=False)` the raw projections.
+{behaviour}
+- `forward` returns L2-normalised {projection_dim}-d embeddings; `get_*_features(..., normalize=False)` the raw
+  projections.
 
 ## Processor
 
@@ -831,7 +854,7 @@ from transformers import AutoModel, AutoProcessor
 repo = "<owner>/<this-repo>"
 revision = "<40-character commit sha>"  # pin it: it fixes both the weights and the remote code
 model = AutoModel.from_pretrained(repo, revision=revision, trust_remote_code=True, use_safetensors=True).eval()
-processor = AutoProcessor.from_pretrained(repo, revision=revision, trust_remote_code=True)
+processor = AutoProcessor.from_pretrained(repo, revision=revision, trust_remote_code=True){load_processor}
 inputs = processor(images=["specimen.jpg"], dna=["AACATTATATTTTATTTTTGG..."],
                    text=["Diptera Sciaridae Bradysia Bradysia impatiens"])
 out = model(**inputs)  # out.image_embeds, out.dna_embeds, out.text_embeds
@@ -901,12 +924,19 @@ def convert_clibd_checkpoint(
     else:
         image_processor.save_pretrained(out_dir)
         dna_tokenizer.save_pretrained(out_dir / "dna_tokenizer")
+        # Remote-code loading looks for a subfolder's code files at the repository root.
+        for code_file in (out_dir / "dna_tokenizer").glob("*.py"):
+            if not (out_dir / code_file.name).exists():
+                shutil.copyfile(code_file, out_dir / code_file.name)
         if "text" in report.modalities:
             logger.warning(
                 "no --text-tokenizer given: the folder has no complete processor; the model card says how to add "
                 "prajjwal1/bert-small's tokenizer"
             )
-    source_name = "/".join(Path(path).parts[-4:])
+    parts = Path(path).parts
+    # Name the file by its place in bioscan-ml/clibd when it has one; local folders are nobody's business.
+    source_name = "/".join(parts[len(parts) - 1 - parts[::-1].index("ckpt") :] if "ckpt" in parts else parts[-3:])
+    source_name = source_name.lstrip("/")
     (out_dir / "README.md").write_text(_model_card(report, source_name, tokenizer is not None), encoding="utf-8")
     (out_dir / "conversion_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     return report

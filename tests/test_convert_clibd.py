@@ -534,3 +534,38 @@ def test_without_text_tokenizer_the_card_says_what_to_supply(tmp_path):
         )
     with pytest.raises(ValueError, match="original"):
         convert_clibd_checkpoint(tmp_path / "best.pth", "image_text", tmp_path / "out3", barcodebert_tokenizer="hub")
+
+
+FRESH_PROCESS_LOAD = """
+import sys
+for name in ("modeling_bioscanclip", "bioscan_clip"):
+    sys.modules[name] = None  # everything must come from the converted folder
+from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+folder = sys.argv[1]
+model = AutoModel.from_pretrained(folder, trust_remote_code=True, use_safetensors=True)
+image_processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+dna_tokenizer = AutoTokenizer.from_pretrained(folder, subfolder="dna_tokenizer", trust_remote_code=True)
+assert type(model).__module__.startswith("transformers_modules")
+assert not image_processor.do_normalize and dna_tokenizer.reference_mode
+print(model.config.dna_pooling, dna_tokenizer(["ACGT" * 10], return_tensors="pt")["input_ids"].shape[1])
+"""
+
+
+@pytest.mark.slow
+def test_folder_without_processor_loads_in_a_fresh_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    torch.save(make_clibd_state_dict("image_dna", SMALL), tmp_path / "best.pth")
+    convert_clibd_checkpoint(tmp_path / "best.pth", "image_dna", tmp_path / "out", num_attention_heads=SMALL.heads)
+    result = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS_LOAD, str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""},
+        cwd=tmp_path,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["softmax_mean", "133"]

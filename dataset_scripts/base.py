@@ -35,6 +35,7 @@ from .integrity import (
     PrepareSummary,
     check_unique,
     expected_sha256,
+    official_mismatch,
     source_fingerprint,
     verify_sha256,
 )
@@ -67,7 +68,8 @@ class BioscanBuilderConfig(datasets.BuilderConfig):
         max_nucleotides (`int` or `None`, *optional*, defaults to 660): barcodes are cut to this length.
         require_dna (`bool`, *optional*, defaults to `False`): raise instead of warning when the source has no
             DNA column.
-        sha256 (`str`, *optional*): expected sha256 of the metadata file.
+        sha256 (`str`, *optional*): expected sha256 of the metadata file, or ``"official"`` for the recorded digest
+            of the official release (:data:`~dataset_scripts.integrity.KNOWN_SHA256`).
         manifest (`str`, *optional*): a ``sha256sum``-style manifest holding the metadata file's digest.
         partition (`str`, *optional*, defaults to ``"auto"``): how 1M/BOLD records are split (see the builders).
         seed (`int`, *optional*, defaults to 0): seed of a rebuilt partition.
@@ -184,6 +186,8 @@ class BioscanBuilderBase(datasets.ArrowBasedBuilder):
             )
         expected = expected_sha256(metadata, sha256=self.config.sha256, manifest=self.config.manifest)
         summary = PrepareSummary(source=str(metadata), sha256=verify_sha256(metadata, expected))
+        if expected is None and (warning := official_mismatch(metadata, summary.sha256)):
+            summary.warnings.append(warning)
         self._summary = summary
         self._image_problem_ids = set()
 

@@ -33,6 +33,7 @@ __all__ = [
     "PrepareSummary",
     "check_unique",
     "expected_sha256",
+    "official_mismatch",
     "read_manifest",
     "sha256_file",
     "source_fingerprint",
@@ -87,7 +88,17 @@ def read_manifest(path: str | Path) -> dict[str, str]:
 
 
 def expected_sha256(path: Path, *, sha256: str | None, manifest: str | None) -> str | None:
-    """The digest ``path`` must have: the explicit value, else the manifest's entry, else :data:`KNOWN_SHA256`."""
+    """The digest ``path`` must have: the explicit value, else the manifest's entry, else ``None``.
+
+    ``sha256="official"`` asks for the :data:`KNOWN_SHA256` entry of the file name (an error when the table has
+    none). The table is not applied by default because mini-BIOSCAN and user files share the official names;
+    a mismatch with it is reported as a warning instead (see :func:`official_mismatch`).
+    """
+    if sha256 == "official":
+        known = KNOWN_SHA256.get(path.name)
+        if known is None:
+            raise DataIntegrityError(f"no official sha256 is recorded for {path.name}; pass sha256=<hex> or manifest=")
+        return known
     if sha256:
         return sha256.lower()
     if manifest:
@@ -95,7 +106,15 @@ def expected_sha256(path: Path, *, sha256: str | None, manifest: str | None) -> 
         if path.name not in entries:
             raise DataIntegrityError(f"manifest {manifest} has no entry for {path.name}")
         return entries[path.name]
-    return KNOWN_SHA256.get(path.name)
+    return None
+
+
+def official_mismatch(path: Path, actual: str) -> str | None:
+    """A warning when ``path`` has an official name with a recorded digest that ``actual`` does not match."""
+    known = KNOWN_SHA256.get(path.name)
+    if known is not None and known != actual:
+        return f"{path} is not the official {path.name} (sha256 {actual}, official {known})"
+    return None
 
 
 def verify_sha256(path: str | Path, expected: str | None) -> str:

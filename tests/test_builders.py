@@ -364,3 +364,20 @@ def test_embed_images_stores_bytes(tmp_path):
     builder.download_and_prepare()
     cell = builder.as_dataset(split="val").cast_column("image", datasets.Image(decode=False))[0]["image"]
     assert cell["bytes"][:2] == b"\xff\xd8" and cell["path"] == "P0004.jpg"  # JPEG bytes, no absolute path
+
+
+def test_official_hash_table(tmp_path, monkeypatch):
+    from dataset_scripts import integrity
+
+    write_5m(tmp_path / "data")
+    builder = Bioscan5M(data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), sha256="official")
+    with pytest.raises(DataIntegrityError, match="no official sha256 is recorded"):
+        builder.download_and_prepare()
+    monkeypatch.setitem(integrity.KNOWN_SHA256, "BIOSCAN_5M_Insect_Dataset_metadata.csv", "a" * 64)
+    with pytest.raises(DataIntegrityError, match="expected a{64}"):
+        Bioscan5M(
+            data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "c2"), sha256="official"
+        ).download_and_prepare()
+    lenient = Bioscan5M(data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "c3"))
+    lenient.download_and_prepare()  # same-named non-official files (mini-BIOSCAN) still load, with a warning
+    assert any("is not the official" in warning for warning in lenient.summary.warnings)

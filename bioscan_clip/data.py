@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import datasets
@@ -38,6 +37,7 @@ def load_splits(
     data_dir: str | None = None,
     dataset_path: str | None = None,
     cache_dir: str | None = None,
+    **builder_options: Any,
 ) -> tuple[datasets.DatasetDict, dict[str, tuple[str, ...]]]:
     """Loads every split of a dataset and the split names that make up each retrieval role.
 
@@ -47,6 +47,7 @@ def load_splits(
         dataset_path (`str`, *optional*): instead, a ``DatasetDict`` saved with ``save_to_disk``; its roles are
             those of ``source`` (default ``mini``, i.e. BIOSCAN-5M split names).
         cache_dir (`str`, *optional*): where builders keep their Arrow cache.
+        **builder_options: options of the builder's config (e.g. ``partition="clibd"`` for BOLD exports).
     """
     if dataset_path is not None:
         splits = datasets.load_from_disk(dataset_path)
@@ -57,7 +58,28 @@ def load_splits(
         raise BioscanInputError("expected a builder name (source) or a dataset_path")
     if source not in RETRIEVAL_SPLITS:
         raise BioscanInputError(f"unknown source {source!r}; expected one of {sorted(RETRIEVAL_SPLITS)}")
-    return load_bioscan(source, data_dir, cache_dir=cache_dir), RETRIEVAL_SPLITS[source]
+    return load_bioscan(source, data_dir, cache_dir=cache_dir, **builder_options), RETRIEVAL_SPLITS[source]
+
+
+def add_data_arguments(parser: Any, *, default_source: str | None = "mini") -> None:
+    """The options every command uses to name a dataset."""
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--source",
+        default=default_source,
+        choices=sorted(RETRIEVAL_SPLITS),
+        help=f"dataset builder (default: {default_source}; mini is generated, synthetic)",
+    )
+    group.add_argument("--data_dir", help="the builder's data root (for bold: the export .tsv)")
+    group.add_argument("--dataset_path", help="instead, a DatasetDict saved with save_to_disk")
+    group.add_argument("--cache_dir", help="where builders keep their Arrow cache")
+    group.add_argument("--partition", help="BOLD exports: 'clibd' splits species into seen/unseen queries and keys")
+
+
+def splits_from_args(args: Any) -> tuple[datasets.DatasetDict, dict[str, tuple[str, ...]]]:
+    """:func:`load_splits` from the options of :func:`add_data_arguments`."""
+    options = {"partition": args.partition} if getattr(args, "partition", None) else {}
+    return load_splits(args.source, args.data_dir, args.dataset_path, args.cache_dir, **options)
 
 
 def role_records(splits: datasets.DatasetDict, roles: dict[str, tuple[str, ...]], role: str) -> datasets.Dataset:
@@ -243,8 +265,3 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The keys of a collated batch that the model's forward takes."""
     names = ("pixel_values", "dna_input_ids", "dna_attention_mask", "input_ids", "attention_mask")
     return {name: batch[name] for name in names if name in batch}
-
-
-def save_split_summary(splits: datasets.DatasetDict, path: str | Path) -> None:
-    """Writes the record count of every split (for the run's records)."""
-    Path(path).write_text("\n".join(f"{name}\t{len(split)}" for name, split in splits.items()) + "\n")

@@ -264,6 +264,7 @@ def make_inputs(d: Dims, batch: int = 2) -> dict[str, torch.Tensor]:
     return {
         "pixel_values": pixels,
         "dna_input_ids": dna["input_ids"],
+        "dna_attention_mask": dna["attention_mask"],  # given, and ignored as by the original
         "input_ids": text_ids,
         "attention_mask": text_mask,
         "token_type_ids": torch.zeros_like(text_ids),
@@ -277,6 +278,7 @@ def max_differences(model: BioscanClipModel, sd: dict, d: Dims, variant: str) ->
     forward_inputs = {"pixel_values": inputs["pixel_values"]}
     if "dna" in towers:
         forward_inputs["dna_input_ids"] = inputs["dna_input_ids"]
+        forward_inputs["dna_attention_mask"] = inputs["dna_attention_mask"]
     if "text" in towers:
         forward_inputs.update({k: inputs[k] for k in ("input_ids", "attention_mask", "token_type_ids")})
     with torch.no_grad():
@@ -284,7 +286,8 @@ def max_differences(model: BioscanClipModel, sd: dict, d: Dims, variant: str) ->
         ours = {"image": model.get_image_features(inputs["pixel_values"])}
         references = {"image": reference_image(sd, inputs["pixel_values"], d.image_heads)}
         if "dna" in towers:
-            ours["dna"] = model.get_dna_features(inputs["dna_input_ids"])
+            assert not bool(inputs["dna_attention_mask"].all())  # the short barcode has padding k-mers
+            ours["dna"] = model.get_dna_features(inputs["dna_input_ids"], inputs["dna_attention_mask"])
             references["dna"] = reference_dna(sd, inputs["dna_input_ids"], d.dna_heads)
         if "text" in towers:
             ours["text"] = model.get_text_features(

@@ -37,7 +37,7 @@ class MiniBioscan(Bioscan5M):
     Example:
 
     ```python
-    >>> builder = MiniBioscan(cache_dir="/tmp/hf")  # doctest: +SKIP  (generates seed 0, small, first)
+    >>> builder = MiniBioscan(cache_dir="/tmp/hf")  # generates seed 0, size small first  # doctest: +SKIP
     >>> builder.download_and_prepare()  # doctest: +SKIP
     ```
     """

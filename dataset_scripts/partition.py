@@ -105,8 +105,9 @@ def clibd_partition(
 
     ```python
     >>> splits = clibd_partition(["a"] * 12 + ["b"] * 3 + ["c"] + [None], seed=0)
-    >>> sorted(set(splits[-2:]))
+    >>> sorted(set(splits[-2:].tolist()))
     ['no_split', 'single_species']
+
     ```
     """
     if abs(sum(seen_ratios) - 1.0) > 1e-9 or len(seen_ratios) != 4:

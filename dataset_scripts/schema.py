@@ -92,10 +92,13 @@ def normalise_missing(values: pd.Series) -> pd.Series:
     >>> import pandas as pd
     >>> normalise_missing(pd.Series(["Diptera ", "not_classified", "None", "NA", ""])).tolist()
     ['Diptera', None, None, None, None]
+
     ```
     """
     stripped = values.astype(object).where(values.notna(), "").astype(str).str.strip()
-    return stripped.where(~stripped.isin(_MISSING), None).astype(object)
+    out = stripped.astype(object)
+    out[stripped.isin(_MISSING).to_numpy()] = None  # assignment keeps a real None (where() would give NaN)
+    return out
 
 
 def truncate_dna(values: pd.Series, max_nucleotides: int | None = MAX_NUCLEOTIDES) -> pd.Series:

@@ -93,3 +93,12 @@ def test_official_lists(tmp_path):
 def test_bad_ratios_rejected():
     with pytest.raises(ValueError, match="seen_ratios"):
         clibd_partition(["a"], seen_ratios=(0.5, 0.5, 0.5, 0.5))
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from dataset_scripts import partition, schema
+
+    for module in (partition, schema):
+        assert doctest.testmod(module).failed == 0, module.__name__

@@ -105,6 +105,7 @@ class TrainConfig:
     cpu: bool = False
     expect_processes: int | None = None
     log_every_steps: int = 10
+    log_batch_ids: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def modality_list(self) -> list[str]:
@@ -180,6 +181,7 @@ HELP = {
     "hub_model_id": "repository for --push_to_hub",
     "cpu": "run on the CPU even when a GPU is present",
     "expect_processes": "fail unless exactly this many processes run (catches launches that silently fall back)",
+    "log_batch_ids": "append the record ids of every step to batch_ids.jsonl (audits sample order and resumes)",
 }
 
 
@@ -502,6 +504,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
                     optimizer.step()
                 optimizer.zero_grad()
+            if config.log_batch_ids:
+                ids = accelerator.gather(batch["index"]).tolist()
+                if accelerator.is_main_process:
+                    with open(output_dir / "batch_ids.jsonl", "a") as handle:
+                        handle.write(json.dumps({"step": state.global_step, "epoch": state.epoch, "ids": ids}) + "\n")
             if not accelerator.sync_gradients:
                 continue
             if finite:

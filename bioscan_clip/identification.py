@@ -310,6 +310,12 @@ def build_key_folder(
             thresholds = calibrate_thresholds(found.scores[:, 0], correct, precision)
             calibration["thresholds"][f"{query_name}->{key_name}"] = thresholds
         calibration["calibration_queries"] = len(query_set)
+        if index_type != "flat":  # what the approximation costs, measured on real queries
+            calibration["recall_at_5"] = {
+                name: KeyIndex.load(out_dir / name).recall_at_k(query_features[name], min(5, len(key_set)))
+                for name in features
+                if name in KEY_FEATURES and name in query_features
+            }
     (out_dir / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2))
     records_dir = out_dir / RECORDS_DIRNAME
     if records_dir.exists():

@@ -87,3 +87,21 @@ def tiny_processor(text_tokenizer):
         dna_tokenizer=BioscanDnaTokenizer(),
         tokenizer=text_tokenizer,
     )
+
+
+@pytest.fixture(scope="session")
+def mini_dir(tmp_path_factory) -> Path:
+    """A tiny SYNTHETIC mini-BIOSCAN in the BIOSCAN-5M layout, generated once per session."""
+    from dataset_scripts.synth import generate_mini_bioscan
+
+    return generate_mini_bioscan(tmp_path_factory.mktemp("mini-bioscan"), seed=0, size="tiny", progress=False)
+
+
+@pytest.fixture(scope="session")
+def mini_cache(tmp_path_factory, mini_dir) -> Path:
+    """The builder cache of :func:`mini_dir`, prepared once per session."""
+    from bioscan_clip.data import load_splits
+
+    cache = tmp_path_factory.mktemp("hf-cache")
+    load_splits("mini", str(mini_dir), cache_dir=str(cache))
+    return cache

@@ -1,0 +1,335 @@
+"""The ``index``, ``embed`` and ``predict`` commands: key folders, embedding export, identification of queries."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bioscan_clip.data import SpecimenDataset, add_data_arguments, role_records, splits_from_args, with_modalities
+from bioscan_clip.evaluation import add_combined_features, embed_dataset, labels_of
+from bioscan_clip.identification import DEFAULT_PRECISION, KEY_FEATURES, Identifier, build_key_folder
+from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError
+from modeling_bioscanclip.constants_bioscanclip import IMAGE_FORMATS
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"}
+BARCODE_COLUMNS = ("dna_barcode", "barcode", "nuc", "nucraw", "sequence")
+ID_COLUMNS = ("processid", "id", "sampleid", "name")
+
+
+def load_model(folder: str) -> tuple[BioscanClipModel, BioscanClipProcessor]:
+    return BioscanClipModel.from_pretrained(folder).eval(), BioscanClipProcessor.from_pretrained(folder)
+
+
+# ---- index ----------------------------------------------------------------------------------------------------------
+def add_index_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Embed the key records of a dataset once and save a key folder: one faiss index per feature (image, DNA, "
+        "text, averaged image+DNA) with the records' taxonomy and images, and confidence thresholds calibrated on "
+        "the validation queries. `predict` and the demo read it without re-embedding."
+    )
+    parser.add_argument("--model", required=True, help="a saved model folder")
+    add_data_arguments(parser)
+    parser.add_argument("--out", required=True, help="the key folder to write (replaced if it is one)")
+    parser.add_argument(
+        "--index_type",
+        default="flat",
+        choices=("flat", "ivf", "hnsw", "ivfpq"),
+        help="flat = exact (default); ivf/hnsw/ivfpq are approximate, for millions of keys",
+    )
+    parser.add_argument(
+        "--precision",
+        type=float,
+        default=DEFAULT_PRECISION,
+        help="precision that confident predictions must reach on the validation queries (default 0.9)",
+    )
+    parser.add_argument("--no_calibration", action="store_true", help="do not calibrate (no rank is then confident)")
+    parser.add_argument("--batch_size", type=int, default=128)
+
+
+def run_index(args: argparse.Namespace) -> int:
+    model, processor = load_model(args.model)
+    splits, roles = splits_from_args(args)
+    calibration = None
+    if not args.no_calibration:
+        parts = [
+            role_records(splits, roles, r)
+            for r in ("val_queries_seen", "val_queries_unseen")
+            if any(name in splits for name in roles[r])
+        ]
+        if parts:
+            import datasets
+
+            calibration = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    out = build_key_folder(
+        model,
+        processor,
+        role_records(splits, roles, "keys"),
+        args.out,
+        calibration_queries=calibration,
+        precision=args.precision,
+        index_type=args.index_type,
+        batch_size=args.batch_size,
+    )
+    report = json.loads((out / "calibration.json").read_text())
+    print(f"wrote key folder {out}: features {sorted(p.name for p in out.iterdir() if p.name in KEY_FEATURES)}")
+    for pair, thresholds in report.get("thresholds", {}).items():
+        print(f"  {pair}: similarity thresholds " + ", ".join(f"{r} {t:.3f}" for r, t in thresholds.items()))
+    for name, recall in report.get("recall_at_5", {}).items():
+        print(f"  {name}: recall@5 of the {args.index_type} index against exact search {recall:.3f}")
+    return 0
+
+
+# ---- query inputs ---------------------------------------------------------------------------------------------------
+def read_fasta(path: str | Path) -> list[tuple[str, str]]:
+    """``(id, sequence)`` for each record of a FASTA file (wrapped lines joined; ``;`` comments skipped)."""
+    records: list[tuple[str, list[str]]] = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith(";"):
+            continue
+        if line.startswith(">"):
+            records.append((line[1:].split()[0] if line[1:].strip() else f"record{len(records) + 1}", []))
+        elif not records:
+            raise BioscanInputError(f"{path}:{number}: sequence before the first '>' header")
+        else:
+            records[-1][1].append(line)
+    if not records:
+        raise BioscanInputError(f"{path}: no FASTA records")
+    for identifier, lines in records:
+        if not lines:
+            raise BioscanInputError(f"{path}: record {identifier!r} has no sequence")
+    return [(identifier, "".join(lines)) for identifier, lines in records]
+
+
+def read_query_table(path: str | Path) -> list[dict[str, Any]]:
+    """Queries from a CSV/TSV: a barcode column (dna_barcode, barcode, nuc...), and/or an image path column."""
+    path = Path(path)
+    with path.open(newline="") as handle:
+        sample = handle.read(4096)
+        handle.seek(0)
+        dialect = csv.Sniffer().sniff(sample, delimiters=",\t;")
+        rows = list(csv.DictReader(handle, dialect=dialect))
+    if not rows:
+        raise BioscanInputError(f"{path}: no rows")
+    columns = set(rows[0])
+    barcode = next((c for c in BARCODE_COLUMNS if c in columns), None)
+    image = "image" if "image" in columns else None
+    identifier = next((c for c in ID_COLUMNS if c in columns), None)
+    if barcode is None and image is None:
+        raise BioscanInputError(
+            f"{path}: expected a barcode column ({', '.join(BARCODE_COLUMNS)}) or an 'image' column; "
+            f"got {sorted(columns)}"
+        )
+    queries = []
+    for number, row in enumerate(rows, start=1):
+        query = {"id": row[identifier] if identifier else f"row{number}"}
+        if barcode:
+            query["barcode"] = row[barcode]
+        if image:
+            query["image"] = str((path.parent / row[image]).resolve()) if row[image] else None
+        queries.append(query)
+    return queries
+
+
+def collect_queries(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Queries from the command line: images, a folder of images, a FASTA file or a CSV/TSV table."""
+    queries: list[dict[str, Any]] = []
+    for image in args.images or []:
+        queries.append({"id": Path(image).stem, "image": image})
+    if args.images_dir:
+        found = sorted(p for p in Path(args.images_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise BioscanInputError(f"{args.images_dir}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        queries += [{"id": p.stem, "image": str(p)} for p in found]
+    if args.fasta:
+        fasta = read_fasta(args.fasta)
+        if queries and len(queries) == len(fasta) and not args.table:
+            for query, (_, sequence) in zip(queries, fasta, strict=True):  # pair images and barcodes in order
+                query["barcode"] = sequence
+        else:
+            queries += [{"id": identifier, "barcode": sequence} for identifier, sequence in fasta]
+    if args.table:
+        queries += read_query_table(args.table)
+    if not queries:
+        raise BioscanInputError("no queries: give --images, --images_dir, --fasta and/or --table")
+    return queries
+
+
+def add_query_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("queries")
+    group.add_argument("--images", nargs="+", help=f"image files ({', '.join(IMAGE_FORMATS)})")
+    group.add_argument("--images_dir", help="a folder of images")
+    group.add_argument("--fasta", help="barcodes in FASTA (paired in order with --images when the counts match)")
+    group.add_argument("--table", help="CSV/TSV with a barcode column and/or an 'image' column (paths), optional id")
+
+
+def _batches(queries: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    for start in range(0, len(queries), size):
+        yield queries[start : start + size]
+
+
+def _write_rows(rows: list[dict[str, Any]], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(rows)
+    if out.suffix == ".csv":
+        frame.to_csv(out, index=False)
+    elif out.suffix == ".json":
+        out.write_text(frame.to_json(orient="records", indent=2))
+    else:
+        frame.to_parquet(out, index=False)
+
+
+# ---- predict --------------------------------------------------------------------------------------------------------
+def parse_restrict(values: list[str] | None) -> dict[str, list[str]] | None:
+    """``["order=Diptera,Hymenoptera", "family=Sciaridae"]`` -> ``{"order": [...], "family": [...]}``."""
+    if not values:
+        return None
+    restrict: dict[str, list[str]] = {}
+    for value in values:
+        rank, sep, names = value.partition("=")
+        if not sep or not names:
+            raise BioscanInputError(f"--restrict expects RANK=NAME[,NAME...], got {value!r}")
+        restrict.setdefault(rank.strip(), []).extend(n.strip() for n in names.split(",") if n.strip())
+    return restrict
+
+
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Identify specimens against a key folder (from `bioscan-clip index`): one row per query with the predicted "
+        "taxon at each rank, its confidence, the deepest rank whose confidence passes its calibrated threshold, an "
+        "'unknown species' flag and the k nearest keys. An image and a barcode of the same specimen are searched "
+        "together (averaged image+DNA embedding)."
+    )
+    parser.add_argument("--model", required=True, help="a saved model folder")
+    parser.add_argument("--keys", required=True, help="a key folder written by `bioscan-clip index`")
+    add_query_arguments(parser)
+    parser.add_argument("--k", type=int, default=5, help="nearest keys per query (default 5)")
+    parser.add_argument(
+        "--key_feature",
+        choices=KEY_FEATURES,
+        help="search these keys instead of the query's own kind, e.g. dna for image queries",
+    )
+    parser.add_argument(
+        "--restrict",
+        nargs="+",
+        metavar="RANK=NAMES",
+        help="search only keys of these taxa, e.g. order=Diptera,Hymenoptera",
+    )
+    parser.add_argument("--out", default="predictions.parquet", help="output .parquet, .csv or .json")
+    parser.add_argument("--batch_size", type=int, default=32)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    identifier = Identifier.load(args.model, args.keys)
+    queries = collect_queries(args)
+    restrict = parse_restrict(args.restrict)
+    rows = []
+    kinds = {(("image" in q and q["image"] is not None), ("barcode" in q)) for q in queries}
+    for with_image, with_barcode in sorted(kinds):
+        group = [
+            q
+            for q in queries
+            if ("image" in q and q["image"] is not None) == with_image and ("barcode" in q) == with_barcode
+        ]
+        for batch in tqdm(list(_batches(group, args.batch_size)), desc="identifying", leave=False):
+            answers = identifier.identify(
+                images=[q["image"] for q in batch] if with_image else None,
+                barcodes=[q["barcode"] for q in batch] if with_barcode else None,
+                k=args.k,
+                key_feature=args.key_feature,
+                restrict=restrict,
+            )
+            rows += [{"id": q["id"], **answer.to_row()} for q, answer in zip(batch, answers, strict=True)]
+    out = Path(args.out)
+    _write_rows(rows, out)
+    table = pd.DataFrame(rows)[
+        ["id", "order", "family", "genus", "species", "deepest_confident_rank", "unknown_species"]
+    ]
+    print(table.to_string(index=False, max_rows=30))
+    print(f"\nwrote {len(rows)} predictions to {out}")
+    return 0
+
+
+# ---- embed ----------------------------------------------------------------------------------------------------------
+def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Export unit-length embeddings to Parquet: of image files, FASTA/CSV barcodes, or the records of a dataset "
+        "split (--split, with the data options). One row per item: id, feature, embedding, and the taxonomy for "
+        "dataset records."
+    )
+    parser.add_argument("--model", required=True, help="a saved model folder")
+    add_query_arguments(parser)
+    add_data_arguments(parser, default_source=None)
+    parser.add_argument("--split", help="embed the records of this split of the dataset")
+    parser.add_argument("--out", default="embeddings.parquet", help="output .parquet")
+    parser.add_argument("--batch_size", type=int, default=64)
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    model, processor = load_model(args.model)
+    rows: list[dict[str, Any]] = []
+    if args.split:
+        splits, _ = splits_from_args(args)
+        if args.split not in splits:
+            raise BioscanInputError(f"--split {args.split!r}: the dataset has {sorted(splits)}")
+        records = splits[args.split]
+        if "image" in records.column_names:
+            import datasets
+
+            records = records.cast_column("image", datasets.Image(decode=False))
+        has_images = "image" in records.column_names and any(i is not None for i in records["image"][:100])
+        modalities = [m for m in model.config.modalities if m != "image" or has_images]
+        dataset = SpecimenDataset(with_modalities(records, modalities), processor, modalities)
+        features = add_combined_features(embed_dataset(model, dataset, batch_size=args.batch_size))
+        labels = labels_of(dataset)
+        for name, matrix in features.items():
+            for i, vector in enumerate(matrix):
+                rows.append(
+                    {
+                        "id": labels["processid"][i],
+                        "feature": name,
+                        "embedding": vector.tolist(),
+                        **{rank: labels[rank][i] for rank in labels if rank != "processid"},
+                    }
+                )
+    else:
+        queries = collect_queries(args)
+        for batch in tqdm(list(_batches(queries, args.batch_size)), desc="embedding", leave=False):
+            for kind, key in (("image", "image"), ("dna", "barcode")):
+                items = [q for q in batch if q.get(key) is not None]
+                if not items:
+                    continue
+                inputs = (
+                    processor(images=[q[key] for q in items])
+                    if kind == "image"
+                    else processor(dna=[q[key] for q in items])
+                )
+                embeds = model.embed(**inputs)[kind].detach().numpy()
+                rows += [
+                    {"id": q["id"], "feature": kind, "embedding": vector.tolist()}
+                    for q, vector in zip(items, embeds, strict=True)
+                ]
+    out = Path(args.out)
+    _write_rows(rows, out)
+    dims = {row["feature"]: len(row["embedding"]) for row in rows}
+    print(f"wrote {len(rows)} embeddings ({', '.join(f'{k}: {v}-d' for k, v in dims.items())}) to {out}")
+    return 0
+
+
+def embeddings_matrix(frame: pd.DataFrame, feature: str) -> np.ndarray:
+    """The embeddings of one feature from an exported Parquet frame, as a float32 matrix."""
+    return np.stack(frame.loc[frame["feature"] == feature, "embedding"].to_numpy()).astype(np.float32)

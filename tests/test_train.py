@@ -1,0 +1,252 @@
+"""train_accelerate.py: global-batch loss across processes, real 2-process launch, exact resume, atomic
+checkpoints, NaN guard, and learning on mini-BIOSCAN."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import REPO_ROOT
+from safetensors.torch import load_file
+
+import train_accelerate
+from modeling_bioscanclip import contrastive_loss
+
+
+def base_args(mini_dir, mini_cache, out, *extra: str) -> list[str]:
+    return [
+        "--preset", "tiny", "--source", "mini", "--data_dir", str(mini_dir), "--cache_dir", str(mini_cache),
+        "--output_dir", str(out), "--batch_size", "16", "--report_to", "none", "--eval_every_epochs", "0",
+        "--cpu", *extra,
+    ]  # fmt: skip
+
+
+def two_process_loss_check():
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    assert accelerator.num_processes == 2, accelerator.num_processes
+    assert str(accelerator.distributed_type) == "DistributedType.MULTI_CPU", accelerator.distributed_type
+    generator = torch.Generator().manual_seed(0)
+    full = {m: F.normalize(torch.randn(8, 6, generator=generator), dim=-1) for m in ("image", "dna", "text")}
+    species = torch.tensor([0, 1, 1, 2, 3, 3, 3, -1])
+    scale = torch.tensor(10.0)
+    rank = accelerator.process_index
+    for positives in (False, True):
+        local = {m: v[rank * 4 : rank * 4 + 4].clone().requires_grad_(True) for m, v in full.items()}
+        loss = train_accelerate.global_contrastive_loss(
+            accelerator, local, scale, species[rank * 4 : rank * 4 + 4], positives
+        )
+        (loss * accelerator.num_processes).backward()
+        # The single-process reference on the whole global batch.
+        reference_inputs = {m: v.clone().requires_grad_(True) for m, v in full.items()}
+        targets = train_accelerate.contrastive_targets(species, positives)
+        names = list(reference_inputs)
+        reference = torch.stack([
+            contrastive_loss(scale * reference_inputs[a] @ reference_inputs[b].t(), targets)
+            for i, a in enumerate(names) for b in names[i + 1 :]
+        ]).mean()  # fmt: skip
+        reference.backward()
+        torch.testing.assert_close(loss, reference, atol=1e-6, rtol=1e-6)
+        # Each process holds num_processes x the global loss's gradient of its own rows; DDP's average over
+        # processes then gives exactly the single-process gradient.
+        for m in names:
+            gathered = accelerator.gather(local[m].grad) / accelerator.num_processes
+            torch.testing.assert_close(gathered, reference_inputs[m].grad, atol=1e-6, rtol=1e-5)
+    model = accelerator.prepare(torch.nn.Linear(2, 2))
+    assert isinstance(model, torch.nn.parallel.DistributedDataParallel)
+
+
+def test_global_batch_loss_and_gradients_match_one_process():
+    from accelerate import debug_launcher
+
+    debug_launcher(two_process_loss_check, num_processes=2)
+
+
+def test_same_species_targets():
+    targets = train_accelerate.contrastive_targets(torch.tensor([5, 5, -1, -1]), True)
+    expected = torch.tensor([[0.5, 0.5, 0, 0], [0.5, 0.5, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+    torch.testing.assert_close(targets, expected)
+    assert train_accelerate.contrastive_targets(torch.tensor([1, 1]), False) is None
+
+
+def test_help_teaches_and_bad_values_are_named(capsys):
+    with pytest.raises(SystemExit):
+        train_accelerate.main(["--help"])
+    text = capsys.readouterr().out
+    assert "--multi_gpu --num_processes" in text and "--resume_from_checkpoint" in text
+    with pytest.raises(SystemExit):
+        train_accelerate.main(["--preset", "huge"])
+    assert "--preset: expected one of" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--modalities"):
+        train_accelerate.parse_args(["--modalities", "image"])
+
+
+def run_in_fresh_process(args: list[str]) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "train_accelerate.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def read_ids(path) -> list[list[int]]:
+    return [json.loads(line)["ids"] for line in path.read_text().splitlines()]
+
+
+def test_resume_continues_exactly(tmp_path, mini_dir, mini_cache):
+    common = ["--epochs", "3", "--log_batch_ids"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    train_accelerate.main(base_args(mini_dir, mini_cache, straight, *common, "--max_steps", "6"))
+    # Half the steps, then a fresh process resumes from the saved state.
+    train_accelerate.main(base_args(mini_dir, mini_cache, resumed, *common, "--max_steps", "3"))
+    state = json.loads(next((resumed / "checkpoints").glob("checkpoint-*/train_state.json")).read_text())
+    assert state["global_step"] == 3
+    run_in_fresh_process(
+        base_args(mini_dir, mini_cache, resumed, *common, "--max_steps", "6", "--resume_from_checkpoint", "latest")
+    )
+    assert read_ids(resumed / "batch_ids.jsonl") == read_ids(straight / "batch_ids.jsonl")
+    a = load_file(straight / "final_model" / "model.safetensors")
+    b = load_file(resumed / "final_model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5, msg=name)
+    # The last three steps did change the parameters, so the comparison above is not vacuous.
+    halfway = load_file(resumed / "checkpoints" / "checkpoint-00000003" / "model.safetensors")
+    assert any(not torch.equal(halfway[n], a[n]) for n in a)
+
+
+def test_crash_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True)
+    accelerator.prepare(torch.nn.Linear(3, 3))
+    state = train_accelerate.TrainState(global_step=5)
+    accelerator.register_for_checkpointing(state)
+    folder = tmp_path / "checkpoints"
+    first = train_accelerate.save_checkpoint(accelerator, state, folder, keep=2)
+    state.global_step = 10
+
+    def crash(directory, *args, **kwargs):
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "model.safetensors"), "wb") as handle:
+            handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(accelerator, "save_state", crash)
+    with pytest.raises(OSError, match="disk full"):
+        train_accelerate.save_checkpoint(accelerator, state, folder, keep=1)
+    assert [path for _, path in train_accelerate.list_checkpoints(folder)] == [first]
+    assert train_accelerate.resolve_resume("latest", folder) == first
+    assert json.loads((first / "train_state.json").read_text())["global_step"] == 5
+    assert (first / "model.safetensors").stat().st_size > 100
+
+
+def test_nan_loss_is_skipped_then_training_aborts(tmp_path, mini_dir, mini_cache, monkeypatch):
+    original = train_accelerate.global_contrastive_loss
+    calls = {"n": 0}
+
+    def nan_at_second_step(*args, **kwargs):
+        calls["n"] += 1
+        loss = original(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 2 else loss
+
+    monkeypatch.setattr(train_accelerate, "global_contrastive_loss", nan_at_second_step)
+    out = tmp_path / "nan-once"
+    train_accelerate.main(base_args(mini_dir, mini_cache, out, "--max_steps", "4"))
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["nan_skips"] == 1 and summary["global_step"] == 4
+
+    monkeypatch.setattr(train_accelerate, "global_contrastive_loss", lambda *a, **k: original(*a, **k) * float("inf"))
+    with pytest.raises(train_accelerate.TrainingDivergedError, match="3 consecutive steps"):
+        train_accelerate.main(
+            base_args(mini_dir, mini_cache, tmp_path / "nan-always", "--max_steps", "6", "--max_nan_skips", "3")
+        )
+
+
+@pytest.mark.slow
+def test_accelerate_launch_runs_two_real_processes(tmp_path, mini_dir, mini_cache):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        str(REPO_ROOT / "train_accelerate.py"),
+        *base_args(mini_dir, mini_cache, out, "--max_steps", "2", "--expect_processes", "2"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["processes"] == 2 and summary["global_step"] == 2
+    from transformers import AutoModel
+
+    assert type(AutoModel.from_pretrained(out / "final_model", trust_remote_code=True)).__name__ == "BioscanClipModel"
+
+
+@pytest.mark.slow
+def test_tiny_preset_learns(tmp_path, mini_dir, mini_cache):
+    from bioscan_clip.data import SpecimenDataset, load_splits, role_records
+    from bioscan_clip.evaluation import add_combined_features, embed_dataset, evaluate_retrieval, labels_of
+    from modeling_bioscanclip import BioscanClipConfig, BioscanClipModel, BioscanClipProcessor
+
+    out = tmp_path / "learn"
+    train_accelerate.main(
+        base_args(
+            mini_dir,
+            mini_cache,
+            out,
+            "--epochs",
+            "6",
+            "--batch_size",
+            "32",
+            "--log_every_steps",
+            "1",
+            "--report_to",
+            "none",
+        )
+    )
+    model_dir = out / "final_model"
+    trained = BioscanClipModel.from_pretrained(model_dir)
+    torch.manual_seed(0)
+    untrained = BioscanClipModel(BioscanClipConfig.from_pretrained(model_dir))
+    processor = BioscanClipProcessor.from_pretrained(model_dir)
+    splits, roles = load_splits("mini", str(mini_dir), cache_dir=str(mini_cache))
+    modalities = ["image", "dna", "text"]
+    keys = SpecimenDataset(role_records(splits, roles, "keys"), processor, modalities)
+    queries = SpecimenDataset(role_records(splits, roles, "val_queries_seen"), processor, modalities)
+
+    def species_accuracy(model) -> dict[str, float]:
+        key_features = add_combined_features(embed_dataset(model, keys, show_progress=False))
+        query_features = {"seen": add_combined_features(embed_dataset(model, queries, show_progress=False))}
+        results = evaluate_retrieval(
+            query_features,
+            {"seen": labels_of(queries)},
+            key_features,
+            labels_of(keys),
+            pairs=[("image", "image"), ("dna", "dna"), ("image", "dna")],
+            k_list=[1],
+        )
+        return {pair: r["seen/species/micro/top1"] for pair, r in results.items()}
+
+    before, after = species_accuracy(untrained), species_accuracy(trained)
+    for pair in before:
+        assert after[pair] > before[pair] + 0.1, (pair, before, after)

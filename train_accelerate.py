@@ -542,8 +542,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 accelerator.log(logs, step=state.global_step)
             if config.checkpoint_every_steps and state.global_step % config.checkpoint_every_steps == 0:
                 save_checkpoint(accelerator, state, checkpoints_dir, config.checkpoints_total_limit)
-            if state.global_step >= max_steps:
-                break
+            if config.max_steps is not None and state.global_step >= config.max_steps:
+                break  # stop mid-epoch; a full epoch always runs its end-of-epoch work below
         else:  # the epoch ran to its end
             state.epoch += 1
             state.step_in_epoch = 0

@@ -55,7 +55,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
         "convert a published CLIBD .pth checkpoint into a from_pretrained folder",
     ),
     "demo": (
-        "bioscan_clip.commands",
+        "bioscan_clip.demo_command",
         "add_demo_arguments",
         "run_demo",
         "open the Gradio demo on a trained model and its key index",

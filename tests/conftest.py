@@ -105,3 +105,17 @@ def mini_cache(tmp_path_factory, mini_dir) -> Path:
     cache = tmp_path_factory.mktemp("hf-cache")
     load_splits("mini", str(mini_dir), cache_dir=str(cache))
     return cache
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory, mini_dir, mini_cache) -> Path:
+    """A tiny-preset model trained for a few epochs on the tiny mini-BIOSCAN (its ``final_model`` folder)."""
+    import train_accelerate
+
+    out = tmp_path_factory.mktemp("trained-tiny")
+    train_accelerate.main([
+        "--preset", "tiny", "--source", "mini", "--data_dir", str(mini_dir), "--cache_dir", str(mini_cache),
+        "--output_dir", str(out), "--batch_size", "32", "--epochs", "8", "--eval_every_epochs", "0",
+        "--report_to", "none", "--cpu",
+    ])  # fmt: skip
+    return out / "final_model"

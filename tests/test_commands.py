@@ -1,0 +1,265 @@
+"""The `bioscan-clip` commands end to end: evaluate, index, predict, embed, and the CLI itself."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bioscan_clip.cli import SUBCOMMANDS, main
+from bioscan_clip.data import load_splits, role_records
+from bioscan_clip.identification import Identifier, build_key_folder
+from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor
+from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
+
+
+@pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
+def test_every_command_teaches_with_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert f"bioscan-clip {command}" in text and len(text) > 200
+
+
+def data_args(mini_dir, mini_cache) -> list[str]:
+    return ["--source", "mini", "--data_dir", str(mini_dir), "--cache_dir", str(mini_cache)]
+
+
+def test_evaluate_writes_tables_plots_and_model_card(tmp_path, trained_tiny, mini_dir, mini_cache, capsys):
+    card = tmp_path / "model_card.md"
+    card.write_text("---\nlicense: mit\n---\n# tiny\n\nIntro text that must survive.\n")
+    out = tmp_path / "evaluation"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(trained_tiny),
+                *data_args(mini_dir, mini_cache),
+                "--out",
+                str(out),
+                "--model_card",
+                str(card),
+                "--examples",
+                "2",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "top-1 macro accuracy" in printed and "image->dna" in printed
+    summary = json.loads((out / "results.json").read_text())
+    expected = {
+        "image->image",
+        "image->dna",
+        "image->text",
+        "dna->dna",
+        "dna->text",
+        "averaged->averaged",
+        "concatenated->concatenated",
+        "image->all",
+        "dna->all",
+        "dna->dna (5-mer profile baseline)",
+    }
+    assert set(summary["results"]) == expected
+    for metrics in summary["results"].values():
+        for rank in TAXONOMIC_RANKS:
+            for group in ("seen", "unseen"):
+                value = metrics[f"{group}/{rank}/macro/top1"]
+                assert value is None or 0 <= value <= 1
+    assert (out / "accuracy.png").stat().st_size > 10_000 and (out / "retrieval_examples.png").stat().st_size > 10_000
+    text = card.read_text()
+    assert text.startswith("---\nlicense: mit\nmodel-index:") and "Intro text that must survive." in text
+    assert "| image->image | species |" in text and "SYNTHETIC" in text
+    # Rewriting replaces the results rather than appending a second copy.
+    main(
+        [
+            "evaluate",
+            "--model",
+            str(trained_tiny),
+            *data_args(mini_dir, mini_cache),
+            "--out",
+            str(out),
+            "--model_card",
+            str(card),
+            "--examples",
+            "0",
+            "--no_kmer_baseline",
+        ]
+    )
+    assert card.read_text().count("model-index:") == 1 and card.read_text().count("<!-- results:start -->") == 1
+
+
+def test_evaluate_on_real_barcodes_only(tmp_path, trained_tiny, realdata, capsys):
+    out = tmp_path / "real-dna"
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(trained_tiny),
+                "--source",
+                "bold",
+                "--partition",
+                "clibd",
+                "--data_dir",
+                str(realdata / "coi_fulltax_sample.tsv"),
+                "--cache_dir",
+                str(tmp_path / "cache"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    results = json.loads((out / "results.json").read_text())
+    assert results["modalities"] == ["dna", "text"]
+    assert set(results["results"]) == {"dna->dna", "dna->text", "dna->dna (5-mer profile baseline)"}
+    baseline = results["results"]["dna->dna (5-mer profile baseline)"]
+    # Real COI: the alignment-free baseline identifies genera well (a sanity check of the data path).
+    assert baseline["unseen/genus/micro/top1"] > 0.7
+    assert not (out / "retrieval_examples.png").exists()
+
+
+@pytest.fixture(scope="module")
+def key_folder(tmp_path_factory, trained_tiny, mini_dir, mini_cache):
+    out = tmp_path_factory.mktemp("keys") / "keys"
+    assert main(["index", "--model", str(trained_tiny), *data_args(mini_dir, mini_cache), "--out", str(out)]) == 0
+    return out
+
+
+def test_index_folder_and_calibration(key_folder):
+    calibration = json.loads((key_folder / "calibration.json").read_text())
+    assert set(calibration["thresholds"]) >= {"image->image", "dna->dna", "averaged->averaged", "image->dna"}
+    for thresholds in calibration["thresholds"].values():
+        assert set(thresholds) == set(TAXONOMIC_RANKS)
+    assert {p.name for p in key_folder.iterdir()} >= {"image", "dna", "text", "averaged", "records"}
+
+
+def test_predict_on_real_images_and_barcodes(tmp_path, trained_tiny, key_folder, realdata):
+    images = sorted(str(p) for p in (realdata / "zahrag__BIOSCAN-1M/cropped_images").glob("BIOUG*.jpg"))
+    with open(realdata / "coi_fulltax_sample.tsv", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))[:4]
+    fasta = tmp_path / "barcodes.fasta"
+    fasta.write_text("".join(f">{r['processid']}\n{r['nuc']}\n" for r in rows))
+    out = tmp_path / "predictions.csv"
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(trained_tiny),
+                "--keys",
+                str(key_folder),
+                "--images",
+                *images,
+                "--fasta",
+                str(fasta),
+                "--out",
+                str(out),
+                "--k",
+                "3",
+            ]
+        )
+        == 0
+    )
+    table = pd.read_csv(out)
+    assert len(table) == len(images) + len(rows)
+    assert set(table["id"]) == {p.split("/")[-1][:-4] for p in images} | {r["processid"] for r in rows}
+    assert set(table["query_feature"]) == {"image", "dna"}
+    for rank in TAXONOMIC_RANKS:
+        assert table[rank].notna().all()
+        assert table[f"{rank}_confidence"].between(0, 1).all()
+    assert table["unknown_species"].isin([True, False]).all()
+    assert set(table["deepest_confident_rank"].dropna()) <= set(TAXONOMIC_RANKS)
+    neighbours = json.loads(table["neighbours"].iloc[0])
+    assert len(neighbours) == 3 and neighbours[0]["similarity"] >= neighbours[-1]["similarity"]
+
+
+def test_predict_restricted_to_a_taxon(tmp_path, trained_tiny, key_folder, mini_dir, mini_cache):
+    splits, roles = load_splits("mini", str(mini_dir), cache_dir=str(mini_cache))
+    queries = role_records(splits, roles, "test_queries_seen").select(range(4))
+    table = tmp_path / "queries.csv"
+    pd.DataFrame({"processid": queries["processid"], "dna_barcode": queries["dna_barcode"]}).to_csv(table, index=False)
+    order = splits["train"][0]["order"]
+    out = tmp_path / "restricted.json"
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(trained_tiny),
+                "--keys",
+                str(key_folder),
+                "--table",
+                str(table),
+                "--restrict",
+                f"order={order}",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    rows = json.loads(out.read_text())
+    assert len(rows) == 4 and {row["order"] for row in rows} == {order}
+
+
+def test_open_set_flag_fires_more_for_species_absent_from_the_keys(tmp_path, trained_tiny, mini_dir, mini_cache):
+    model, processor = (
+        BioscanClipModel.from_pretrained(trained_tiny),
+        BioscanClipProcessor.from_pretrained(trained_tiny),
+    )
+    splits, roles = load_splits("mini", str(mini_dir), cache_dir=str(mini_cache))
+    absent = role_records(splits, roles, "test_queries_unseen")
+    absent_species = set(absent["species"])
+    keys = role_records(splits, roles, "keys")
+    keys = keys.select([i for i, s in enumerate(keys["species"]) if s not in absent_species])
+    build_key_folder(
+        model,
+        processor,
+        keys,
+        tmp_path / "keys",
+        calibration_queries=role_records(splits, roles, "val_queries_seen"),
+        show_progress=False,
+    )
+    identifier = Identifier.load(trained_tiny, tmp_path / "keys")
+    present = role_records(splits, roles, "test_queries_seen")
+
+    def flag_rate(records) -> float:
+        answers = identifier.identify(barcodes=records["dna_barcode"])
+        return float(np.mean([answer.unknown_species for answer in answers]))
+
+    rate_absent, rate_present = flag_rate(absent), flag_rate(present)
+    assert rate_absent > rate_present, (rate_absent, rate_present)
+
+
+def test_embed_exports_parquet(tmp_path, trained_tiny, realdata, mini_dir, mini_cache):
+    images = sorted(str(p) for p in (realdata / "zahrag__BIOSCAN-1M/cropped_images").glob("BIOUG*.jpg"))[:2]
+    out = tmp_path / "embeddings.parquet"
+    assert main(["embed", "--model", str(trained_tiny), "--images", *images, "--out", str(out)]) == 0
+    frame = pd.read_parquet(out)
+    vectors = np.stack(frame["embedding"].to_numpy())
+    assert vectors.shape == (2, 128) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    out = tmp_path / "records.parquet"
+    assert (
+        main(
+            [
+                "embed",
+                "--model",
+                str(trained_tiny),
+                *data_args(mini_dir, mini_cache),
+                "--split",
+                "val",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    frame = pd.read_parquet(out)
+    assert set(frame["feature"]) >= {"image", "dna", "text"} and frame["species"].notna().any()

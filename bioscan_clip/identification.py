@@ -24,11 +24,12 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
+from PIL import Image
 
 from bioscan_clip.data import SpecimenDataset, with_modalities
 from bioscan_clip.evaluation import add_combined_features, embed_dataset, labels_of
 from bioscan_clip.retrieval import KeyIndex
-from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError
+from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError, load_image_safely
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
 logger = logging.getLogger(__name__)
@@ -241,11 +242,14 @@ class Identifier:
             )
         return answers
 
-    def key_image(self, row: int) -> Any:
-        """The stored image of key ``row`` (a PIL image), or None."""
+    def key_image(self, row: int) -> Image.Image | None:
+        """The stored image of key ``row``, decoded by the safe loader, or None when it has none."""
         if self.records is None or "image" not in self.records.column_names:
             return None
-        return self.records[int(row)]["image"]
+        stored = self.records[int(row)]["image"]
+        if not stored:
+            return None
+        return load_image_safely(stored.get("bytes") or stored["path"], name=f"key {self.records[int(row)]['processid']}")
 
 
 def build_key_folder(

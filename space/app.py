@@ -234,20 +234,12 @@ class DemoHandler:
 
     def __init__(self, identifier: Identifier) -> None:
         self.identifier = identifier
-        records = identifier.records
-        if records is not None and "image" in records.column_names:
-            # Keep key images encoded: the gallery decodes them through the safe loader, not datasets/Pillow.
-            records = records.cast_column("image", datasets.Image(decode=False))
-        self.records = records
+        self.records = identifier.records  # key images stay encoded until the safe loader decodes them
 
-    def _thumbnail(self, row: int, name: str) -> Image.Image | None:
-        if self.records is None or "image" not in self.records.column_names:
-            return None
-        source = key_image_source(self.records, row)
-        if source is None:
-            return None
-        image = load_image_safely(source, name=name)
-        image.thumbnail((GALLERY_THUMBNAIL, GALLERY_THUMBNAIL))
+    def _thumbnail(self, row: int) -> Image.Image | None:
+        image = self.identifier.key_image(row)
+        if image is not None:
+            image.thumbnail((GALLERY_THUMBNAIL, GALLERY_THUMBNAIL))
         return image
 
     def __call__(
@@ -296,7 +288,7 @@ class DemoHandler:
         query = {"averaged": "photo + barcode", "image": "photo", "dna": "barcode"}[answer.query_feature]
         gallery = []
         for position, neighbour in enumerate(answer.neighbours):
-            thumbnail = self._thumbnail(neighbour.row, neighbour.processid)
+            thumbnail = self._thumbnail(neighbour.row)
             if thumbnail is None:
                 continue
             taxonomy = neighbour.taxonomy

@@ -157,9 +157,11 @@ class Identifier:
         model = BioscanClipModel.from_pretrained(model_dir)
         processor = BioscanClipProcessor.from_pretrained(model_dir)
         indexes = {name: KeyIndex.load(key_dir / name) for name in KEY_FEATURES if (key_dir / name).exists()}
-        records = (
-            datasets.load_from_disk(str(key_dir / RECORDS_DIRNAME)) if (key_dir / RECORDS_DIRNAME).exists() else None
-        )
+        records = None
+        if (key_dir / RECORDS_DIRNAME).exists():
+            records = datasets.load_from_disk(str(key_dir / RECORDS_DIRNAME))
+            if "image" in records.column_names:  # kept encoded: decoded by the safe loader in key_image
+                records = records.cast_column("image", datasets.Image(decode=False))
         calibration = json.loads((key_dir / CALIBRATION_FILE).read_text())
         return cls(model, processor, indexes, calibration, records)
 
@@ -249,7 +251,9 @@ class Identifier:
         stored = self.records[int(row)]["image"]
         if not stored:
             return None
-        return load_image_safely(stored.get("bytes") or stored["path"], name=f"key {self.records[int(row)]['processid']}")
+        return load_image_safely(
+            stored.get("bytes") or stored["path"], name=f"key {self.records[int(row)]['processid']}"
+        )
 
 
 def build_key_folder(

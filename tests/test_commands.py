@@ -132,12 +132,14 @@ def key_folder(tmp_path_factory, trained_tiny, mini_dir, mini_cache):
     return out
 
 
-def test_index_folder_and_calibration(key_folder):
+def test_index_folder_and_calibration(key_folder, trained_tiny):
     calibration = json.loads((key_folder / "calibration.json").read_text())
     assert set(calibration["thresholds"]) >= {"image->image", "dna->dna", "averaged->averaged", "image->dna"}
     for thresholds in calibration["thresholds"].values():
         assert set(thresholds) == set(TAXONOMIC_RANKS)
     assert {p.name for p in key_folder.iterdir()} >= {"image", "dna", "text", "averaged", "records"}
+    identifier = Identifier.load(trained_tiny, key_folder)
+    assert identifier.key_image(0).mode == "RGB"  # stored encoded, decoded by the safe loader
 
 
 def test_predict_on_real_images_and_barcodes(tmp_path, trained_tiny, key_folder, realdata):

@@ -118,6 +118,15 @@ class TrainConfig:
 
 # The paper's recipe (CLIBD_REFERENCE.md §2.2): 500 per GPU, AdamW wd 0.01, one-cycle peak 5e-5 at batch 500
 # scaled with the global batch, 30 % warm-up, bf16; 50 epochs on BIOSCAN-1M, 20 on BIOSCAN-5M.
+_CLIBD_RECIPE: dict[str, Any] = {
+    "batch_size": 500,
+    "learning_rate": 5e-5,
+    "lr_reference_batch": 500,
+    "mixed_precision": "bf16",
+    "max_grad_norm": None,
+    "crop_scale_min": 0.08,
+    "text_vocab_size": 30522,
+}
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
         "epochs": 12,
@@ -130,28 +139,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_grad_norm": 1.0,
         "eval_every_epochs": 4,
     },
-    "clibd-1m": {
-        "source": "bioscan1m",
-        "epochs": 50,
-        "batch_size": 500,
-        "learning_rate": 5e-5,
-        "lr_reference_batch": 500,
-        "mixed_precision": "bf16",
-        "max_grad_norm": None,
-        "crop_scale_min": 0.08,
-        "text_vocab_size": 30522,
-    },
-    "clibd-5m": {
-        "source": "bioscan5m",
-        "epochs": 20,
-        "batch_size": 500,
-        "learning_rate": 5e-5,
-        "lr_reference_batch": 500,
-        "mixed_precision": "bf16",
-        "max_grad_norm": None,
-        "crop_scale_min": 0.08,
-        "text_vocab_size": 30522,
-    },
+    "clibd-1m": {**_CLIBD_RECIPE, "source": "bioscan1m", "epochs": 50},
+    "clibd-5m": {**_CLIBD_RECIPE, "source": "bioscan5m", "epochs": 20},
 }
 
 HELP = {

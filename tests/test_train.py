@@ -160,25 +160,11 @@ def test_nan_loss_is_skipped_then_training_aborts(tmp_path, mini_dir, mini_cache
 
 @pytest.mark.slow
 def test_accelerate_launch_runs_two_real_processes(tmp_path, mini_dir, mini_cache):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     out = tmp_path / "ddp"
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        str(REPO_ROOT / "train_accelerate.py"),
+    result = launch_two_processes(
+        REPO_ROOT / "train_accelerate.py",
         *base_args(mini_dir, mini_cache, out, "--max_steps", "2", "--expect_processes", "2"),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["processes"] == 2 and summary["global_step"] == 2

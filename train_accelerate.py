@@ -94,6 +94,10 @@ class TrainConfig:
     same_species_positives: bool = False
     crop_scale_min: float = 0.08
     text_vocab_size: int = 2000
+    image_tower: str | None = None
+    dna_tower: str | None = None
+    text_tower: str | None = None
+    text_tokenizer: str | None = None
     eval_every_epochs: int = 1
     eval_batch_size: int = 128
     checkpoint_every_steps: int | None = None
@@ -161,7 +165,11 @@ HELP = {
     "mixed_precision": "no, bf16 or fp16 (fp16/bf16 need a device that supports them)",
     "same_species_positives": "treat records of the same species in a batch as positives (soft targets)",
     "crop_scale_min": "smallest area fraction of the random resized crop (0.08 in the paper)",
-    "text_vocab_size": "size of the taxonomy WordPiece vocabulary trained on the training records",
+    "text_vocab_size": "size of the taxonomy WordPiece vocabulary built from the training records' names",
+    "image_tower": "start the image tower from this pretrained vision model folder (any AutoModel vision model)",
+    "dna_tower": "start the DNA tower from this pretrained BERT over DNA k-mers (BarcodeBERT-style; 5-mer vocab)",
+    "text_tower": "start the text tower from this pretrained BERT folder; its tokenizer becomes the text tokenizer",
+    "text_tokenizer": "a tokenizer folder for the taxonomy text (default: the text tower's, else built from the names)",
     "eval_every_epochs": "retrieval evaluation on the validation queries every N epochs (0: never); picks the best model",
     "checkpoint_every_steps": "also checkpoint every N steps (always at each epoch end)",
     "checkpoints_total_limit": "complete checkpoints kept (the newest ones)",
@@ -271,13 +279,18 @@ def global_contrastive_loss(
 
 
 def build_text_tokenizer(config: TrainConfig, train_records: Any, accelerator: Accelerator, folder: Path) -> Any:
-    """Trains the taxonomy tokenizer once (main process) on the training records, or reloads it on resume."""
+    """The taxonomy tokenizer: the one given (or the pretrained text tower's), else one built from the training
+    records' names. Made once by the main process and kept in the run folder, so that a resume reuses it."""
     from transformers import AutoTokenizer
 
-    if accelerator.is_main_process and not (folder / "tokenizer.json").exists():
-        columns = train_records.select_columns(["order", "family", "genus", "species"]).to_dict()
-        texts = [taxonomy_to_text({rank: columns[rank][i] for rank in columns}) for i in range(len(train_records))]
-        train_taxonomy_tokenizer(texts, vocab_size=config.text_vocab_size).save_pretrained(folder)
+    if accelerator.is_main_process and not (folder / "tokenizer_config.json").exists():
+        source = config.text_tokenizer or config.text_tower
+        if source is not None:
+            AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+        else:
+            columns = train_records.select_columns(["order", "family", "genus", "species"]).to_dict()
+            texts = [taxonomy_to_text({rank: columns[rank][i] for rank in columns}) for i in range(len(train_records))]
+            train_taxonomy_tokenizer(texts, vocab_size=config.text_vocab_size).save_pretrained(folder)
     accelerator.wait_for_everyone()
     return AutoTokenizer.from_pretrained(folder)
 
@@ -425,7 +438,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     # --- Model and optimiser.
-    model = BioscanClipModel(presets.model_config(config.preset, modalities, text_tokenizer.vocab_size))
+    model_config = presets.model_config(config.preset, modalities, len(text_tokenizer))
+    towers = {"image_tower": config.image_tower, "dna_tower": config.dna_tower, "text_tower": config.text_tower}
+    if any(towers.values()):  # start from pretrained towers, as the paper does (ViT, BarcodeBERT, BERT-small)
+        model = BioscanClipModel.from_towers(**towers, config=model_config)
+    else:
+        model = BioscanClipModel(model_config)
     global_batch = config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps
     peak_lr = config.learning_rate * global_batch / config.lr_reference_batch
     optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=config.weight_decay)

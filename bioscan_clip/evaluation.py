@@ -247,7 +247,6 @@ def _retrieval_examples(
     count: int,
 ) -> Path | None:
     """The retrieval-examples figure for image -> image, on the first ``count`` queries (deterministic)."""
-    from bioscan_clip.data import _load_image
     from bioscan_clip.reports import plot_retrieval_examples
 
     if "image" not in key_features or count <= 0 or keys.images is None:
@@ -261,17 +260,15 @@ def _retrieval_examples(
         [{rank: found.labels[rank][q][j] for rank in ranks} for j in range(found.indices.shape[1])]
         for q in range(len(rows))
     ]
-    query_images = [_load_image(queries.images[r], name=f"query {r}") for r in rows]
-    neighbour_images = [
-        [_load_image(keys.images[int(i)], name=f"key {i}") for i in found.indices[q]] for q in range(len(rows))
-    ]
+    query_images = [queries.image(r) for r in rows]
+    neighbour_images = [[keys.image(int(i)) for i in found.indices[q]] for q in range(len(rows))]
     return plot_retrieval_examples(query_images, query_taxa, neighbour_images, neighbour_taxa, path)
 
 
 def run(args: Any) -> int:
     import json
 
-    from bioscan_clip.data import role_records, splits_from_args, with_modalities
+    from bioscan_clip.data import has_image, role_records, splits_from_args, with_modalities
     from bioscan_clip.reports import plot_accuracy, update_model_card
     from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor
 
@@ -282,9 +279,7 @@ def run(args: Any) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     key_records = role_records(splits, roles, "keys")
-    has_images = "image" in key_records.column_names and any(
-        image is not None for image in key_records.data.column("image").to_pylist()[:1000]
-    )
+    has_images = bool(has_image(key_records).any())
     modalities = [m for m in model.config.modalities if m != "image" or has_images]
     if not modalities:
         raise ValueError("the data offers none of the model's modalities")

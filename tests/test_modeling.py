@@ -38,6 +38,7 @@ def tiny_inputs(processor, n: int = 3):
 
 def naive_infonce(a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
     """Cross-entropy written out with explicit sums, both directions."""
+    a, b = a.detach(), b.detach()
     a, b = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
     total = 0.0
     n = a.shape[0]

@@ -26,7 +26,7 @@ import datasets
 import pandas as pd
 from datasets.builder import Key
 
-from modeling_bioscanclip.constants_bioscanclip import MAX_NUCLEOTIDES
+from modeling_bioscanclip.constants_bioscanclip import ALL_RANKS, MAX_NUCLEOTIDES
 from modeling_bioscanclip.errors_bioscanclip import BioscanImageError
 
 from .integrity import (
@@ -317,6 +317,37 @@ class BioscanBuilderBase(datasets.ArrowBasedBuilder):
 
     def _update_description(self) -> None:
         self.info.description = self._summary.to_description(self.DESCRIPTION)
+
+
+def record_frame(
+    raw: pd.DataFrame,
+    metadata: Path,
+    summary: PrepareSummary,
+    *,
+    dna_column: str,
+    bin_column: str,
+    require_dna: bool,
+) -> pd.DataFrame:
+    """The record-schema columns (ids, DNA, BIN, ranks) of a BIOSCAN metadata table, named as its source names them.
+
+    A table without a DNA column is read with ``dna_barcode`` None everywhere and a warning in ``summary``, or
+    refused when ``require_dna``.
+    """
+    if "processid" not in raw.columns:
+        raise DataIntegrityError(f"{metadata} has no 'processid' column (columns: {list(raw.columns)})")
+    if dna_column not in raw.columns:
+        message = f"{metadata} has no {dna_column!r} (DNA) column: dna_barcode is None for every record"
+        if require_dna:
+            raise DataIntegrityError(message)
+        summary.warnings.append(message)
+    frame = pd.DataFrame(index=raw.index)
+    frame["processid"] = take_column(raw, "processid")
+    frame["sampleid"] = take_column(raw, "sampleid")
+    frame["dna_barcode"] = take_column(raw, dna_column)
+    frame["dna_bin"] = take_column(raw, bin_column)
+    for rank in ALL_RANKS:
+        frame[rank] = take_column(raw, rank)  # a rank the source lacks (5M has no tribe) is all None
+    return frame
 
 
 def take_column(raw: pd.DataFrame, name: str) -> pd.Series:

@@ -25,9 +25,7 @@ from typing import ClassVar
 
 import pandas as pd
 
-from modeling_bioscanclip.constants_bioscanclip import ALL_RANKS
-
-from .base import BioscanBuilderBase, BioscanBuilderConfig, take_column
+from .base import BioscanBuilderBase, BioscanBuilderConfig, record_frame
 from .integrity import DataIntegrityError, PrepareSummary
 from .partition import CLIBD_METASPLITS, CLIBD_SPLITS, clibd_partition, read_official_partition
 from .schema import read_metadata_table
@@ -125,20 +123,9 @@ class Bioscan1M(BioscanBuilderBase):
     def _load_frame(self, metadata: Path, summary: PrepareSummary) -> pd.DataFrame:
         raw = read_metadata_table(metadata, sep="\t")
         summary.rows_read = len(raw)
-        if "processid" not in raw.columns:
-            raise DataIntegrityError(f"{metadata} has no 'processid' column (columns: {list(raw.columns)})")
-        frame = pd.DataFrame(index=raw.index)
-        frame["processid"] = take_column(raw, "processid")
-        frame["sampleid"] = take_column(raw, "sampleid")
-        if "nucraw" not in raw.columns:
-            message = f"{metadata} has no 'nucraw' (DNA) column: dna_barcode is None for every record"
-            if self.config.require_dna:
-                raise DataIntegrityError(message)
-            summary.warnings.append(message)
-        frame["dna_barcode"] = take_column(raw, "nucraw")
-        frame["dna_bin"] = take_column(raw, "uri")
-        for rank in ALL_RANKS:
-            frame[rank] = take_column(raw, rank)
+        frame = record_frame(
+            raw, metadata, summary, dna_column="nucraw", bin_column="uri", require_dna=self.config.require_dna
+        )
         frame["image_path"] = self._image_paths(raw)
         return apply_partition(
             frame,

@@ -18,9 +18,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
-from modeling_bioscanclip.constants_bioscanclip import ALL_RANKS
-
-from .base import BioscanBuilderBase, BioscanBuilderConfig, take_column
+from .base import BioscanBuilderBase, BioscanBuilderConfig, record_frame
 from .integrity import DataIntegrityError, PrepareSummary
 from .schema import read_metadata_table
 
@@ -91,21 +89,11 @@ class Bioscan5M(BioscanBuilderBase):
     def _load_frame(self, metadata: Path, summary: PrepareSummary) -> pd.DataFrame:
         raw = read_metadata_table(metadata, sep=",")
         summary.rows_read = len(raw)
-        for required in ("processid", "split"):
-            if required not in raw.columns:
-                raise DataIntegrityError(f"{metadata} has no {required!r} column (columns: {list(raw.columns)})")
-        frame = pd.DataFrame(index=raw.index)
-        frame["processid"] = take_column(raw, "processid")
-        frame["sampleid"] = take_column(raw, "sampleid")
-        if "dna_barcode" not in raw.columns:
-            message = f"{metadata} has no 'dna_barcode' column: dna_barcode is None for every record"
-            if self.config.require_dna:
-                raise DataIntegrityError(message)
-            summary.warnings.append(message)
-        frame["dna_barcode"] = take_column(raw, "dna_barcode")
-        frame["dna_bin"] = take_column(raw, "dna_bin")
-        for rank in ALL_RANKS:
-            frame[rank] = take_column(raw, rank)  # 5M has no tribe column: all None
+        if "split" not in raw.columns:
+            raise DataIntegrityError(f"{metadata} has no 'split' column (columns: {list(raw.columns)})")
+        frame = record_frame(
+            raw, metadata, summary, dna_column="dna_barcode", bin_column="dna_bin", require_dna=self.config.require_dna
+        )
         split = raw["split"].str.strip().replace(_SPLIT_ALIASES)
         unknown = sorted(set(split) - set(BIOSCAN5M_SPLITS))
         if unknown:

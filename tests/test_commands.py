@@ -265,3 +265,26 @@ def test_embed_exports_parquet(tmp_path, trained_tiny, realdata, mini_dir, mini_
     )
     frame = pd.read_parquet(out)
     assert set(frame["feature"]) >= {"image", "dna", "text"} and frame["species"].notna().any()
+
+
+def test_approximate_index_reports_its_recall(tmp_path, trained_tiny, mini_dir, mini_cache, capsys):
+    out = tmp_path / "keys-hnsw"
+    assert (
+        main(
+            [
+                "index",
+                "--model",
+                str(trained_tiny),
+                *data_args(mini_dir, mini_cache),
+                "--out",
+                str(out),
+                "--index_type",
+                "hnsw",
+            ]
+        )
+        == 0
+    )
+    recall = json.loads((out / "calibration.json").read_text())["recall_at_5"]
+    assert set(recall) >= {"image", "dna", "averaged"}
+    assert all(0.5 <= value <= 1.0 for value in recall.values()), recall
+    assert "recall@5 of the hnsw index against exact search" in capsys.readouterr().out

@@ -368,8 +368,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     output_dir = Path(config.output_dir)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
-    # --- Accelerator: CPU unless a GPU is there; DDP must tolerate towers not in the batch (never happens
-    # here, but a frozen-tower ablation would need it), seedable sampler so that resume replays the order.
+    # --- Accelerator: CPU unless a GPU is there; every parameter takes part in every step (towers are built
+    # without unused poolers), so DDP need not search for unused ones; a seedable sampler so that a resume
+    # replays the sample order.
     use_cpu = config.cpu or not torch.cuda.is_available()
     report_to = None if config.report_to == "none" else config.report_to
     accelerator = Accelerator(

@@ -56,7 +56,7 @@ from bioscan_clip.evaluation import (
 )
 from bioscan_clip.text_tokenizer import train_taxonomy_tokenizer
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, taxonomy_to_text
-from modeling_bioscanclip.configuration_bioscanclip import MODALITIES
+from modeling_bioscanclip.configuration_bioscanclip import DNA_POOLINGS, IMAGE_POOLINGS, MODALITIES, TEXT_POOLINGS
 
 logger = logging.getLogger("train_accelerate")
 
@@ -98,6 +98,12 @@ class TrainConfig:
     dna_tower: str | None = None
     text_tower: str | None = None
     text_tokenizer: str | None = None
+    projection_dim: int | None = None
+    image_pooling: str | None = None
+    dna_pooling: str | None = None
+    text_pooling: str | None = None
+    dna_use_attention_mask: bool | None = None
+    dna_reference_mode: bool = False
     eval_every_epochs: int = 1
     eval_batch_size: int = 128
     checkpoint_every_steps: int | None = None
@@ -170,6 +176,12 @@ HELP = {
     "dna_tower": "start the DNA tower from this pretrained BERT over DNA k-mers (BarcodeBERT-style; 5-mer vocab)",
     "text_tower": "start the text tower from this pretrained BERT folder; its tokenizer becomes the text tokenizer",
     "text_tokenizer": "a tokenizer folder for the taxonomy text (default: the text tower's, else built from the names)",
+    "projection_dim": "size of the shared embedding space (default: the preset's)",
+    "image_pooling": "cls, mean or pooler (CNN towers) (default: the preset's)",
+    "dna_pooling": "cls, mean (masked), or softmax_mean (the original's head) (default: mean)",
+    "text_pooling": "cls, mean (masked), or mean_all (the original: padding included) (default: mean)",
+    "dna_use_attention_mask": "--no-dna_use_attention_mask attends to the N padding, as the original does",
+    "dna_reference_mode": "DNA ids exactly as the original (<MASK> prefix); use with a BarcodeBERT 5-mer --dna_tower",
     "eval_every_epochs": "retrieval evaluation on the validation queries every N epochs (0: never); picks the best model",
     "checkpoint_every_steps": "also checkpoint every N steps (always at each epoch end)",
     "checkpoints_total_limit": "complete checkpoints kept (the newest ones)",
@@ -195,7 +207,7 @@ def parse_args(argv: Sequence[str] | None) -> TrainConfig:
         if item.name == "extra":
             continue
         flag = f"--{item.name}"
-        if item.type in ("bool",):
+        if item.type in ("bool", "bool | None"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=HELP.get(item.name))
         else:
             kind = {"int": int, "float": float, "int | None": int, "float | None": float}.get(item.type, str)
@@ -205,6 +217,13 @@ def parse_args(argv: Sequence[str] | None) -> TrainConfig:
     if preset not in PRESETS:
         parser.error(f"--preset: expected one of {', '.join(PRESETS)}, got {preset!r}")
     values = {**PRESETS[preset], **{k: v for k, v in vars(args).items() if v is not None}, "preset": preset}
+    for name, allowed in (
+        ("image_pooling", IMAGE_POOLINGS),
+        ("dna_pooling", DNA_POOLINGS),
+        ("text_pooling", TEXT_POOLINGS),
+    ):
+        if values.get(name) is not None and values[name] not in allowed:
+            parser.error(f"--{name}: expected one of {', '.join(allowed)}, got {values[name]!r}")
     if values.get("max_grad_norm") is not None and values["max_grad_norm"] <= 0:
         values["max_grad_norm"] = None
     config = TrainConfig(**values)
@@ -411,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     output_dir.mkdir(parents=True, exist_ok=True)
     text_tokenizer = build_text_tokenizer(config, train_records, accelerator, output_dir / "text_tokenizer")
-    processor = presets.build_processor(config.preset, text_tokenizer)
+    processor = presets.build_processor(config.preset, text_tokenizer, dna_reference_mode=config.dna_reference_mode)
     image_processor = processor.image_processor
     augmentation = (
         ImageAugmentation(
@@ -439,7 +458,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
     # --- Model and optimiser.
-    model_config = presets.model_config(config.preset, modalities, len(text_tokenizer))
+    model_overrides = {
+        name: getattr(config, name)
+        for name in ("projection_dim", "image_pooling", "dna_pooling", "text_pooling", "dna_use_attention_mask")
+        if getattr(config, name) is not None
+    }
+    model_config = presets.model_config(config.preset, modalities, len(text_tokenizer), **model_overrides)
     towers = {"image_tower": config.image_tower, "dna_tower": config.dna_tower, "text_tower": config.text_tower}
     if any(towers.values()):  # start from pretrained towers, as the paper does (ViT, BarcodeBERT, BERT-small)
         model = BioscanClipModel.from_towers(**towers, config=model_config)

@@ -79,8 +79,11 @@ def image_processor(preset: str) -> BioscanClipImageProcessor:
     return BioscanClipImageProcessor()
 
 
-def build_processor(preset: str, text_tokenizer: Any) -> BioscanClipProcessor:
-    """A processor with the preset's image processor, the reference-compatible DNA tokenizer and ``text_tokenizer``."""
+def build_processor(preset: str, text_tokenizer: Any, *, dna_reference_mode: bool = False) -> BioscanClipProcessor:
+    """A processor with the preset's image processor, the DNA k-mer tokenizer (``<CLS>`` prefix and padding masked;
+    or, with ``dna_reference_mode``, the original's ids: ``<MASK>`` prefix) and ``text_tokenizer``."""
     return BioscanClipProcessor(
-        image_processor=image_processor(preset), dna_tokenizer=BioscanDnaTokenizer(), tokenizer=text_tokenizer
+        image_processor=image_processor(preset),
+        dna_tokenizer=BioscanDnaTokenizer(reference_mode=dna_reference_mode),
+        tokenizer=text_tokenizer,
     )

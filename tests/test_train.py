@@ -264,3 +264,20 @@ def test_dataloader_workers_do_not_change_the_run(tmp_path, mini_dir, mini_cache
     b = load_file(tmp_path / "2" / "final_model" / "model.safetensors")
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_the_original_quirks_are_reachable_from_the_command_line(tmp_path, mini_dir, mini_cache, capsys):
+    from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor
+
+    out = tmp_path / "original"
+    quirks = ["--dna_pooling", "softmax_mean", "--no-dna_use_attention_mask", "--text_pooling", "mean_all",
+              "--dna_reference_mode", "--projection_dim", "32"]  # fmt: skip
+    train_accelerate.main(base_args(mini_dir, mini_cache, out, "--max_steps", "1", *quirks))
+    config = BioscanClipModel.from_pretrained(out / "final_model").config
+    assert (config.dna_pooling, config.dna_use_attention_mask, config.text_pooling, config.projection_dim) == (
+        "softmax_mean", False, "mean_all", 32)  # fmt: skip
+    tokenizer = BioscanClipProcessor.from_pretrained(out / "final_model").dna_tokenizer
+    assert tokenizer.reference_mode and tokenizer("ACGTACGTAC")["input_ids"][0] == 0
+    with pytest.raises(SystemExit):
+        train_accelerate.parse_args(["--dna_pooling", "max"])
+    assert "--dna_pooling: expected one of cls, mean, softmax_mean, got 'max'" in capsys.readouterr().err

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from bioscan_clip.data import (
@@ -335,8 +334,3 @@ def run_embed(args: argparse.Namespace) -> int:
     dims = {row["feature"]: len(row["embedding"]) for row in rows}
     print(f"wrote {len(rows)} embeddings ({', '.join(f'{k}: {v}-d' for k, v in dims.items())}) to {out}")
     return 0
-
-
-def embeddings_matrix(frame: pd.DataFrame, feature: str) -> np.ndarray:
-    """The embeddings of one feature from an exported Parquet frame, as a float32 matrix."""
-    return np.stack(frame.loc[frame["feature"] == feature, "embedding"].to_numpy()).astype(np.float32)

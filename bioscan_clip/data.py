@@ -30,8 +30,6 @@ from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("train", "keys", "val_queries_seen", "val_queries_unseen", "test_queries_seen", "test_queries_unseen")
-
 
 def load_splits(
     source: str | None = None,

@@ -10,6 +10,7 @@ micro and macro accuracy per rank, seen and unseen, and their harmonic mean, com
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from functools import cache
@@ -238,7 +239,6 @@ def kmer_baseline_results(keys: SpecimenDataset, queries: Mapping[str, SpecimenD
 
 
 def _retrieval_examples(
-    model: Any,
     keys: SpecimenDataset,
     queries: SpecimenDataset,
     key_features: dict,
@@ -266,8 +266,6 @@ def _retrieval_examples(
 
 
 def run(args: Any) -> int:
-    import json
-
     from bioscan_clip.data import has_image, role_records, splits_from_args, with_modalities
     from bioscan_clip.reports import plot_accuracy, update_model_card
     from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor
@@ -324,7 +322,6 @@ def run(args: Any) -> int:
     plot_accuracy(results, out / "accuracy.png", title=f"{dataset_name} {args.split}: macro top-1 accuracy per rank")
     example_group = "unseen" if "unseen" in queries else "seen"
     _retrieval_examples(
-        model,
         keys,
         queries[example_group],
         key_features,

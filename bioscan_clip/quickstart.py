@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -61,8 +62,6 @@ def run(args: argparse.Namespace) -> int:
     summary = json.loads((out / "train" / "train_summary.json").read_text())
     model_dir = out / "model"
     if model_dir.exists():
-        import shutil
-
         shutil.rmtree(model_dir)
     Path(summary["model"]).rename(model_dir)
 

@@ -24,31 +24,21 @@ def base_args(mini_dir, mini_cache, out, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def launch_two_processes(script, *args: str) -> subprocess.CompletedProcess:
-    """`accelerate launch` with two real CPU processes (gloo), as a user would run it."""
+def accelerate_launch(launcher: list[str], script, *args: str) -> subprocess.CompletedProcess:
+    """`accelerate launch` as a user would run it, offline, in a fresh process."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        str(script),
-        *args,
-    ]
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, str(script), *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+
+
+# Two real CPU processes (gloo + DDP), by flags; the same through the shipped config file is tested below.
+TWO_PROCESS_FLAGS = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                     "--dynamo_backend", "no"]  # fmt: skip
 
 
 def test_global_batch_loss_and_gradients_match_one_process():
     # A fresh launch rather than a fork of the test process: forking after other tests started threads can hang.
-    result = launch_two_processes(REPO_ROOT / "tests" / "distributed_loss_check.py")
+    result = accelerate_launch(TWO_PROCESS_FLAGS, REPO_ROOT / "tests" / "distributed_loss_check.py")
     assert result.returncode == 0, result.stderr[-4000:]
     assert "ok: 2 processes" in result.stdout
 
@@ -162,17 +152,12 @@ def test_nan_loss_is_skipped_then_training_aborts(tmp_path, mini_dir, mini_cache
 def test_accelerate_launch_runs_two_real_processes(tmp_path, mini_dir, mini_cache):
     out = tmp_path / "ddp"
     # Launched with the shipped config file (the flag form is exercised by the loss check above).
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(REPO_ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"),
-        str(REPO_ROOT / "train_accelerate.py"),
+    config_file = REPO_ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"
+    result = accelerate_launch(
+        ["--config_file", str(config_file)],
+        REPO_ROOT / "train_accelerate.py",
         *base_args(mini_dir, mini_cache, out, "--max_steps", "2", "--expect_processes", "2"),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["processes"] == 2 and summary["global_step"] == 2

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 # name -> (module, function adding the arguments, function running the command, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
     "quickstart": (
-        "bioscan_clip.quickstart",
-        "add_arguments",
-        "run",
+        "bioscan_clip.commands",
+        "add_quickstart_arguments",
+        "run_quickstart",
         "the main job: generate mini-BIOSCAN, train the tiny preset, evaluate, build the key index",
     ),
     "synth": (
@@ -25,9 +25,9 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
         "write the synthetic mini-BIOSCAN dataset in the BIOSCAN-5M on-disk layout",
     ),
     "evaluate": (
-        "bioscan_clip.evaluation",
-        "add_arguments",
-        "run",
+        "bioscan_clip.commands",
+        "add_evaluate_arguments",
+        "run_evaluate",
         "the paper's retrieval accuracy tables for a trained model (JSON, PNG, model card)",
     ),
     "index": (
@@ -55,9 +55,9 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
         "convert a published CLIBD .pth checkpoint into a from_pretrained folder",
     ),
     "demo": (
-        "bioscan_clip.demo_command",
-        "add_demo_arguments",
-        "run_demo",
+        "bioscan_clip.demo",
+        "add_arguments",
+        "run",
         "open the Gradio demo on a trained model and its key index",
     ),
 }

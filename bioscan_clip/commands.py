@@ -1,4 +1,6 @@
-"""The ``index``, ``embed`` and ``predict`` commands: key folders, embedding export, identification of queries."""
+"""The ``bioscan-clip`` subcommands: each parses its options, calls one library function and prints what a person
+reads (tables, paths). The work itself lives in the library: ``quickstart``, ``evaluation``, ``identification``.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
-from bioscan_clip.data import (
-    SpecimenDataset,
-    add_data_arguments,
-    has_image,
-    role_records,
-    splits_from_args,
-    with_modalities,
-)
-from bioscan_clip.evaluation import add_combined_features, embed_dataset, labels_of
-from bioscan_clip.identification import DEFAULT_PRECISION, KEY_FEATURES, Identifier, build_key_folder
+from bioscan_clip.data import DataSpec, SpecimenDataset, has_image, with_modalities
+from bioscan_clip.features import DNA, IMAGE, KEY_FEATURES, embed_dataset, labels_of
+from bioscan_clip.identification import DEFAULT_PRECISION, Identifier, build_index
+from bioscan_clip.retrieval import INDEX_TYPES
+from dataset_scripts import RETRIEVAL_SPLITS
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError
 from modeling_bioscanclip.constants_bioscanclip import IMAGE_FORMATS
 
@@ -34,6 +32,93 @@ ID_COLUMNS = ("processid", "id", "sampleid", "name")
 
 def load_model(folder: str) -> tuple[BioscanClipModel, BioscanClipProcessor]:
     return BioscanClipModel.from_pretrained(folder).eval(), BioscanClipProcessor.from_pretrained(folder)
+
+
+# ---- data options ---------------------------------------------------------------------------------------------------
+def add_data_arguments(parser: argparse.ArgumentParser, *, default_source: str | None = "mini") -> None:
+    """The options every command uses to name a dataset (the fields of :class:`DataSpec`)."""
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--source",
+        default=default_source,
+        choices=sorted(RETRIEVAL_SPLITS),
+        help=f"dataset builder (default: {default_source}; mini is generated, synthetic)",
+    )
+    group.add_argument("--data_dir", help="the builder's data root (for bold: the export .tsv)")
+    group.add_argument("--dataset_path", help="instead, a DatasetDict saved with save_to_disk")
+    group.add_argument("--cache_dir", help="where builders keep their Arrow cache")
+    group.add_argument("--partition", help="BOLD exports: 'clibd' splits species into seen/unseen queries and keys")
+
+
+def data_spec(args: argparse.Namespace) -> DataSpec:
+    return DataSpec(args.source, args.data_dir, args.dataset_path, args.cache_dir, args.partition)
+
+
+# ---- quickstart -----------------------------------------------------------------------------------------------------
+def add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "The main job, end to end on a CPU: write the SYNTHETIC mini-BIOSCAN dataset, train the tiny preset with "
+        "Accelerate, evaluate it with the paper's protocol against an untrained model of the same architecture, "
+        "build the key index with calibrated confidence, and print how to open the demo."
+    )
+    parser.add_argument("--out", default="runs/quickstart", help="run folder (default: runs/quickstart)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated data and of training")
+    parser.add_argument("--size", choices=("tiny", "small", "medium"), default="small", help="mini-BIOSCAN size")
+    parser.add_argument("--epochs", type=int, help="override the tiny preset's epochs")
+
+
+def run_quickstart(args: argparse.Namespace) -> int:
+    from bioscan_clip.quickstart import quickstart
+
+    quickstart(args.out, seed=args.seed, size=args.size, epochs=args.epochs)
+    return 0
+
+
+# ---- evaluate -------------------------------------------------------------------------------------------------------
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Evaluate a trained model with the paper's protocol: seen and unseen queries of a split against all keys, "
+        "top-1/3/5 micro and macro accuracy per rank with the seen/unseen harmonic mean, for every query -> key "
+        "combination the model and data allow. Prints the tables; writes results.json, accuracy.png, "
+        "retrieval_examples.png and, with --model_card, the model card's results."
+    )
+    parser.add_argument("--model", required=True, help="a saved model folder (e.g. runs/quickstart/model)")
+    add_data_arguments(parser)
+    parser.add_argument("--split", choices=("val", "test"), default="test", help="which query splits (default: test)")
+    parser.add_argument("--out", help="output folder (default: <model>/../evaluation-<split>)")
+    parser.add_argument("--model_card", help="write model-index metadata and the results table into this card")
+    parser.add_argument(
+        "--no_kmer_baseline",
+        action="store_true",
+        help="skip the DNA->DNA nearest-neighbour baseline on 5-mer count profiles",
+    )
+    parser.add_argument("--batch_size", type=int, default=128, help="embedding batch size (default: 128)")
+    parser.add_argument("--examples", type=int, default=6, help="queries in the retrieval-examples figure")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from bioscan_clip.evaluation import evaluate, format_table
+
+    report = evaluate(
+        args.model,
+        data_spec(args),
+        split=args.split,
+        out=args.out,
+        model_card=args.model_card,
+        kmer_baseline=not args.no_kmer_baseline,
+        batch_size=args.batch_size,
+        examples=args.examples,
+    )
+    print(format_table(report.results, average="macro"))
+    print()
+    print(format_table(report.results, average="micro"))
+    written = [
+        report.out / "results.json",
+        report.out / "accuracy.png",
+        *([args.model_card] if args.model_card else []),
+    ]
+    print("\nwrote " + ", ".join(str(path) for path in written))
+    return 0
 
 
 # ---- index ----------------------------------------------------------------------------------------------------------
@@ -49,7 +134,7 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--index_type",
         default="flat",
-        choices=("flat", "ivf", "hnsw", "ivfpq"),
+        choices=INDEX_TYPES,
         help="flat = exact (default); ivf/hnsw/ivfpq are approximate, for millions of keys",
     )
     parser.add_argument(
@@ -63,27 +148,13 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_index(args: argparse.Namespace) -> int:
-    model, processor = load_model(args.model)
-    splits, roles = splits_from_args(args)
-    calibration = None
-    if not args.no_calibration:
-        parts = [
-            role_records(splits, roles, r)
-            for r in ("val_queries_seen", "val_queries_unseen")
-            if any(name in splits for name in roles[r])
-        ]
-        if parts:
-            import datasets
-
-            calibration = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-    out = build_key_folder(
-        model,
-        processor,
-        role_records(splits, roles, "keys"),
+    out = build_index(
+        args.model,
+        data_spec(args),
         args.out,
-        calibration_queries=calibration,
-        precision=args.precision,
         index_type=args.index_type,
+        precision=args.precision,
+        calibrate=not args.no_calibration,
         batch_size=args.batch_size,
     )
     report = json.loads((out / "calibration.json").read_text())
@@ -289,7 +360,7 @@ def run_embed(args: argparse.Namespace) -> int:
     model, processor = load_model(args.model)
     rows: list[dict[str, Any]] = []
     if args.split:
-        splits, _ = splits_from_args(args)
+        splits, _ = data_spec(args).load()
         if args.split not in splits:
             raise BioscanInputError(f"--split {args.split!r}: the dataset has {sorted(splits)}")
         records = splits[args.split]
@@ -298,9 +369,9 @@ def run_embed(args: argparse.Namespace) -> int:
 
             records = records.cast_column("image", datasets.Image(decode=False))
         has_images = bool(has_image(records).any())
-        modalities = [m for m in model.config.modalities if m != "image" or has_images]
+        modalities = [m for m in model.config.modalities if m != IMAGE or has_images]
         dataset = SpecimenDataset(with_modalities(records, modalities), processor, modalities)
-        features = add_combined_features(embed_dataset(model, dataset, batch_size=args.batch_size))
+        features = embed_dataset(model, dataset, batch_size=args.batch_size)
         labels = labels_of(dataset)
         for name, matrix in features.items():
             for i, vector in enumerate(matrix):
@@ -315,16 +386,15 @@ def run_embed(args: argparse.Namespace) -> int:
     else:
         queries = collect_queries(args)
         for batch in tqdm(list(_batches(queries, args.batch_size)), desc="embedding", leave=False):
-            for kind, key in (("image", "image"), ("dna", "barcode")):
+            for kind, key in ((IMAGE, "image"), (DNA, "barcode")):
                 items = [q for q in batch if q.get(key) is not None]
                 if not items:
                     continue
-                inputs = (
-                    processor(images=[q[key] for q in items])
-                    if kind == "image"
-                    else processor(dna=[q[key] for q in items])
-                )
-                embeds = model.embed(**inputs)[kind].detach().numpy()
+                names = [str(q["id"]) for q in items]
+                values = [q[key] for q in items]
+                inputs = processor(images=values, names=names) if kind == IMAGE else processor(dna=values, names=names)
+                with torch.inference_mode():
+                    embeds = model.embed(**inputs)[kind].numpy()
                 rows += [
                     {"id": q["id"], "feature": kind, "embedding": vector.tolist()}
                     for q, vector in zip(items, embeds, strict=True)

@@ -50,6 +50,7 @@ from modeling_bioscanclip import (
     BioscanDnaTokenizer,
     BioscanInputError,
 )
+from modeling_bioscanclip.configuration_bioscanclip import MODALITIES
 from modeling_bioscanclip.constants_bioscanclip import IMAGE_CROP, IMAGE_RESIZE
 
 logger = logging.get_logger(__name__)
@@ -965,7 +966,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="local folder with prajjwal1/bert-small's tokenizer, saved with the processor",
     )
-    for tower in ("image", "dna", "text"):
+    for tower in MODALITIES:
         parser.add_argument(
             f"--{tower}-num-heads",
             type=int,
@@ -982,7 +983,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``bioscan-clip convert-clibd``; returns the exit status (1 on a refused checkpoint)."""
-    heads = {tower: getattr(args, f"{tower}_num_heads") for tower in ("image", "dna", "text")}
+    heads = {tower: getattr(args, f"{tower}_num_heads") for tower in MODALITIES}
     try:
         report = convert_clibd_checkpoint(
             args.checkpoint,

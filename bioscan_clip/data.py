@@ -1,15 +1,18 @@
-"""From prepared records to model inputs: retrieval roles, modality filtering, one-time tokenisation, augmentation.
+"""From prepared records to model inputs: where the data is, retrieval roles, modality filtering, augmentation.
 
-The training script, the evaluation command and the key index all read records through this module, so a
-record is turned into tensors in exactly one way. DNA and taxonomy text are tokenised once, vectorised, when a
-:class:`SpecimenDataset` is built; images are decoded per item through the package's safe loader.
+Training, evaluation and the key index read records through :class:`SpecimenDataset`, which hands every record to
+the processor (the only code that tokenises and preprocesses): DNA and taxonomy text once for all records, images
+per item, with the train-time augmentation in place of the evaluation crop.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -19,16 +22,40 @@ import torch
 from PIL import Image
 
 from dataset_scripts import RETRIEVAL_SPLITS, load_bioscan
-from modeling_bioscanclip import (
-    BioscanClipProcessor,
-    BioscanInputError,
-    load_image_safely,
-    normalize_barcode,
-    taxonomy_to_text,
-)
+from modeling_bioscanclip import BioscanClipProcessor, BioscanInputError
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DataSpec:
+    """Where a job's records come from: a builder and its data root, or a ``DatasetDict`` saved on disk.
+
+    Args:
+        source (`str`, *optional*): a builder name (``mini``, ``bioscan5m``, ``bioscan1m``, ``bold``). With
+            ``dataset_path``, it names the split layout of the saved dataset (default ``mini``: BIOSCAN-5M's).
+        data_dir (`str`, *optional*): the builder's data root (the export file for ``bold``).
+        dataset_path (`str`, *optional*): instead of a builder, a ``DatasetDict`` saved with ``save_to_disk``.
+        cache_dir (`str`, *optional*): where builders keep their Arrow cache.
+        partition (`str`, *optional*): BOLD exports: ``clibd`` splits species into seen/unseen queries and keys.
+    """
+
+    source: str | None = "mini"
+    data_dir: str | None = None
+    dataset_path: str | None = None
+    cache_dir: str | None = None
+    partition: str | None = None
+
+    @property
+    def name(self) -> str:
+        """A short name for reports: the builder, or the saved dataset's folder."""
+        return Path(self.dataset_path).name if self.dataset_path else str(self.source)
+
+    def load(self) -> tuple[datasets.DatasetDict, dict[str, tuple[str, ...]]]:
+        """Every split, and the split names that make up each retrieval role."""
+        options = {"partition": self.partition} if self.partition else {}
+        return load_splits(self.source, self.data_dir, self.dataset_path, self.cache_dir, **options)
 
 
 def load_splits(
@@ -38,16 +65,8 @@ def load_splits(
     cache_dir: str | None = None,
     **builder_options: Any,
 ) -> tuple[datasets.DatasetDict, dict[str, tuple[str, ...]]]:
-    """Loads every split of a dataset and the split names that make up each retrieval role.
-
-    Args:
-        source (`str`, *optional*): a builder name (``mini``, ``bioscan5m``, ``bioscan1m``, ``bold``).
-        data_dir (`str`, *optional*): the builder's data root (the export file for ``bold``).
-        dataset_path (`str`, *optional*): instead, a ``DatasetDict`` saved with ``save_to_disk``; its roles are
-            those of ``source`` (default ``mini``, i.e. BIOSCAN-5M split names).
-        cache_dir (`str`, *optional*): where builders keep their Arrow cache.
-        **builder_options: options of the builder's config (e.g. ``partition="clibd"`` for BOLD exports).
-    """
+    """Loads every split of a dataset and the split names that make up each retrieval role (see :class:`DataSpec`;
+    ``builder_options`` are options of the builder's config, e.g. ``partition="clibd"`` for BOLD exports)."""
     if dataset_path is not None:
         splits = datasets.load_from_disk(dataset_path)
         if not isinstance(splits, datasets.DatasetDict):
@@ -60,25 +79,9 @@ def load_splits(
     return load_bioscan(source, data_dir, cache_dir=cache_dir, **builder_options), RETRIEVAL_SPLITS[source]
 
 
-def add_data_arguments(parser: Any, *, default_source: str | None = "mini") -> None:
-    """The options every command uses to name a dataset."""
-    group = parser.add_argument_group("data")
-    group.add_argument(
-        "--source",
-        default=default_source,
-        choices=sorted(RETRIEVAL_SPLITS),
-        help=f"dataset builder (default: {default_source}; mini is generated, synthetic)",
-    )
-    group.add_argument("--data_dir", help="the builder's data root (for bold: the export .tsv)")
-    group.add_argument("--dataset_path", help="instead, a DatasetDict saved with save_to_disk")
-    group.add_argument("--cache_dir", help="where builders keep their Arrow cache")
-    group.add_argument("--partition", help="BOLD exports: 'clibd' splits species into seen/unseen queries and keys")
-
-
-def splits_from_args(args: Any) -> tuple[datasets.DatasetDict, dict[str, tuple[str, ...]]]:
-    """:func:`load_splits` from the options of :func:`add_data_arguments`."""
-    options = {"partition": args.partition} if getattr(args, "partition", None) else {}
-    return load_splits(args.source, args.data_dir, args.dataset_path, args.cache_dir, **options)
+def has_role(splits: datasets.DatasetDict, roles: dict[str, tuple[str, ...]], role: str) -> bool:
+    """Whether any split of ``role`` (e.g. ``val_queries_unseen``) is in the dataset."""
+    return any(name in splits for name in roles[role])
 
 
 def role_records(splits: datasets.DatasetDict, roles: dict[str, tuple[str, ...]], role: str) -> datasets.Dataset:
@@ -175,17 +178,20 @@ class ImageAugmentation:
 
 
 class SpecimenDataset(torch.utils.data.Dataset):
-    """Model inputs for a set of records: pre-tokenised DNA and text, images decoded per item.
+    """Model inputs for a set of records, made by the processor: DNA and taxonomy text once for all records, images
+    per item (so the image bytes of a large dataset never all sit in memory).
 
     Args:
         records (`datasets.Dataset`): records in the package's schema (see ``dataset_scripts``).
-        processor ([`BioscanClipProcessor`]): supplies the tokenizers and the image processor.
+        processor ([`BioscanClipProcessor`]): the only code that turns records into tensors.
         modalities (`Sequence[str]`): which inputs to produce.
-        augmentation ([`ImageAugmentation`], *optional*): train-time image transform; eval transform otherwise.
+        augmentation ([`ImageAugmentation`], *optional*): train-time image transform, applied by the processor in
+            place of its resize and centre crop.
         seed (`int`, defaults to 0): augmentation randomness is drawn from (seed, epoch, index), so it is the same
             whatever the number of workers and after a resume.
 
-    Records whose barcode the tokenizer refuses are left out and counted in ``dropped_barcodes``.
+    Records whose barcode or taxonomy the processor refuses are left out (each named in a warning) and counted in
+    ``dropped``.
     """
 
     def __init__(
@@ -201,43 +207,34 @@ class SpecimenDataset(torch.utils.data.Dataset):
         self.augmentation = augmentation
         self.seed = seed
         self.epoch = 0
-        self.dropped_barcodes = 0
-        if "dna" in self.modalities:
-            tokenizer = processor.dna_tokenizer
-            barcodes, keep = [], []
-            for row, barcode in enumerate(records["dna_barcode"]):
-                try:
-                    barcodes.append(
-                        normalize_barcode(barcode, record=f"record {row}", max_nucleotides=tokenizer.max_nucleotides)
-                    )
-                    keep.append(row)
-                except BioscanInputError as error:
-                    self.dropped_barcodes += 1
-                    logger.warning("left out: %s", error)
-            if self.dropped_barcodes:
-                records = records.select(keep)
-            ids, mask = tokenizer.encode_normalized(barcodes) if barcodes else (np.zeros((0, 1)), np.zeros((0, 1)))
-            self.dna_input_ids = torch.from_numpy(ids.astype(np.int64))
-            self.dna_attention_mask = torch.from_numpy(mask.astype(np.int64))
+        self.dropped = 0
+        columns = [c for c in ("processid", "dna_barcode", *TAXONOMIC_RANKS) if c in records.column_names]
+        metadata: dict[str, list[Any]] = records.select_columns(columns).to_dict()
+        n = len(records)
+        self.tokens: dict[str, torch.Tensor] = {}
+        dna = metadata.get("dna_barcode", [None] * n) if "dna" in self.modalities else None
+        text = (
+            [{rank: metadata.get(rank, [None] * n)[i] for rank in TAXONOMIC_RANKS} for i in range(n)]
+            if "text" in self.modalities
+            else None
+        )
+        if n and (dna is not None or text is not None):
+            names = [str(name) for name in metadata.get("processid", range(n))]
+            encoded = processor(dna=dna, text=text, names=names, on_error="drop", return_tensors="np")
+            kept = encoded.pop("kept")
+            self.dropped = n - len(kept)
+            if self.dropped:
+                records = records.select(kept)
+                metadata = {column: [values[i] for i in kept] for column, values in metadata.items()}
+            self.tokens = {name: torch.from_numpy(np.asarray(value, dtype=np.int64)) for name, value in encoded.items()}
+        metadata.pop("dna_barcode", None)
         self.records = records
-        columns = records.select_columns([c for c in ("processid", *TAXONOMIC_RANKS) if c in records.column_names])
-        self.metadata: dict[str, list[Any]] = columns.to_dict()
-        if "text" in self.modalities:
-            texts = [
-                taxonomy_to_text({rank: self.metadata.get(rank, [None] * len(records))[i] for rank in TAXONOMIC_RANKS})
-                for i in range(len(records))
-            ]
-            encoded = processor.tokenizer(
-                texts, padding="max_length", truncation=True, max_length=processor.text_max_length, return_tensors="np"
-            )
-            self.input_ids = torch.from_numpy(encoded["input_ids"].astype(np.int64))
-            self.attention_mask = torch.from_numpy(encoded["attention_mask"].astype(np.int64))
-        species = self.metadata.get("species", [None] * len(records))
-        names = sorted({s for s in species if s})
-        lookup = {name: i for i, name in enumerate(names)}
+        self.metadata = metadata
+        species = metadata.get("species", [None] * len(records))
+        lookup = {name: i for i, name in enumerate(sorted({s for s in species if s}))}
         # -1 for an unknown species: such a record is only ever its own positive.
-        self.species_ids = torch.tensor([lookup.get(s, -1) if s else -1 for s in species], dtype=torch.long)
-        # The Arrow column, read one row at a time: the image bytes of a large dataset never all sit in memory.
+        self.species_ids = torch.tensor([lookup[s] if s else -1 for s in species], dtype=torch.long)
+        # The Arrow column, read one row at a time.
         self.images = records.data.column("image") if "image" in self.modalities else None
 
     def __len__(self) -> int:
@@ -246,30 +243,31 @@ class SpecimenDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def image(self, index: int) -> Image.Image:
-        """The record's image, decoded by the safe loader (not augmented, not resized)."""
+    def _stored_image(self, index: int) -> Any:
         if self.images is None:
             raise BioscanInputError("this dataset was built without the image modality")
         stored = self.images[index].as_py()
-        return load_image_safely(stored["bytes"] or stored["path"], name=str(self.metadata["processid"][index]))
+        return stored["bytes"] or stored["path"]
+
+    def image(self, index: int) -> Image.Image:
+        """The record's image, decoded by the processor's safe loader (not augmented, not resized)."""
+        return self.processor.image_processor.load(self._stored_image(index))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         item: dict[str, torch.Tensor] = {"index": torch.tensor(index), "species_id": self.species_ids[index]}
         if self.images is not None:
-            image = self.image(index)
-            image_processor = self.processor.image_processor
+            augmentation = None
             if self.augmentation is not None:
                 rng = np.random.default_rng([self.seed, self.epoch, index])
-                image = self.augmentation(image, rng)
-            else:
-                image = image_processor.resize_and_crop(image)
-            item["pixel_values"] = torch.from_numpy(image_processor.to_array(image))
-        if "dna" in self.modalities:
-            item["dna_input_ids"] = self.dna_input_ids[index]
-            item["dna_attention_mask"] = self.dna_attention_mask[index]
-        if "text" in self.modalities:
-            item["input_ids"] = self.input_ids[index]
-            item["attention_mask"] = self.attention_mask[index]
+                augmentation = functools.partial(self.augmentation, rng=rng)
+            pixels = self.processor(
+                images=[self._stored_image(index)],
+                names=[str(self.metadata["processid"][index])],
+                augmentation=augmentation,
+            )["pixel_values"]
+            item["pixel_values"] = pixels[0]
+        for name, values in self.tokens.items():
+            item[name] = values[index]
         return item
 
 

@@ -26,15 +26,22 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bioscan_clip.data import SpecimenDataset, with_modalities
-from bioscan_clip.evaluation import add_combined_features, embed_dataset, labels_of
+from bioscan_clip.data import DataSpec, SpecimenDataset, has_role, role_records, with_modalities
+from bioscan_clip.features import (
+    CALIBRATED_PAIRS,
+    KEY_FEATURES,
+    add_combined_features,
+    embed_dataset,
+    labels_of,
+    pair_name,
+    query_feature,
+)
 from bioscan_clip.retrieval import KeyIndex
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError, load_image_safely
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
 logger = logging.getLogger(__name__)
 
-KEY_FEATURES = ("image", "dna", "text", "averaged")
 RECORDS_DIRNAME = "records"
 CALIBRATION_FILE = "calibration.json"
 DEFAULT_PRECISION = 0.9
@@ -165,7 +172,7 @@ class Identifier:
         calibration = json.loads((key_dir / CALIBRATION_FILE).read_text())
         return cls(model, processor, indexes, calibration, records)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def embed(
         self, images: Sequence[Any] | None = None, barcodes: Sequence[str] | None = None
     ) -> dict[str, np.ndarray]:
@@ -200,13 +207,13 @@ class Identifier:
             restrict (`dict`, *optional*): search only keys with these taxa, e.g. ``{"order": ["Diptera"]}``.
         """
         features = self.embed(images, barcodes)
-        query_feature = "averaged" if "averaged" in features else ("image" if "image" in features else "dna")
-        key_feature = key_feature or query_feature
+        searched = query_feature(features)
+        key_feature = key_feature or searched
         if key_feature not in self.indexes:
             raise BioscanInputError(f"no {key_feature} keys in this key folder; it has {sorted(self.indexes)}")
         index = self.indexes[key_feature]
-        found = index.search_labels(features[query_feature], min(k, len(index)), restrict=restrict)
-        thresholds = self.calibration.get("thresholds", {}).get(f"{query_feature}->{key_feature}", {})
+        found = index.search_labels(features[searched], min(k, len(index)), restrict=restrict)
+        thresholds = self.calibration.get("thresholds", {}).get(pair_name((searched, key_feature)), {})
         temperature = self.calibration.get("vote_temperature", DEFAULT_VOTE_TEMPERATURE)
         ids = index.keys["processid"]
         answers = []
@@ -239,9 +246,7 @@ class Identifier:
                 )
                 for j, row in enumerate(found.indices[q])
             ]
-            answers.append(
-                Identification(query_feature, key_feature, ranks, deepest, not ranks[-1].confident, neighbours)
-            )
+            answers.append(Identification(searched, key_feature, ranks, deepest, not ranks[-1].confident, neighbours))
         return answers
 
     def key_image(self, row: int) -> Image.Image | None:
@@ -283,8 +288,8 @@ def build_key_folder(
     modalities = list(model.config.modalities)
     keys = with_modalities(keys, modalities, what="keys")
     key_set = SpecimenDataset(keys, processor, modalities)
-    features = add_combined_features(
-        embed_dataset(model, key_set, batch_size=batch_size, description="embedding keys", show_progress=show_progress)
+    features = embed_dataset(
+        model, key_set, batch_size=batch_size, description="embedding keys", show_progress=show_progress
     )
     labels = labels_of(key_set)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -298,13 +303,11 @@ def build_key_folder(
     }
     if calibration_queries is not None:
         query_set = SpecimenDataset(with_modalities(calibration_queries, modalities), processor, modalities)
-        query_features = add_combined_features(
-            embed_dataset(
-                model, query_set, batch_size=batch_size, description="calibration queries", show_progress=show_progress
-            )
+        query_features = embed_dataset(
+            model, query_set, batch_size=batch_size, description="calibration queries", show_progress=show_progress
         )
         truth = labels_of(query_set)
-        for query_name, key_name in (("image", "image"), ("dna", "dna"), ("averaged", "averaged"), ("image", "dna")):
+        for query_name, key_name in CALIBRATED_PAIRS:
             if query_name not in query_features or key_name not in features:
                 continue
             index = KeyIndex.load(out_dir / key_name)
@@ -316,7 +319,7 @@ def build_key_folder(
                 for rank in TAXONOMIC_RANKS
             }
             thresholds = calibrate_thresholds(found.scores[:, 0], correct, precision)
-            calibration["thresholds"][f"{query_name}->{key_name}"] = thresholds
+            calibration["thresholds"][pair_name((query_name, key_name))] = thresholds
         calibration["calibration_queries"] = len(query_set)
         if index_type != "flat":  # what the approximation costs, measured on real queries
             calibration["recall_at_5"] = {
@@ -333,3 +336,50 @@ def build_key_folder(
         stored = stored.cast_column("image", datasets.Image())
     stored.save_to_disk(str(records_dir))
     return out_dir
+
+
+def build_index(
+    model: str | Path,
+    data: DataSpec,
+    out: str | Path,
+    *,
+    index_type: str = "flat",
+    precision: float = DEFAULT_PRECISION,
+    calibrate: bool = True,
+    batch_size: int = 128,
+) -> Path:
+    """Embeds the keys of a dataset with a saved model and writes a key folder (see :func:`build_key_folder`),
+    calibrated on the dataset's validation queries when it has them."""
+    network, processor = BioscanClipModel.from_pretrained(model).eval(), BioscanClipProcessor.from_pretrained(model)
+    splits, roles = data.load()
+    calibration = None
+    if calibrate:
+        parts = [
+            role_records(splits, roles, r)
+            for r in ("val_queries_seen", "val_queries_unseen")
+            if has_role(splits, roles, r)
+        ]
+        if parts:
+            calibration = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    return build_key_folder(
+        network,
+        processor,
+        role_records(splits, roles, "keys"),
+        out,
+        calibration_queries=calibration,
+        precision=precision,
+        index_type=index_type,
+        batch_size=batch_size,
+    )
+
+
+def identify(
+    model: str | Path,
+    keys: str | Path,
+    images: Sequence[Any] | None = None,
+    barcodes: Sequence[str] | None = None,
+    **options: Any,
+) -> list[Identification]:
+    """Identifies queries against a key folder in one call (:meth:`Identifier.identify` takes the ``options``).
+    Load an :class:`Identifier` once instead when identifying many batches."""
+    return Identifier.load(model, keys).identify(images, barcodes, **options)

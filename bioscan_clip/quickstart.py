@@ -1,115 +1,80 @@
 """The main job: generate mini-BIOSCAN, train the tiny preset, evaluate, build the key index, point to the demo.
 
-Everything runs on a 2-core CPU in minutes, on SYNTHETIC data generated here (no download).
+Everything runs on a 2-core CPU in minutes, on SYNTHETIC data generated here (no download). Each step is one call
+of the library's API: ``train``, ``evaluate``, ``build_index``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from bioscan_clip.data import DataSpec
+from bioscan_clip.evaluation import Evaluation, evaluate, format_table
+from bioscan_clip.identification import build_index
+from bioscan_clip.training import TrainConfig, train
 from dataset_scripts.synth import generate_mini_bioscan
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "The main job, end to end on a CPU: write the SYNTHETIC mini-BIOSCAN dataset, train the tiny preset with "
-        "Accelerate, evaluate it with the paper's protocol against an untrained model of the same architecture, "
-        "build the key index with calibrated confidence, and print how to open the demo."
-    )
-    parser.add_argument("--out", default="runs/quickstart", help="run folder (default: runs/quickstart)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the generated data and of training")
-    parser.add_argument("--size", choices=("small", "medium"), default="small", help="mini-BIOSCAN size")
-    parser.add_argument("--epochs", type=int, help="override the tiny preset's epochs")
+@dataclass
+class QuickstartResult:
+    model_dir: Path
+    keys_dir: Path
+    trained: Evaluation
+    untrained: Evaluation
 
 
 def _section(title: str) -> None:
     print(f"\n=== {title} ===", flush=True)
 
 
-def run(args: argparse.Namespace) -> int:
-    import train_accelerate
-    from bioscan_clip import evaluation
-    from bioscan_clip.commands import add_index_arguments, run_index
-
+def quickstart(out: str | Path, *, seed: int = 0, size: str = "small", epochs: int | None = None) -> QuickstartResult:
+    """Runs the main job into ``out`` and prints its tables (see the README)."""
     started = time.time()
-    out = Path(args.out)
+    out = Path(out)
     data_dir = out / "mini-bioscan"
-    cache_dir = str(out / "cache")
+    data = DataSpec(source="mini", data_dir=str(data_dir), cache_dir=str(out / "cache"))
     _section("1/5 generating mini-BIOSCAN (synthetic)")
     if not (data_dir / "bioscan5m").exists():
-        generate_mini_bioscan(data_dir, seed=args.seed, size=args.size)
-    data = ["--source", "mini", "--data_dir", str(data_dir), "--cache_dir", cache_dir]
+        generate_mini_bioscan(data_dir, seed=seed, size=size)
 
     _section("2/5 training the tiny preset")
-    train_args = [
-        "--preset",
+    overrides = {"epochs": epochs} if epochs else {}
+    config = TrainConfig.from_preset(
         "tiny",
-        "--output_dir",
-        str(out / "train"),
-        "--seed",
-        str(args.seed),
-        "--report_to",
-        "tensorboard",
-        *data,
-    ]
-    if args.epochs:
-        train_args += ["--epochs", str(args.epochs)]
-    train_accelerate.main(train_args)
-    summary = json.loads((out / "train" / "train_summary.json").read_text())
+        output_dir=str(out / "train"),
+        seed=seed,
+        source=data.source,
+        data_dir=data.data_dir,
+        cache_dir=data.cache_dir,
+        **overrides,
+    )
+    trained_dir = train(config).model_dir
     model_dir = out / "model"
     if model_dir.exists():
         shutil.rmtree(model_dir)
-    Path(summary["model"]).rename(model_dir)
+    trained_dir.rename(model_dir)
 
     _section("3/5 evaluating: test queries against all keys")
-    parser = argparse.ArgumentParser()
-    evaluation.add_arguments(parser)
-    evaluation.run(
-        parser.parse_args(
-            [
-                "--model",
-                str(model_dir),
-                *data,
-                "--out",
-                str(out / "evaluation"),
-                "--model_card",
-                str(model_dir / "README.md"),
-            ]
-        )
-    )
+    trained = evaluate(model_dir, data, out=out / "evaluation", model_card=model_dir / "README.md")
+    print(format_table(trained.results, average="macro"))
 
     _section("4/5 the same architecture untrained (what training bought)")
-    untrained = out / "untrained_model"
-    _save_untrained(model_dir, untrained, seed=args.seed)
-    evaluation.run(
-        parser.parse_args(
-            [
-                "--model",
-                str(untrained),
-                *data,
-                "--out",
-                str(out / "evaluation-untrained"),
-                "--no_kmer_baseline",
-                "--examples",
-                "0",
-            ]
-        )
-    )
+    untrained_dir = out / "untrained_model"
+    _save_untrained(model_dir, untrained_dir, seed=seed)
+    untrained = evaluate(untrained_dir, data, out=out / "evaluation-untrained", kmer_baseline=False, examples=0)
+    print(format_table(untrained.results, average="macro"))
 
     _section("5/5 building the key index")
-    index_parser = argparse.ArgumentParser()
-    add_index_arguments(index_parser)
-    run_index(index_parser.parse_args(["--model", str(model_dir), *data, "--out", str(out / "keys")]))
+    keys_dir = build_index(model_dir, data, out / "keys")
 
     minutes = (time.time() - started) / 60
-    print(f"\nDone in {minutes:.1f} min. Trained model: {model_dir}  key index: {out / 'keys'}")
-    print(f"Results: {out / 'evaluation' / 'results.json'} (plots beside it)")
-    print(f"Open the demo:  .venv/bin/bioscan-clip demo --model {model_dir} --keys {out / 'keys'}")
-    return 0
+    print(f"\nDone in {minutes:.1f} min. Trained model: {model_dir}  key index: {keys_dir}")
+    print(f"Results: {trained.out / 'results.json'} (plots beside it)")
+    print(f"Open the demo:  bioscan-clip demo --model {model_dir} --keys {keys_dir}")
+    return QuickstartResult(model_dir=model_dir, keys_dir=keys_dir, trained=trained, untrained=untrained)
 
 
 def _save_untrained(trained: Path, folder: Path, seed: int) -> None:

@@ -12,7 +12,13 @@ from .configuration_bioscanclip import BioscanClipConfig
 from .constants_bioscanclip import TAXONOMIC_RANKS
 from .errors_bioscanclip import BioscanImageError, BioscanInputError
 from .image_processing_bioscanclip import BioscanClipImageProcessor, load_image_safely
-from .modeling_bioscanclip import BioscanClipModel, BioscanClipOutput, contrastive_loss
+from .modeling_bioscanclip import (
+    BioscanClipModel,
+    BioscanClipOutput,
+    contrastive_loss,
+    contrastive_targets,
+    gather_with_local_grad,
+)
 from .processing_bioscanclip import BioscanClipProcessor, taxonomy_to_text
 from .tokenization_dna import BioscanDnaTokenizer, normalize_barcode
 
@@ -27,6 +33,8 @@ __all__ = [
     "BioscanImageError",
     "BioscanInputError",
     "contrastive_loss",
+    "contrastive_targets",
+    "gather_with_local_grad",
     "load_image_safely",
     "normalize_barcode",
     "register_auto_classes",

@@ -94,6 +94,10 @@ class BioscanClipConfig(PreTrainedConfig):
     """
 
     model_type = "bioscan_clip"
+    # Declaring the towers as sub-configurations lets transformers pass settings on to them: an
+    # ``attn_implementation`` given to ``from_pretrained``/``from_config``, and ``dtype``. A disabled modality's
+    # sub-configuration is None, which transformers skips.
+    sub_configs = {"image_config": AutoConfig, "dna_config": AutoConfig, "text_config": AutoConfig}
 
     def __init__(
         self,

@@ -9,3 +9,8 @@ class BioscanInputError(ValueError):
 
 class BioscanImageError(BioscanInputError):
     """An image that cannot be decoded safely: unknown format, truncated, too large, or too elongated."""
+
+
+def record_label(name: object, part: str) -> str:
+    """How an error names one part of a named record, e.g. ``record BIOUG123-45 (barcode)``."""
+    return f"record {name} ({part})"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -25,9 +25,10 @@ from .constants_bioscanclip import (
     MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
 )
-from .errors_bioscanclip import BioscanImageError
+from .errors_bioscanclip import BioscanImageError, BioscanInputError, record_label
 
 ImageSource = str | os.PathLike | bytes | BinaryIO | Image.Image | np.ndarray
+Augmentation = Callable[[Image.Image], Image.Image]
 
 
 def _check_geometry(width: int, height: int, name: str, max_pixels: int, max_aspect_ratio: float) -> None:
@@ -200,8 +201,9 @@ class BioscanClipImageProcessor(BaseImageProcessor):
     r"""Resizes the shorter side, centre-crops, rescales to [0, 1] and optionally normalises.
 
     The defaults follow the original evaluation transform (resize 256, centre crop 224). The original feeds
-    pixels in [0, 1] without normalisation; set ``do_normalize=False`` to reproduce it. Train-time augmentation
-    lives in the training data pipeline, not here.
+    pixels in [0, 1] without normalisation; set ``do_normalize=False`` to reproduce it. For train-time
+    augmentation, pass ``augmentation=`` to the call: it replaces the resize and crop, while decoding and
+    rescaling stay this processor's.
 
     Args:
         resize_shortest_edge (`int`, *optional*, defaults to 256):
@@ -257,9 +259,9 @@ class BioscanClipImageProcessor(BaseImageProcessor):
         self.max_pixels = int(max_pixels)
         self.max_aspect_ratio = float(max_aspect_ratio)
 
-    def load(self, source: ImageSource) -> Image.Image:
+    def load(self, source: ImageSource, name: str | None = None) -> Image.Image:
         """Decodes one input with this processor's caps (see :func:`load_image_safely`)."""
-        return load_image_safely(source, max_pixels=self.max_pixels, max_aspect_ratio=self.max_aspect_ratio)
+        return load_image_safely(source, name=name, max_pixels=self.max_pixels, max_aspect_ratio=self.max_aspect_ratio)
 
     def resize_and_crop(self, image: Image.Image) -> Image.Image:
         """Shorter side to ``resize_shortest_edge`` (bilinear, antialiased), then the centre square crop."""
@@ -281,22 +283,67 @@ class BioscanClipImageProcessor(BaseImageProcessor):
             array = (array - mean) / std
         return array
 
+    def augment(self, image: Image.Image, augmentation: Augmentation) -> Image.Image:
+        """Applies a train-time ``augmentation`` in place of :meth:`resize_and_crop`, checking what it returns."""
+        augmented = augmentation(image)
+        if not isinstance(augmented, Image.Image):
+            raise TypeError(f"augmentation: expected it to return a PIL image, got {type(augmented).__name__}")
+        if augmented.size != (self.crop_size, self.crop_size):
+            raise ValueError(
+                f"augmentation: expected a {self.crop_size}x{self.crop_size} image (crop_size), "
+                f"got {augmented.width}x{augmented.height}"
+            )
+        return to_rgb(augmented)
+
+    def process_one(
+        self, source: ImageSource, name: str | None = None, augmentation: Augmentation | None = None
+    ) -> np.ndarray:
+        """One image as a float32 (3, crop, crop) array: decode, resize and crop (or ``augmentation``), rescale."""
+        image = self.load(source, name)
+        image = self.resize_and_crop(image) if augmentation is None else self.augment(image, augmentation)
+        return self.to_array(image)
+
     def preprocess(
-        self, images: ImageSource | Sequence[ImageSource], return_tensors: str | None = "pt", **kwargs: Any
+        self,
+        images: ImageSource | Sequence[ImageSource],
+        return_tensors: str | None = "pt",
+        *,
+        names: Sequence[Any] | None = None,
+        augmentation: Augmentation | None = None,
+        **kwargs: Any,
     ) -> BatchFeature:
-        """Turns one image or a list of images into ``pixel_values`` of shape (batch, 3, crop, crop)."""
+        """Turns one image or a list of images into ``pixel_values`` of shape (batch, 3, crop, crop).
+
+        Args:
+            images: one image or a list (path, bytes, file object, PIL image or array).
+            return_tensors (`str`, *optional*, defaults to ``"pt"``): ``"pt"``, ``"np"`` or `None` (numpy).
+            names (`Sequence`, *optional*): one name per image for error messages (``record NAME (image): ...``);
+                by default an error names the path, or the kind of input.
+            augmentation (`Callable[[PIL.Image.Image], PIL.Image.Image]`, *optional*):
+                Train-time transform applied instead of the resize and centre crop; it must return a
+                ``crop_size`` x ``crop_size`` image (a `ValueError` names the size otherwise).
+        """
         if kwargs:
             raise TypeError(f"unexpected arguments for the image processor: {sorted(kwargs)}")
-        if isinstance(images, (list, tuple)) or (isinstance(images, np.ndarray) and images.ndim == 4):
-            batch = list(images)
-        else:
-            batch = [images]
+        batch = as_image_list(images)
         if not batch:
             raise BioscanImageError("expected at least one image, got an empty list")
-        arrays = [self.to_array(self.resize_and_crop(self.load(image))) for image in batch]
+        if names is not None and len(names) != len(batch):
+            raise BioscanInputError(f"names: expected one name per image ({len(batch)}), got {len(names)}")
+        arrays = [
+            self.process_one(image, None if names is None else record_label(names[index], "image"), augmentation)
+            for index, image in enumerate(batch)
+        ]
         return BatchFeature({"pixel_values": np.stack(arrays)}, tensor_type=return_tensors)
 
     def __call__(
         self, images: ImageSource | Sequence[ImageSource], return_tensors: str | None = "pt", **kwargs: Any
     ) -> BatchFeature:
         return self.preprocess(images, return_tensors=return_tensors, **kwargs)
+
+
+def as_image_list(images: ImageSource | Sequence[ImageSource]) -> list[ImageSource]:
+    """One image or a batch (a list, a tuple or a 4-D array) as a list of images."""
+    if isinstance(images, (list, tuple)) or (isinstance(images, np.ndarray) and images.ndim == 4):
+        return list(images)
+    return [images]

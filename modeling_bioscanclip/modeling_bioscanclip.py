@@ -9,74 +9,276 @@ from __future__ import annotations
 
 import inspect
 import itertools
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from transformers import MODEL_MAPPING, AutoConfig, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, can_return_tuple
 
 from .configuration_bioscanclip import MODALITIES, BioscanClipConfig
 from .errors_bioscanclip import BioscanInputError
 
+# Output fields of the logits of each pair, rows indexed by the first modality (the MODALITIES order).
+PAIR_LOGITS_FIELDS = {
+    ("image", "dna"): "logits_per_image_dna",
+    ("image", "text"): "logits_per_image_text",
+    ("dna", "text"): "logits_per_dna_text",
+}
+
 
 @dataclass
 class BioscanClipOutput(ModelOutput):
-    """Output of [`BioscanClipModel.forward`].
+    r"""Output of [`BioscanClipModel.forward`], named as transformers' `CLIPOutput`.
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned when ``return_loss=True``):
-            Symmetric InfoNCE averaged over every pair of modalities given.
-        image_embeds, dna_embeds, text_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`):
-            L2-normalised embeddings of the modalities given (None for the others).
-        logits (`dict[str, torch.FloatTensor]`):
-            ``{"image_dna": (batch, batch), ...}``: scaled cosine similarities for every pair given, rows indexed
-            by the first modality. The transposes give the other direction.
+            Symmetric InfoNCE averaged over every pair of modalities given (see [`contrastive_loss`]).
+        logits_per_image_dna (`torch.FloatTensor` of shape `(batch, batch)`, *optional*):
+            ``logit_scale * image_embeds @ dna_embeds.T``: rows are images, columns barcodes.
+        logits_per_image_text (`torch.FloatTensor` of shape `(batch, batch)`, *optional*):
+            ``logit_scale * image_embeds @ text_embeds.T``: rows are images, columns taxonomy texts.
+        logits_per_dna_text (`torch.FloatTensor` of shape `(batch, batch)`, *optional*):
+            ``logit_scale * dna_embeds @ text_embeds.T``: rows are barcodes, columns taxonomy texts.
+        image_embeds, dna_embeds, text_embeds (`torch.FloatTensor` of shape `(batch, projection_dim)`, *optional*):
+            L2-normalised embeddings of the modalities given.
         logit_scale (`torch.FloatTensor` of shape `()`): the exponentiated temperature used.
+        image_model_output, dna_model_output, text_model_output ([`~utils.ModelOutput`], *optional*):
+            The towers' own outputs (``last_hidden_state``, and ``hidden_states``/``attentions`` when asked for),
+            as `CLIPOutput.vision_model_output` and `text_model_output`.
+
+    A field is None when one of its modalities was not given. The mapping from the earlier ``logits`` dict:
+    ``logits["image_dna"]`` is ``logits_per_image_dna``, ``logits["image_text"]`` is ``logits_per_image_text`` and
+    ``logits["dna_text"]`` is ``logits_per_dna_text``. The read-only property ``logits`` still returns that dict
+    (pairs present only), and ``pair_logits(a, b)`` returns any pair in either order (the transpose for the
+    reverse, e.g. ``pair_logits("text", "image")`` has texts as rows).
     """
 
     loss: torch.FloatTensor | None = None
+    logits_per_image_dna: torch.FloatTensor | None = None
+    logits_per_image_text: torch.FloatTensor | None = None
+    logits_per_dna_text: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
     dna_embeds: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
-    logits: dict[str, torch.FloatTensor] | None = None
     logit_scale: torch.FloatTensor | None = None
+    image_model_output: ModelOutput | None = None
+    dna_model_output: ModelOutput | None = None
+    text_model_output: ModelOutput | None = None
+
+    @property
+    def logits(self) -> dict[str, torch.FloatTensor]:
+        """``{"image_dna": ..., "image_text": ..., "dna_text": ...}`` for the pairs present (the earlier field)."""
+        pairs = {f"{a}_{b}": getattr(self, field) for (a, b), field in PAIR_LOGITS_FIELDS.items()}
+        return {name: value for name, value in pairs.items() if value is not None}
+
+    def pair_logits(self, a: str, b: str) -> torch.FloatTensor:
+        """The scaled similarities with rows = modality ``a`` and columns = modality ``b``, in either order."""
+        if (a, b) in PAIR_LOGITS_FIELDS:
+            value = getattr(self, PAIR_LOGITS_FIELDS[(a, b)])
+        elif (b, a) in PAIR_LOGITS_FIELDS:
+            value = getattr(self, PAIR_LOGITS_FIELDS[(b, a)])
+            value = None if value is None else value.t()
+        else:
+            raise ValueError(f"expected two different modalities from {MODALITIES}, got {a!r} and {b!r}")
+        if value is None:
+            raise ValueError(f"this output has no {a}-{b} logits; the pairs present are {sorted(self.logits)}")
+        return value
+
+    def to_tuple(self) -> tuple[Any, ...]:
+        # As CLIPOutput: the towers' outputs become tuples too, so that the whole output is plain tuples.
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
 
 
 def masked_mean(hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean over positions of ``hidden`` (batch, seq, dim) where ``mask`` (batch, seq) is 1."""
+    """Mean over positions of ``hidden`` (batch, seq, dim) where ``mask`` (batch, seq) is 1, in ``hidden``'s dtype.
+
+    Summed in float32, so that a bf16/fp16 model neither overflows nor miscounts long sequences (bf16 holds integers
+    exactly only up to 256); for a float32 model this is the plain masked mean.
+    """
     if mask is None:
         return hidden.mean(dim=1)
-    weights = mask.to(hidden.dtype).unsqueeze(-1)
-    counts = weights.sum(dim=1)
+    counts = mask.sum(dim=1, keepdim=True)  # (batch, 1), integer
     if bool((counts == 0).any()):
         raise BioscanInputError("a sequence has an all-zero attention mask: nothing to pool")
-    return (hidden * weights).sum(dim=1) / counts
+    weights = mask.to(torch.float32).unsqueeze(-1)
+    return ((hidden.float() * weights).sum(dim=1) / counts).to(hidden.dtype)
 
 
-def contrastive_loss(logits: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric InfoNCE for one pair of modalities.
+# ---- the contrastive loss ---------------------------------------------------------------------------------------
+def _world() -> tuple[int, int]:
+    """(world size, rank) of the default process group; (1, 0) when torch.distributed is not initialised."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def gather_with_local_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Every process's rows of ``tensor`` concatenated in rank order, this process's rows kept as the original.
+
+    Other processes' rows are detached copies (``all_gather`` has no gradient), so the gradient reaches this
+    process's own slice only. Every process must pass the same shape. Without an initialised process group, or
+    with one process, ``tensor`` is returned unchanged.
 
     Args:
-        logits (`torch.Tensor` of shape `(n_rows, n_columns)`): scaled similarities, rows = first modality.
-        targets (`torch.Tensor`, *optional*):
-            Soft targets of the same shape (rows summing to 1), e.g. for same-species multi-positives; by default
-            the diagonal (row i matches column i). Rows may be a slice of a larger gathered batch: then pass the
-            targets for that slice.
+        tensor (`torch.Tensor` of shape `(local_batch, ...)`): this process's rows.
+
+    Returns:
+        `torch.Tensor` of shape `(world_size * local_batch, ...)`.
     """
+    world_size, rank = _world()
+    if world_size == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world_size)]
+    dist.all_gather(parts, tensor.detach().contiguous())
+    parts[rank] = tensor
+    return torch.cat(parts)
+
+
+def contrastive_targets(species_ids: torch.Tensor, same_species_positives: bool) -> torch.Tensor | None:
+    """Soft targets for [`contrastive_loss`]: the diagonal, plus every same-species record when asked.
+
+    Args:
+        species_ids (`torch.LongTensor` of shape `(batch,)`): species of each record; ``-1`` is unknown and matches
+            no other record (an unknown species is only its own positive).
+        same_species_positives (`bool`): whether records of the same species are positives of each other.
+
+    Returns:
+        `None` when ``same_species_positives`` is `False` (the plain diagonal), else a float32 `(batch, batch)`
+        matrix whose rows sum to 1.
+
+    Example:
+
+    ```python
+    >>> contrastive_targets(torch.tensor([4, 4, -1, -1]), same_species_positives=True)
+    tensor([[0.5000, 0.5000, 0.0000, 0.0000],
+            [0.5000, 0.5000, 0.0000, 0.0000],
+            [0.0000, 0.0000, 1.0000, 0.0000],
+            [0.0000, 0.0000, 0.0000, 1.0000]])
+
+    ```
+    """
+    if not same_species_positives:
+        return None
+    if species_ids.ndim != 1:
+        raise ValueError(f"species_ids: expected shape (batch,), got {tuple(species_ids.shape)}")
+    same = (species_ids[:, None] == species_ids[None, :]) & (species_ids[:, None] >= 0)
+    targets = (same | torch.eye(len(species_ids), dtype=torch.bool, device=species_ids.device)).float()
+    return targets / targets.sum(dim=1, keepdim=True)
+
+
+def _symmetric_infonce(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+    """Mean of the cross-entropies over rows and over columns; ``targets`` None means the diagonal."""
     if targets is None:
-        if logits.shape[0] != logits.shape[1]:
-            raise ValueError(f"expected square logits without explicit targets, got shape {tuple(logits.shape)}")
         labels = torch.arange(logits.shape[0], device=logits.device)
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+    targets = targets.to(logits.dtype)
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets.t())) / 2
+
+
+def contrastive_loss(
+    embeds: Mapping[str, torch.Tensor],
+    logit_scale: torch.Tensor,
+    *,
+    pairs: Sequence[tuple[str, str]] | None = None,
+    species_ids: torch.Tensor | None = None,
+    same_species_positives: bool = False,
+    gather: bool = False,
+) -> torch.Tensor:
+    r"""The BIOSCAN-CLIP loss: symmetric InfoNCE for each pair of modalities, averaged over the pairs.
+
+    For a pair ``(a, b)`` the logits are ``logit_scale * embeds[a] @ embeds[b].T`` and the pair's loss is the mean
+    of the cross-entropy over rows and over columns (record ``i`` of ``a`` matches record ``i`` of ``b``, or with
+    ``same_species_positives`` every record of the same species, see [`contrastive_targets`]).
+
+    Args:
+        embeds (`Mapping[str, torch.Tensor]`):
+            Unit-length embeddings of shape `(batch, dim)` per modality (``"image"``, ``"dna"``, ``"text"``), all
+            of the same batch size, e.g. ``model.embed(**inputs)`` or the ``*_embeds`` of [`BioscanClipOutput`].
+        logit_scale (`torch.Tensor` of shape `()`):
+            The inverse temperature, already exponentiated (as ``BioscanClipOutput.logit_scale``).
+        pairs (`Sequence[tuple[str, str]]`, *optional*):
+            The pairs to average over; by default every combination of the modalities given, in the order
+            image, dna, text.
+        species_ids (`torch.LongTensor` of shape `(batch,)`, *optional*):
+            Species of each record, ``-1`` for unknown; needed with ``same_species_positives``.
+        same_species_positives (`bool`, *optional*, defaults to `False`):
+            Soft targets: the diagonal plus the same-species records, each row normalised to sum to 1.
+        gather (`bool`, *optional*, defaults to `False`):
+            Take negatives from every process: with `torch.distributed` initialised and more than one process,
+            the embeddings (and species ids) of all processes are gathered, this process's rows keeping their
+            gradient (see [`gather_with_local_grad`]). A no-op with one process or no process group.
+
+    Returns:
+        `torch.Tensor` of shape `()`.
+
+    With ``gather=True`` every process computes the same loss of the global batch, but its gradient reaches only
+    the local rows (and a ``1 / world_size`` share of the temperature's). Under DDP, which averages gradients over
+    processes, back-propagate ``loss * world_size``: the average then is exactly the gradient of the global loss,
+    for every parameter.
+
+    Example:
+
+    ```python
+    >>> import torch.nn.functional as F
+    >>> embeds = {"image": F.normalize(torch.randn(4, 8), dim=-1), "dna": F.normalize(torch.randn(4, 8), dim=-1)}
+    >>> loss = contrastive_loss(embeds, torch.tensor(10.0))
+    >>> loss.shape
+    torch.Size([])
+
+    ```
+    """
+    if not isinstance(embeds, Mapping):
+        raise TypeError(f"embeds: expected a mapping from modality name to embeddings, got {type(embeds).__name__}")
+    unknown = sorted(set(embeds) - set(MODALITIES))
+    if unknown:
+        raise ValueError(f"embeds: expected modality names from {MODALITIES}, got {unknown}")
+    if pairs is None:
+        pairs = list(itertools.combinations([m for m in MODALITIES if m in embeds], 2))
+    if not pairs:
+        raise ValueError(f"expected at least two modalities (or one pair), got {sorted(embeds)}")
+    for a, b in pairs:
+        if a == b or a not in embeds or b not in embeds:
+            raise ValueError(f"pairs: ({a!r}, {b!r}) is not a pair of two of the modalities given {sorted(embeds)}")
+    used = sorted({name for pair in pairs for name in pair})
+    sizes = {name: embeds[name].shape[0] for name in used}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"every modality needs the same batch size, got {sizes}")
+    if same_species_positives:
+        if species_ids is None:
+            raise ValueError("same_species_positives=True needs species_ids")
+        if species_ids.shape != (next(iter(sizes.values())),):
+            raise ValueError(
+                f"species_ids: expected shape ({next(iter(sizes.values()))},), got {tuple(species_ids.shape)}"
+            )
+    vectors = {name: gather_with_local_grad(embeds[name]) if gather else embeds[name] for name in used}
+    if same_species_positives and gather:
+        species_ids = gather_with_local_grad(species_ids)
+    world_size = _world()[0] if gather else 1
+    if world_size > 1:
+        # The embeddings reach the loss through this process's rows only, but the temperature through every
+        # logit: its gradient is here the whole batch's on each process. Scaled by 1/world_size (same value), it
+        # too comes out exact after `loss * world_size` and DDP's average.
+        logit_scale = logit_scale / world_size + (logit_scale * (1 - 1 / world_size)).detach()
+    targets = contrastive_targets(species_ids, same_species_positives) if same_species_positives else None
+    # `logit_scale * a @ b.T` evaluates left to right; the forward pass uses the same expression, bit for bit.
+    losses = [_symmetric_infonce(logit_scale * vectors[a] @ vectors[b].t(), targets) for a, b in pairs]
+    return torch.stack(losses).mean()
 
 
 def _accepts(model_class: type, argument: str) -> bool:
     return argument in inspect.signature(model_class.__init__).parameters
+
+
+def _has_attention_layers(model: nn.Module) -> bool:
+    # transformers' own test for "this model has attention" is a class named *Attention* (see
+    # PreTrainedModel._can_set_attn_implementation); here it is applied to the modules actually built.
+    return any("Attention" in type(module).__name__ for module in model.modules())
 
 
 class BioscanClipPreTrainedModel(PreTrainedModel):
@@ -84,6 +286,13 @@ class BioscanClipPreTrainedModel(PreTrainedModel):
     base_model_prefix = "bioscan_clip"
     supports_gradient_checkpointing = True
     _no_split_modules: list[str] = []
+    # The composite has no attention of its own: each tower checks the implementation asked for when it is built
+    # (the transformers towers of the presets, BERT and ViT, support all three), and a tower without attention
+    # (ResNet, ConvNeXt) is exempt (see `_build_tower`). SDPA and eager are tested on CPU, flex attention in a slow
+    # test; flash attention needs a GPU and the flash-attn package and was not exercised here.
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
 
     def _init_weights(self, module: nn.Module) -> None:
         # transformers 5 initialises every parameter that a checkpoint does not provide through this method, so
@@ -97,7 +306,9 @@ class BioscanClipModel(BioscanClipPreTrainedModel):
     r"""The tri-modal BIOSCAN-CLIP model.
 
     Towers are built with ``AutoModel.from_config`` from ``config.{image,dna,text}_config`` for the enabled
-    modalities only. Use [`BioscanClipModel.from_towers`] to start from pretrained towers saved on disk.
+    modalities only. Use [`BioscanClipModel.from_towers`] to start from pretrained towers saved on disk. An
+    ``attn_implementation`` (``"eager"``, ``"sdpa"``, ...) given to ``from_pretrained`` or ``from_config`` reaches
+    every tower that has attention.
 
     Example:
 
@@ -112,8 +323,8 @@ class BioscanClipModel(BioscanClipPreTrainedModel):
     >>> model = BioscanClipModel(config)
     >>> out = model(dna_input_ids=torch.randint(3, 1027, (4, 133)), input_ids=torch.randint(0, 100, (4, 20)),
     ...             return_loss=True)
-    >>> out.dna_embeds.shape, sorted(out.logits), out.loss.ndim
-    (torch.Size([4, 16]), ['dna_text'], 0)
+    >>> out.dna_embeds.shape, out.logits_per_dna_text.shape, out.loss.ndim
+    (torch.Size([4, 16]), torch.Size([4, 4]), 0)
 
     ```
     """
@@ -152,19 +363,43 @@ class BioscanClipModel(BioscanClipPreTrainedModel):
         model_class = MODEL_MAPPING[type(tower_config)]
         # A pooler we never use would hold parameters without gradients, which DDP rejects.
         kwargs = {"add_pooling_layer": False} if _accepts(model_class, "add_pooling_layer") else {}
-        return model_class(tower_config, **kwargs)
+        requested = tower_config._attn_implementation
+        declares_attention = (
+            model_class._supports_sdpa or model_class._supports_flash_attn or model_class._supports_flex_attn
+        )
+        if requested in (None, "eager") or declares_attention:
+            # The tower validates the request itself (and raises if it cannot honour it).
+            return model_class(tower_config, **kwargs)
+        # transformers refuses an explicit "sdpa" for a model without attention (a CNN), although there is nothing
+        # to dispatch: build it with the default so that the request concerns only the towers with attention.
+        tower_config._attn_implementation = None
+        tower = model_class(tower_config, **kwargs)
+        if _has_attention_layers(tower):
+            raise ValueError(f"{model_class.__name__} (a tower) does not support attn_implementation={requested!r}")
+        return tower
+
+    def set_attn_implementation(self, attn_implementation: str | dict, **kwargs: Any) -> None:
+        """As ``PreTrainedModel.set_attn_implementation``; a tower without attention keeps its (eager) setting."""
+        if isinstance(attn_implementation, str):
+            requested, attn_implementation = attn_implementation, {"": attn_implementation}
+            for name in self.modalities:
+                tower = getattr(self, f"{name}_model")
+                attn_implementation[f"{name}_config"] = requested if _has_attention_layers(tower) else "eager"
+        super().set_attn_implementation(attn_implementation, **kwargs)
 
     # ---- features -----------------------------------------------------------------------------------------------
     def _require(self, modality: str) -> None:
         if modality not in self.modalities:
             raise BioscanInputError(f"this model has no {modality} tower; its modalities are {self.modalities}")
 
-    def get_image_features(self, pixel_values: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Projected image embeddings (batch, projection_dim) from ``pixel_values`` (batch, 3, H, W)."""
+    def _encode_image(self, pixel_values: torch.Tensor, **tower_kwargs: Any) -> tuple[torch.Tensor, ModelOutput]:
+        """Projected image embeddings and the image tower's output."""
         self._require("image")
         if pixel_values.ndim != 4 or pixel_values.shape[1] != 3:
             raise BioscanInputError(f"pixel_values: expected shape (batch, 3, H, W), got {tuple(pixel_values.shape)}")
-        outputs = self.image_model(pixel_values=pixel_values)
+        # As CLIP: the processor gives float32 pixels, a bf16/fp16 tower needs its own dtype.
+        pixel_values = pixel_values.to(self.image_model.dtype)
+        outputs = self.image_model(pixel_values=pixel_values, return_dict=True, **tower_kwargs)
         pooling = self.config.image_pooling
         if pooling == "pooler":
             pooled = outputs.pooler_output.flatten(1)
@@ -172,7 +407,62 @@ class BioscanClipModel(BioscanClipPreTrainedModel):
             pooled = outputs.last_hidden_state[:, 0]
         else:
             pooled = outputs.last_hidden_state.mean(dim=1)
-        embeds = self.image_projection(pooled)
+        return self.image_projection(pooled), outputs
+
+    def _encode_dna(
+        self, dna_input_ids: torch.Tensor, dna_attention_mask: torch.Tensor | None, **tower_kwargs: Any
+    ) -> tuple[torch.Tensor, ModelOutput]:
+        """Projected DNA embeddings and the DNA tower's output."""
+        self._require("dna")
+        if dna_input_ids.ndim != 2:
+            raise BioscanInputError(f"dna_input_ids: expected shape (batch, seq), got {tuple(dna_input_ids.shape)}")
+        mask = dna_attention_mask if self.config.dna_use_attention_mask else None
+        outputs = self.dna_model(input_ids=dna_input_ids, attention_mask=mask, return_dict=True, **tower_kwargs)
+        hidden = outputs.last_hidden_state
+        pooling = self.config.dna_pooling
+        if pooling == "softmax_mean":
+            per_position = self.dna_projection(self.dna_head_transform(hidden)).softmax(dim=-1)
+            embeds = masked_mean(per_position, mask)
+        elif pooling == "cls":
+            embeds = self.dna_projection(hidden[:, 0])
+        else:
+            embeds = self.dna_projection(masked_mean(hidden, mask))
+        return embeds, outputs
+
+    def _encode_text(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        token_type_ids: torch.Tensor | None,
+        **tower_kwargs: Any,
+    ) -> tuple[torch.Tensor, ModelOutput]:
+        """Projected taxonomy-text embeddings and the text tower's output."""
+        self._require("text")
+        if input_ids.ndim != 2:
+            raise BioscanInputError(f"input_ids: expected shape (batch, seq), got {tuple(input_ids.shape)}")
+        outputs = self.text_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            return_dict=True,
+            **tower_kwargs,
+        )
+        hidden = outputs.last_hidden_state
+        pooling = self.config.text_pooling
+        if pooling == "cls":
+            pooled = hidden[:, 0]
+        elif pooling == "mean_all":
+            pooled = hidden.mean(dim=1)
+        else:
+            pooled = masked_mean(hidden, attention_mask)
+        return self.text_projection(pooled), outputs
+
+    def get_image_features(self, pixel_values: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Projected image embeddings (batch, projection_dim) from ``pixel_values`` (batch, 3, H, W).
+
+        Pixels are cast to the image tower's dtype, so a bf16/fp16 model takes the processor's float32 pixels.
+        """
+        embeds, _ = self._encode_image(pixel_values)
         return F.normalize(embeds, dim=-1) if normalize else embeds
 
     def get_dna_features(
@@ -182,19 +472,7 @@ class BioscanClipModel(BioscanClipPreTrainedModel):
         normalize: bool = False,
     ) -> torch.Tensor:
         """Projected DNA embeddings (batch, projection_dim) from k-mer ids (batch, seq)."""
-        self._require("dna")
-        if dna_input_ids.ndim != 2:
-            raise BioscanInputError(f"dna_input_ids: expected shape (batch, seq), got {tuple(dna_input_ids.shape)}")
-        mask = dna_attention_mask if self.config.dna_use_attention_mask else None
-        hidden = self.dna_model(input_ids=dna_input_ids, attention_mask=mask).last_hidden_state
-        pooling = self.config.dna_pooling
-        if pooling == "softmax_mean":
-            per_position = self.dna_projection(self.dna_head_transform(hidden)).softmax(dim=-1)
-            embeds = masked_mean(per_position, mask)
-        elif pooling == "cls":
-            embeds = self.dna_projection(hidden[:, 0])
-        else:
-            embeds = self.dna_projection(masked_mean(hidden, mask))
+        embeds, _ = self._encode_dna(dna_input_ids, dna_attention_mask)
         return F.normalize(embeds, dim=-1) if normalize else embeds
 
     def get_text_features(
@@ -205,20 +483,7 @@ class BioscanClipModel(BioscanClipPreTrainedModel):
         normalize: bool = False,
     ) -> torch.Tensor:
         """Projected taxonomy-text embeddings (batch, projection_dim) from token ids (batch, seq)."""
-        self._require("text")
-        if input_ids.ndim != 2:
-            raise BioscanInputError(f"input_ids: expected shape (batch, seq), got {tuple(input_ids.shape)}")
-        hidden = self.text_model(
-            input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-        ).last_hidden_state
-        pooling = self.config.text_pooling
-        if pooling == "cls":
-            pooled = hidden[:, 0]
-        elif pooling == "mean_all":
-            pooled = hidden.mean(dim=1)
-        else:
-            pooled = masked_mean(hidden, attention_mask)
-        embeds = self.text_projection(pooled)
+        embeds, _ = self._encode_text(input_ids, attention_mask, token_type_ids)
         return F.normalize(embeds, dim=-1) if normalize else embeds
 
     def embed(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -236,6 +501,7 @@ class BioscanClipModel(BioscanClipPreTrainedModel):
             )
         return embeds
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -245,8 +511,10 @@ class BioscanClipModel(BioscanClipPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         return_loss: bool = False,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs: Any,
-    ) -> BioscanClipOutput:
+    ) -> BioscanClipOutput | tuple:
         r"""Embeds the modalities given and compares every pair.
 
         Args:
@@ -256,43 +524,59 @@ class BioscanClipModel(BioscanClipPreTrainedModel):
             input_ids, attention_mask, token_type_ids (`torch.LongTensor` of shape `(batch, seq)`, *optional*):
                 taxonomy text from the text tokenizer.
             return_loss (`bool`, *optional*, defaults to `False`):
-                Return the symmetric InfoNCE averaged over pairs (at least two modalities needed).
+                Return [`contrastive_loss`] of the batch (at least two modalities needed; no gathering across
+                processes, no same-species positives: call [`contrastive_loss`] on the embeddings for those).
+            output_hidden_states (`bool`, *optional*):
+                Passed to every tower; their outputs, with ``hidden_states``, are in ``*_model_output``.
+            output_attentions (`bool`, *optional*):
+                Passed to every tower with attention (the ``"eager"`` implementation returns them).
+            return_dict (`bool`, *optional*, defaults to ``config.return_dict``):
+                `False` returns a tuple of the non-None fields of [`BioscanClipOutput`], in their order.
 
         Returns:
-            [`BioscanClipOutput`]
+            [`BioscanClipOutput`] or `tuple`.
         """
         if kwargs:
             raise TypeError(f"unexpected inputs for BioscanClipModel.forward: {sorted(kwargs)}")
-        embeds = self.embed(
-            pixel_values=pixel_values,
-            dna_input_ids=dna_input_ids,
-            dna_attention_mask=dna_attention_mask,
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-        )
+        # As CLIP: the towers get the flags given (a tower without attention ignores `output_attentions`).
+        flags = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
+        tower_kwargs = {name: value for name, value in flags.items() if value is not None}
+        embeds, tower_outputs = {}, {}
+        if pixel_values is not None:
+            embeds["image"], tower_outputs["image"] = self._encode_image(pixel_values, **tower_kwargs)
+        if dna_input_ids is not None:
+            embeds["dna"], tower_outputs["dna"] = self._encode_dna(dna_input_ids, dna_attention_mask, **tower_kwargs)
+        if input_ids is not None:
+            embeds["text"], tower_outputs["text"] = self._encode_text(
+                input_ids, attention_mask, token_type_ids, **tower_kwargs
+            )
         if not embeds:
             raise BioscanInputError("no inputs given: expected pixel_values, dna_input_ids and/or input_ids")
         sizes = {name: value.shape[0] for name, value in embeds.items()}
         if len(set(sizes.values())) > 1:
             raise BioscanInputError(f"every modality needs the same batch size, got {sizes}")
+        embeds = {name: F.normalize(value, dim=-1) for name, value in embeds.items()}
         logit_scale = self.logit_scale.exp()
         logits = {
-            f"{a}_{b}": logit_scale * embeds[a] @ embeds[b].t()
-            for a, b in itertools.combinations([m for m in MODALITIES if m in embeds], 2)
+            PAIR_LOGITS_FIELDS[(a, b)]: logit_scale * embeds[a] @ embeds[b].t()
+            for (a, b) in PAIR_LOGITS_FIELDS
+            if a in embeds and b in embeds
         }
         loss = None
         if return_loss:
             if not logits:
                 raise BioscanInputError("return_loss=True needs at least two modalities in one call")
-            loss = torch.stack([contrastive_loss(pair_logits) for pair_logits in logits.values()]).mean()
+            loss = contrastive_loss(embeds, logit_scale)
         return BioscanClipOutput(
             loss=loss,
+            **logits,
             image_embeds=embeds.get("image"),
             dna_embeds=embeds.get("dna"),
             text_embeds=embeds.get("text"),
-            logits=logits,
             logit_scale=logit_scale,
+            image_model_output=tower_outputs.get("image"),
+            dna_model_output=tower_outputs.get("dna"),
+            text_model_output=tower_outputs.get("text"),
         )
 
     @torch.no_grad()

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 from transformers import BatchFeature, ProcessorMixin
+from transformers.utils import logging
 
 from .constants_bioscanclip import NOT_CLASSIFIED, TAXONOMIC_RANKS, TEXT_MAX_LENGTH
 
 # Imported so that `save_pretrained` copies these files to the repository root, where remote-code loading looks
 # for them (sub-tokenizers in subfolders are otherwise saved without their code; HF_STACK_NOTES.md §2a).
-from .errors_bioscanclip import BioscanInputError
-from .image_processing_bioscanclip import BioscanClipImageProcessor  # noqa: F401
+from .errors_bioscanclip import BioscanInputError, record_label
+from .image_processing_bioscanclip import BioscanClipImageProcessor, as_image_list  # noqa: F401
 from .tokenization_dna import BioscanDnaTokenizer  # noqa: F401
+
+logger = logging.get_logger(__name__)
+ON_ERROR_MODES = ("raise", "drop")
 
 
 def taxonomy_to_text(record: Mapping[str, Any] | str) -> str:
@@ -71,37 +76,101 @@ class BioscanClipProcessor(ProcessorMixin):
         dna: str | Sequence[str] | None = None,
         text: str | Mapping[str, Any] | Sequence[str | Mapping[str, Any]] | None = None,
         return_tensors: str | None = "pt",
+        *,
+        names: Sequence[Any] | None = None,
+        on_error: str = "raise",
+        augmentation: Callable[[Any], Any] | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
-        """Preprocesses the modalities given.
+        """Preprocesses the modalities given; record ``i`` of every modality is one specimen.
 
         Args:
             images: one image or a list (path, bytes, PIL image or array), decoded by the safe loader.
             dna (`str` or `list[str]`): barcodes, plain or one FASTA record each.
             text: taxonomy records (dicts with order/family/genus/species) or strings, one or a list.
             return_tensors (`str`, *optional*, defaults to ``"pt"``).
+            names (`Sequence`, *optional*):
+                One name per record (e.g. the processids), as long as each list given; error messages and
+                warnings name the record by it (``record BIOUG123-45 (barcode): invalid character 'Z' ...``).
+            on_error (`str`, *optional*, defaults to ``"raise"``):
+                ``"raise"``: the first refused record raises. ``"drop"``: a record whose image, barcode or text is
+                refused is left out of every modality, a warning naming it is logged, and the result has a
+                ``kept`` entry; if every record is refused, `BioscanInputError` is raised.
+            augmentation (`Callable[[PIL.Image.Image], PIL.Image.Image]`, *optional*):
+                Train-time image transform applied instead of the resize and centre crop (see
+                [`BioscanClipImageProcessor.preprocess`]).
 
         Returns:
             [`BatchFeature`] with ``pixel_values``, ``dna_input_ids``, ``dna_attention_mask``, ``input_ids`` and
-            ``attention_mask`` for the modalities given.
+            ``attention_mask`` for the modalities given, and with ``on_error="drop"`` ``kept``: the int64 indices
+            of the records kept, into the inputs (pop it before calling the model).
         """
         if kwargs:
             raise TypeError(f"unexpected arguments for BioscanClipProcessor: {sorted(kwargs)}")
-        if images is None and dna is None and text is None:
-            raise BioscanInputError("expected at least one of images, dna or text")
-        data: dict[str, Any] = {}
+        if on_error not in ON_ERROR_MODES:
+            raise ValueError(f"on_error: expected one of {ON_ERROR_MODES}, got {on_error!r}")
+        batches: dict[str, list[Any]] = {}
         if images is not None:
-            data.update(self.image_processor(images, return_tensors=return_tensors))
+            batches["image"] = as_image_list(images)
         if dna is not None:
-            encoded = self.dna_tokenizer(dna, return_tensors=return_tensors)
-            data["dna_input_ids"] = encoded["input_ids"]
-            data["dna_attention_mask"] = encoded["attention_mask"]
+            batches["barcode"] = [dna] if isinstance(dna, str) else list(dna)
         if text is not None:
-            records = [text] if isinstance(text, (str, Mapping)) else list(text)
+            batches["taxonomy"] = [text] if isinstance(text, (str, Mapping)) else list(text)
+        if not batches:
+            raise BioscanInputError("expected at least one of images, dna or text")
+        for part, records in batches.items():
             if not records:
-                raise BioscanInputError("expected at least one taxonomy text, got an empty list")
+                raise BioscanInputError(f"expected at least one {part}, got an empty list")
+        sizes = {part: len(records) for part, records in batches.items()}
+        if names is not None:
+            names = [names] if isinstance(names, str) else list(names)
+            sizes["names"] = len(names)
+        # Records are matched by position, so dropping one needs every list to be as long; without names or
+        # dropping, lists of different lengths stay allowed (e.g. one image against several texts).
+        if (names is not None or on_error == "drop") and len(set(sizes.values())) > 1:
+            raise BioscanInputError(f"expected lists of the same length, one entry per record, got {sizes}")
+
+        refused: dict[int, str] = {}  # record index -> why (the first reason found)
+
+        def attempt(part: str, work: Callable[[Any, str | None], Any]) -> list[Any]:
+            results = []
+            for index, value in enumerate(batches.get(part, [])):
+                if names is not None:
+                    label = record_label(names[index], part)
+                else:  # today's wording: the tokenizer's "barcode 3"; the image loader names a path itself
+                    label = f"barcode {index}" if part == "barcode" else None
+                try:
+                    results.append(work(value, label))
+                except BioscanInputError as error:
+                    if on_error == "raise":
+                        raise
+                    refused.setdefault(index, str(error))
+                    results.append(None)
+            return results
+
+        pixels = attempt("image", lambda source, label: self.image_processor.process_one(source, label, augmentation))
+        barcodes = attempt("barcode", self.dna_tokenizer.normalize_one)
+        strings = attempt("taxonomy", _taxonomy_text)
+
+        count = max(sizes.values())
+        kept = [index for index in range(count) if index not in refused]
+        for index, reason in sorted(refused.items()):
+            logger.warning("dropped %s", reason if names is not None else f"record {index}: {reason}")
+        if refused and not kept:
+            raise BioscanInputError(f"every one of the {count} records was refused; the first: {refused[min(refused)]}")
+
+        data: dict[str, Any] = {}
+        if "image" in batches:
+            data["pixel_values"] = np.stack([pixels[i] for i in kept])
+        if "barcode" in batches:
+            # One vectorised pass over the batch (normalisation above is per record, to name a bad one).
+            ids, mask = self.dna_tokenizer.encode_normalized([barcodes[i] for i in kept])
+            data["dna_input_ids"], data["dna_attention_mask"] = (
+                (ids, mask) if return_tensors is not None else (ids.tolist(), mask.tolist())
+            )
+        if "taxonomy" in batches:
             encoded = self.tokenizer(
-                [taxonomy_to_text(record) for record in records],
+                [strings[i] for i in kept],
                 padding="max_length",
                 truncation=True,
                 max_length=self.text_max_length,
@@ -109,8 +178,20 @@ class BioscanClipProcessor(ProcessorMixin):
             )
             data["input_ids"] = encoded["input_ids"]
             data["attention_mask"] = encoded["attention_mask"]
+        if on_error == "drop":
+            data["kept"] = np.asarray(kept, dtype=np.int64)
         return BatchFeature(data, tensor_type=return_tensors)
 
     @property
     def model_input_names(self) -> list[str]:
         return ["pixel_values", "dna_input_ids", "dna_attention_mask", "input_ids", "attention_mask"]
+
+
+def _taxonomy_text(record: Mapping[str, Any] | str, label: str | None) -> str:
+    """:func:`taxonomy_to_text`, naming the record in its error when a label is given."""
+    try:
+        return taxonomy_to_text(record)
+    except BioscanInputError as error:
+        if label is None:
+            raise
+        raise BioscanInputError(f"{label}: {error}") from error

@@ -35,7 +35,7 @@ from .constants_bioscanclip import (
     NUCLEOTIDES,
     kmer_vocabulary,
 )
-from .errors_bioscanclip import BioscanInputError
+from .errors_bioscanclip import BioscanInputError, record_label
 
 VOCAB_FILES_NAMES = {"vocab_file": "vocab.json"}
 
@@ -252,10 +252,22 @@ class BioscanDnaTokenizer(PreTrainedTokenizer):
     def _fit_length(self, sequence: str) -> str:
         return sequence[: self.max_nucleotides].ljust(self.max_nucleotides, DNA_PAD_NUCLEOTIDE)
 
-    def normalize(self, barcodes: Sequence[str]) -> list[NormalizedBarcode]:
-        """Cleans every barcode (see :func:`normalize_barcode`), naming the failing one by its index."""
+    def normalize_one(self, text: str, record: str = "barcode") -> NormalizedBarcode:
+        """Cleans one barcode and cuts it to ``max_nucleotides`` (see :func:`normalize_barcode`)."""
+        return normalize_barcode(text, record=record, max_nucleotides=self.max_nucleotides)
+
+    def normalize(self, barcodes: Sequence[str], *, names: Sequence[Any] | None = None) -> list[NormalizedBarcode]:
+        """Cleans every barcode (see :func:`normalize_barcode`), naming a failing one by ``names`` or its index.
+
+        Args:
+            barcodes (`Sequence[str]`): the barcodes.
+            names (`Sequence`, *optional*): one name per barcode (e.g. the processids) for error messages:
+                ``record BIOUG123-45 (barcode): invalid character ...`` instead of ``barcode 8: ...``.
+        """
+        if names is not None and len(names) != len(barcodes):
+            raise BioscanInputError(f"names: expected one name per barcode ({len(barcodes)}), got {len(names)}")
         return [
-            normalize_barcode(text, record=f"barcode {index}", max_nucleotides=self.max_nucleotides)
+            self.normalize_one(text, f"barcode {index}" if names is None else record_label(names[index], "barcode"))
             for index, text in enumerate(barcodes)
         ]
 
@@ -287,6 +299,8 @@ class BioscanDnaTokenizer(PreTrainedTokenizer):
         text: str | Sequence[str],
         return_tensors: str | None = None,
         return_quality: bool = False,
+        *,
+        names: Sequence[Any] | None = None,
         **kwargs: Any,
     ) -> BatchEncoding:
         """Tokenises one barcode or a batch; every sequence has ``sequence_length`` ids (fixed-length padding).
@@ -297,6 +311,7 @@ class BioscanDnaTokenizer(PreTrainedTokenizer):
             return_quality (`bool`, *optional*, defaults to `False`):
                 Also return ``truncated_bases`` and ``ambiguous_bases`` per barcode, so callers can report
                 truncation and ambiguous content.
+            names (`Sequence`, *optional*): one name per barcode, used by error messages (see :meth:`normalize`).
 
         Padding/truncation arguments of the generic tokenizer API (``padding``, ``truncation``,
         ``max_length``) are accepted only with their fixed-length meaning.
@@ -309,7 +324,9 @@ class BioscanDnaTokenizer(PreTrainedTokenizer):
         if kwargs:
             raise TypeError(f"unexpected arguments for the DNA tokenizer: {sorted(kwargs)}")
         single = isinstance(text, str)
-        barcodes = self.normalize([text] if single else list(text))
+        if single and isinstance(names, str):
+            names = [names]
+        barcodes = self.normalize([text] if single else list(text), names=names)
         ids, mask = self.encode_normalized(barcodes)
         data: dict[str, Any] = {"input_ids": ids, "attention_mask": mask}
         if return_quality:

@@ -110,10 +110,10 @@ def mini_cache(tmp_path_factory, mini_dir) -> Path:
 @pytest.fixture(scope="session")
 def trained_tiny(tmp_path_factory, mini_dir, mini_cache) -> Path:
     """A tiny-preset model trained for a few epochs on the tiny mini-BIOSCAN (its ``final_model`` folder)."""
-    import train_accelerate
+    from bioscan_clip import training
 
     out = tmp_path_factory.mktemp("trained-tiny")
-    train_accelerate.main([
+    training.main([
         "--preset", "tiny", "--source", "mini", "--data_dir", str(mini_dir), "--cache_dir", str(mini_cache),
         "--output_dir", str(out), "--batch_size", "32", "--epochs", "8", "--eval_every_epochs", "0",
         "--report_to", "none", "--cpu",

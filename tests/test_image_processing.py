@@ -137,3 +137,42 @@ def test_processor_save_load(tmp_path):
 def test_bad_processor_settings():
     with pytest.raises(ValueError, match="crop_size"):
         BioscanClipImageProcessor(resize_shortest_edge=100, crop_size=224)
+
+
+def test_augmentation_replaces_resize_and_crop():
+    processor = BioscanClipImageProcessor(resize_shortest_edge=40, crop_size=32)
+    rng = np.random.default_rng(1)
+    image = Image.fromarray(rng.integers(0, 256, size=(50, 60, 3), dtype=np.uint8))
+    seen = []
+
+    def top_left_crop(pil: Image.Image) -> Image.Image:
+        seen.append(pil.size)
+        return pil.crop((0, 0, 32, 32))
+
+    pixels = processor([encode(image)], augmentation=top_left_crop)["pixel_values"]
+    # The augmentation got the decoded image at full size (no resize first), and its output was only rescaled
+    # and normalised.
+    assert seen == [(60, 50)]
+    expected = (np.asarray(image.crop((0, 0, 32, 32)), dtype=np.float32).transpose(2, 0, 1) / 255.0 - 0.5) / 0.5
+    np.testing.assert_allclose(pixels[0].numpy(), expected, atol=1e-6)
+    assert not torch.allclose(pixels, processor([encode(image)])["pixel_values"])
+    # A greyscale result is turned into RGB like any other input.
+    grey = processor(image, augmentation=lambda pil: top_left_crop(pil).convert("L"))["pixel_values"]
+    assert grey.shape == (1, 3, 32, 32)
+
+
+def test_augmentation_of_the_wrong_size_is_refused():
+    processor = BioscanClipImageProcessor(resize_shortest_edge=40, crop_size=32)
+    with pytest.raises(ValueError, match="expected a 32x32 image \\(crop_size\\), got 40x30"):
+        processor(Image.new("RGB", (50, 40)), augmentation=lambda pil: pil.resize((40, 30)))
+    with pytest.raises(TypeError, match="PIL image"):
+        processor(Image.new("RGB", (50, 40)), augmentation=lambda pil: np.asarray(pil))
+    # The safe loader still runs first: an unsafe input never reaches the augmentation.
+    with pytest.raises(BioscanImageError, match="aspect ratio"):
+        processor(png_header_only(4000, 1), augmentation=lambda pil: pil)
+
+
+def test_image_names_in_errors():
+    processor = BioscanClipImageProcessor(resize_shortest_edge=40, crop_size=32)
+    with pytest.raises(BioscanImageError, match=r"record BIOUG7 \(image\): not a decodable image"):
+        processor([encode(Image.new("RGB", (8, 8))), b"junk"], names=["BIOUG6", "BIOUG7"])

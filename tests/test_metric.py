@@ -3,29 +3,29 @@
 from __future__ import annotations
 
 import doctest
-import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import bioscan_clip.metric
+from modeling_bioscanclip import constants_bioscanclip
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
-from modeling_bioscanclip.errors_bioscanclip import BioscanInputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-METRIC_DIR = REPO_ROOT / "metrics" / "taxonomic_retrieval"
+SOURCE_DIR = REPO_ROOT / "metrics" / "taxonomic_retrieval"  # the source of truth, loaded by relative path
+METRIC_DIR = bioscan_clip.metric.METRIC_DIR  # the installed folder (the same one under `pip install -e .`)
 
-
-def _import_metric_module():
-    spec = importlib.util.spec_from_file_location("taxonomic_retrieval", METRIC_DIR / "taxonomic_retrieval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-metric_module = _import_metric_module()
+metric_module = bioscan_clip.metric.metric_module()
 compute = metric_module.compute_taxonomic_accuracy
 harmonic_mean = metric_module.harmonic_mean
+MetricInputError = metric_module.TaxonomicRetrievalInputError
 
 
 def _row(order, family, genus, species):
@@ -143,7 +143,7 @@ def test_harmonic_mean_edge_cases(seen, unseen, expected):
 def test_too_few_predictions_is_an_error_naming_query_and_rank():
     predictions, references, is_unseen = _case()
     predictions[4]["genus"] = ["G", "G"]
-    with pytest.raises(BioscanInputError, match=r"predictions\[4\]\['genus'\] has 2 labels.*max\(k_list\) = 3"):
+    with pytest.raises(MetricInputError, match=r"predictions\[4\]\['genus'\] has 2 labels.*max\(k_list\) = 3"):
         compute(predictions, references, is_unseen, k_list=[1, 3])
     # Two are enough for k_list up to 2.
     compute(predictions, references, is_unseen, k_list=[1, 2])
@@ -164,13 +164,13 @@ def test_bad_inputs_raise_typed_errors(mutate, message):
     predictions, references, is_unseen = _case()
     is_unseen = list(is_unseen)
     mutate(predictions, references, is_unseen)
-    with pytest.raises(BioscanInputError, match=message):
+    with pytest.raises(MetricInputError, match=message):
         compute(predictions, references, is_unseen, k_list=[1])
 
 
 @pytest.mark.parametrize("k_list", [[], [0], [1, 1], [True], "1", [1.0]])
 def test_bad_k_list(k_list):
-    with pytest.raises(BioscanInputError, match="k_list"):
+    with pytest.raises(MetricInputError, match="k_list"):
         compute(*_case(), k_list=k_list)
 
 
@@ -217,13 +217,15 @@ def test_evaluate_add_batch_and_none_references(loaded_metric):
 
 
 def test_evaluate_path_refuses_values_arrow_would_coerce(loaded_metric):
+    # evaluate.load imports its own copy of the script, so its error class is that copy's.
+    loaded_error = sys.modules[type(loaded_metric).__module__].TaxonomicRetrievalInputError
     predictions, references, is_unseen = _case()
-    with pytest.raises(BioscanInputError, match=r"is_unseen\[1\] must be a bool"):
+    with pytest.raises(loaded_error, match=r"is_unseen\[1\] must be a bool"):
         loaded_metric.compute(
             predictions=predictions, references=references, is_unseen=[False, "yes", False, False, True, True]
         )
     references[2]["genus"] = 7
-    with pytest.raises(BioscanInputError, match=r"references\[2\]\['genus'\]"):
+    with pytest.raises(loaded_error, match=r"references\[2\]\['genus'\]"):
         loaded_metric.compute(predictions=predictions, references=references, is_unseen=is_unseen)
 
 
@@ -255,3 +257,89 @@ def test_evaluate_add_one_query_at_a_time(loaded_metric):
     for prediction, reference, unseen in zip(predictions, references, is_unseen, strict=True):
         loaded_metric.add(prediction=prediction, reference=reference, is_unseen=unseen)
     assert loaded_metric.compute(k_list=[1, 3]) == compute(predictions, references, is_unseen, k_list=[1, 3])
+
+
+# --- self-contained and installed --------------------------------------------------------------------------------
+
+
+def test_constants_equal_the_packages():
+    """The metric repeats two constants (it imports nothing of ours): they must not drift."""
+    assert metric_module.TAXONOMIC_RANKS == constants_bioscanclip.TAXONOMIC_RANKS
+    assert metric_module.MISSING_TAXON_STRINGS == constants_bioscanclip.MISSING_TAXON_STRINGS
+    assert issubclass(MetricInputError, ValueError)
+
+
+def test_installed_folder_and_module():
+    assert (METRIC_DIR / "taxonomic_retrieval.py").is_file() and (METRIC_DIR / "README.md").is_file()
+    assert Path(metric_module.__file__).resolve() == (METRIC_DIR / "taxonomic_retrieval.py").resolve()
+    assert bioscan_clip.metric.metric_module() is metric_module  # cached
+    # The checkout's copy is the one installed (no second copy to keep in sync) when the install is editable.
+    if SOURCE_DIR.is_dir() and "site-packages" not in str(METRIC_DIR):
+        assert METRIC_DIR.resolve() == SOURCE_DIR.resolve()
+
+
+def test_metric_api_docstring_example_runs():
+    result = doctest.testmod(bioscan_clip.metric, optionflags=doctest.ELLIPSIS, verbose=False)
+    assert result.attempted >= 4 and result.failed == 0
+
+
+# Run in a fresh interpreter: our packages are made unimportable (an import hook that refuses them, before anything
+# else is imported; the editable install's finder is removed too), then the metric folder is loaded as a Hub user
+# would load it, from a copy that holds only the script and its card.
+_ISOLATED_LOAD = textwrap.dedent(
+    """
+    import json, sys
+
+    OURS = ("bioscan_clip", "modeling_bioscanclip", "dataset_scripts", "train_accelerate")
+
+    class RefuseOurPackages:
+        attempts = []
+
+        @classmethod
+        def find_spec(cls, name, path=None, target=None):
+            if name.split(".")[0] in OURS:
+                cls.attempts.append(name)
+                raise ImportError(f"{name} is blocked in this test")
+            return None
+
+    sys.meta_path = [RefuseOurPackages] + [f for f in sys.meta_path if "editable" not in repr(f).lower()]
+    try:
+        import modeling_bioscanclip  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("the guard does not work: modeling_bioscanclip was imported")
+    RefuseOurPackages.attempts.clear()
+
+    import evaluate
+
+    metric = evaluate.load(sys.argv[1])
+    request = json.loads(sys.argv[2])
+    result = metric.compute(**request)
+    loaded = sorted(name for name in sys.modules if name.split(".")[0] in OURS)
+    print(json.dumps({"result": result, "loaded": loaded, "attempts": RefuseOurPackages.attempts}))
+    """
+)
+
+
+def test_evaluate_load_in_a_process_without_our_packages(tmp_path):
+    folder = tmp_path / "hub-copy" / "taxonomic_retrieval"
+    folder.mkdir(parents=True)
+    for name in ("taxonomic_retrieval.py", "README.md"):
+        shutil.copy(SOURCE_DIR / name, folder / name)
+    predictions, references, is_unseen = _case()
+    request = {"predictions": predictions, "references": references, "is_unseen": is_unseen, "k_list": [1, 3]}
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    completed = subprocess.run(
+        [sys.executable, "-c", _ISOLATED_LOAD, str(folder), json.dumps(request)],
+        cwd=tmp_path,  # not the repository: nothing of ours on sys.path through the working directory
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert report["loaded"] == [] and report["attempts"] == []  # nothing of ours was even asked for
+    assert report["result"] == compute(predictions, references, is_unseen, k_list=[1, 3])

@@ -21,6 +21,8 @@ from modeling_bioscanclip import (
     BioscanDnaTokenizer,
     BioscanInputError,
     contrastive_loss,
+    contrastive_targets,
+    gather_with_local_grad,
     taxonomy_to_text,
 )
 
@@ -76,9 +78,85 @@ def test_features_are_unnormalised_unless_asked(tiny_processor):
     assert not torch.allclose(raw.norm(dim=-1), torch.ones(3))
 
 
-def test_contrastive_loss_soft_targets_reduce_to_hard():
-    logits = torch.randn(5, 5)
-    torch.testing.assert_close(contrastive_loss(logits, torch.eye(5)), contrastive_loss(logits))
+def random_unit_embeds(n: int = 6, dim: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {m: F.normalize(torch.randn(n, dim, generator=generator), dim=-1) for m in ("image", "dna", "text")}
+
+
+def naive_soft_infonce(a: torch.Tensor, b: torch.Tensor, scale: float, species: list[int]) -> float:
+    """Same-species multi-positive InfoNCE by hand: target mass spread evenly over the positives of each row."""
+    n = a.shape[0]
+
+    def positives(i: int) -> list[int]:
+        return [j for j in range(n) if j == i or (species[i] >= 0 and species[j] == species[i])]
+
+    total = 0.0
+    for x, y in ((a, b), (b, a)):
+        for i in range(n):
+            row = [scale * float(x[i] @ y[j]) for j in range(n)]
+            log_norm = math.log(sum(math.exp(v) for v in row))
+            total += -sum(row[j] - log_norm for j in positives(i)) / len(positives(i))
+    return total / (2 * n)
+
+
+def test_contrastive_loss_matches_naive_reference_for_every_pair():
+    embeds = random_unit_embeds()
+    scale = torch.tensor(7.5)
+    expected = torch.stack(
+        [naive_infonce(embeds[a], embeds[b], 7.5) for a, b in (("image", "dna"), ("image", "text"), ("dna", "text"))]
+    ).mean()
+    torch.testing.assert_close(contrastive_loss(embeds, scale), expected.float(), atol=1e-5, rtol=1e-5)
+    only = contrastive_loss(embeds, scale, pairs=[("dna", "text")])
+    torch.testing.assert_close(only, naive_infonce(embeds["dna"], embeds["text"], 7.5).float(), atol=1e-5, rtol=1e-5)
+    # Without a process group, gathering is a no-op.
+    assert torch.equal(contrastive_loss(embeds, scale, gather=True), contrastive_loss(embeds, scale))
+
+
+def test_same_species_positives_match_hand_computed_reference():
+    embeds = random_unit_embeds()
+    species = [0, 1, 1, -1, -1, 2]  # two records of species 1; the -1 records are only their own positives
+    scale = torch.tensor(5.0)
+    loss = contrastive_loss(
+        embeds, scale, species_ids=torch.tensor(species), same_species_positives=True, pairs=[("image", "dna")]
+    )
+    expected = naive_soft_infonce(embeds["image"], embeds["dna"], 5.0, species)
+    assert float(loss) == pytest.approx(expected, abs=1e-5)
+    # All species distinct (or unknown): the soft targets are the diagonal.
+    distinct = torch.tensor([0, 1, 2, -1, -1, 3])
+    torch.testing.assert_close(
+        contrastive_loss(embeds, scale, species_ids=distinct, same_species_positives=True),
+        contrastive_loss(embeds, scale),
+    )
+    targets = contrastive_targets(torch.tensor(species), True)
+    torch.testing.assert_close(targets.sum(dim=1), torch.ones(6))
+    assert targets[3, 4] == 0 and targets[1, 2] == 0.5
+    assert contrastive_targets(torch.tensor(species), False) is None
+
+
+def test_contrastive_loss_gradient_and_errors():
+    embeds = {m: v.clone().requires_grad_(True) for m, v in random_unit_embeds().items()}
+    contrastive_loss(embeds, torch.tensor(3.0)).backward()
+    assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in embeds.values())
+    detached = random_unit_embeds()
+    with pytest.raises(ValueError, match="species_ids"):
+        contrastive_loss(detached, torch.tensor(3.0), same_species_positives=True)
+    with pytest.raises(ValueError, match="pairs"):
+        contrastive_loss(detached, torch.tensor(3.0), pairs=[("image", "image")])
+    with pytest.raises(ValueError, match="at least two"):
+        contrastive_loss({"image": detached["image"]}, torch.tensor(3.0))
+    with pytest.raises(ValueError, match="same batch size"):
+        contrastive_loss({"image": detached["image"], "dna": detached["dna"][:3]}, torch.tensor(3.0))
+    with pytest.raises(TypeError, match="mapping"):
+        contrastive_loss(torch.randn(4, 4), torch.tensor(3.0))
+    # Without a process group the local tensor comes back as is (same object, gradient intact).
+    assert gather_with_local_grad(embeds["image"]) is embeds["image"]
+
+
+def test_forward_loss_is_contrastive_loss_of_its_embeddings(tiny_processor):
+    model = tiny_model()
+    out = model(**tiny_inputs(tiny_processor), return_loss=True)
+    embeds = {"image": out.image_embeds, "dna": out.dna_embeds, "text": out.text_embeds}
+    assert torch.equal(out.loss, contrastive_loss(embeds, out.logit_scale))
 
 
 def test_dna_padding_is_masked_in_clean_mode_and_attended_in_reference_mode(tiny_processor):
@@ -296,3 +374,82 @@ def test_from_towers_with_real_minilm_text_encoder(tmp_path):
     pooled = F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
     # The real pretrained encoder is in place: related taxa are closer than an unrelated phrase.
     assert pooled[0] @ pooled[1] > pooled[0] @ pooled[2] + 0.3
+
+
+def png_bytes(size=(40, 36), colour=(30, 200, 90)) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_drop_leaves_bad_records_out_of_every_modality(tiny_processor, caplog):
+    barcodes = ["ACGT" * 50, "ACGZ" * 50, "GGCA" * 50, "ACGT" * 40, "TTGA" * 30]
+    images = [png_bytes(), png_bytes(), png_bytes(), b"not an image", png_bytes()]
+    texts = ["Diptera a b c", "Diptera d e f", {"order": 3}, "Coleoptera g h i", "Diptera j k l"]
+    names = ["BIOUG001-A1", "BIOUG002-A2", "BIOUG003-A3", "BIOUG004-A4", "BIOUG005-A5"]
+    with caplog.at_level("WARNING"):
+        out = tiny_processor(images=images, dna=barcodes, text=texts, names=names, on_error="drop")
+    assert out["kept"].tolist() == [0, 4] and out["kept"].dtype == torch.int64
+    assert out["pixel_values"].shape[0] == out["dna_input_ids"].shape[0] == out["input_ids"].shape[0] == 2
+    # The kept rows are exactly what the good records give on their own.
+    alone = tiny_processor(images=[images[0], images[4]], dna=[barcodes[0], barcodes[4]], text=[texts[0], texts[4]])
+    for key in alone:
+        assert torch.equal(out[key], alone[key]), key
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 3  # one line per dropped record, each naming it
+    for name, part in (("BIOUG002-A2", "barcode"), ("BIOUG003-A3", "taxonomy"), ("BIOUG004-A4", "image")):
+        assert any(f"record {name} ({part})" in w for w in warnings), (name, warnings)
+
+
+def test_drop_without_names_names_the_index_and_raise_mode_has_no_kept(tiny_processor, caplog):
+    with caplog.at_level("WARNING"):
+        out = tiny_processor(dna=["ACGT" * 50, "NOTDNA!"], text=["a b c d", "e f g h"], on_error="drop")
+    assert out["kept"].tolist() == [0] and out["input_ids"].shape[0] == 1
+    assert any("record 1" in r.getMessage() and "barcode 1" in r.getMessage() for r in caplog.records)
+    assert "kept" not in tiny_processor(dna=["ACGT" * 50], text=["a b c d"])
+    with pytest.raises(BioscanInputError, match="barcode 1: invalid character 'O'"):
+        tiny_processor(dna=["ACGT" * 50, "NOTDNA!"], text=["a b c d", "e f g h"])
+
+
+def test_drop_with_every_record_bad_raises(tiny_processor):
+    with pytest.raises(BioscanInputError, match="every one of the 2 records was refused"):
+        tiny_processor(dna=["XXXX", ""], names=["p1", "p2"], on_error="drop")
+
+
+def test_names_appear_in_error_messages(tiny_processor):
+    with pytest.raises(BioscanInputError, match=r"record BIOUG123-45 \(barcode\): invalid character 'Z' at position 4"):
+        tiny_processor(dna=["ACGTACGT", "ACGTZ"], names=["BIOUG000-00", "BIOUG123-45"])
+    with pytest.raises(BioscanInputError, match=r"record BIOUG9 \(image\): not a decodable image"):
+        tiny_processor(images=[b"junk"], names=["BIOUG9"])
+    with pytest.raises(BioscanInputError, match=r"record P7 \(taxonomy\): taxonomy rank 'order'"):
+        tiny_processor(text=[{"order": 3}], names=["P7"])
+    with pytest.raises(BioscanInputError, match="same length"):
+        tiny_processor(dna=["ACGT", "ACGT"], names=["only-one"])
+    with pytest.raises(ValueError, match="on_error"):
+        tiny_processor(dna=["ACGT"], on_error="skip")
+
+
+def test_processor_encodes_a_whole_split_in_one_call_per_modality(tiny_processor, monkeypatch):
+    # The dataset calls the processor once for tens of thousands of records: one tokenizer call for the text and
+    # one vectorised DNA pass, never one per record.
+    calls = {"text": 0, "dna": 0}
+    text_call, dna_call = type(tiny_processor.tokenizer).__call__, type(tiny_processor.dna_tokenizer).encode_normalized
+
+    def count(name, original):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(type(tiny_processor.tokenizer), "__call__", count("text", text_call))
+    monkeypatch.setattr(type(tiny_processor.dna_tokenizer), "encode_normalized", count("dna", dna_call))
+    n = 5000
+    barcodes = ["ACGTTGCAAGT" * 60] * (n - 1) + ["ACGTQ"]
+    texts = [{"order": "Diptera", "family": "Sciaridae", "genus": None, "species": None}] * n
+    out = tiny_processor(dna=barcodes, text=texts, names=list(range(n)), on_error="drop", return_tensors="np")
+    assert calls == {"text": 1, "dna": 1}
+    assert out["dna_input_ids"].shape == (n - 1, 133) and out["input_ids"].shape == (n - 1, 20)
+    assert out["kept"].tolist() == list(range(n - 1))

@@ -1,4 +1,5 @@
-"""The Gradio demo (space/app.py): end to end over HTTP with gradio_client, its limits, and a real browser.
+"""The Gradio demo (bioscan_clip.demo, launched by space/app.py and `bioscan-clip demo`): end to end over HTTP with
+gradio_client, its limits, and a real browser.
 
 Everything runs on loopback against a randomly initialised tiny model and a 60-specimen key folder built from the
 generated mini-BIOSCAN (the plumbing, not the accuracy, is under test), queried with a real BIOSCAN-1M photo and a
@@ -8,10 +9,12 @@ real BOLD COI barcode.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import shutil
 import socket
 import struct
+import tempfile
 import threading
 import time
 import zlib
@@ -43,11 +46,11 @@ N_KEYS = 60
 
 
 @pytest.fixture(scope="session")
-def space_app() -> ModuleType:
-    """space/app.py, loaded the way `bioscan-clip demo` loads it."""
-    from bioscan_clip.demo_command import load_space_app
+def demo_app() -> ModuleType:
+    """The demo module that `bioscan-clip demo` runs and space/app.py re-exports."""
+    import bioscan_clip.demo
 
-    return load_space_app()
+    return bioscan_clip.demo
 
 
 @pytest.fixture(scope="session")
@@ -111,7 +114,7 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(space_app, demo_folders, tmp_path_factory):
+def served(demo_app, demo_folders, tmp_path_factory):
     """The demo launched on loopback (an ephemeral port), with its own gradio cache folder."""
     from bioscan_clip.identification import Identifier
 
@@ -122,10 +125,10 @@ def served(space_app, demo_folders, tmp_path_factory):
     previous = os.environ.get("GRADIO_TEMP_DIR")
     os.environ["GRADIO_TEMP_DIR"] = str(cache_dir)  # read when components are built and on each upload
     identifier = Identifier.load(model_dir, key_dir)
-    demo = space_app.build_demo(model_dir, key_dir, identifier=identifier, examples_dir=root / "examples")
-    _, url, _ = space_app.launch(demo, port=_free_port(), prevent_thread_lock=True, quiet=True)
+    demo = demo_app.build_demo(model_dir, key_dir, identifier=identifier, examples_dir=root / "examples")
+    _, url, _ = demo_app.launch(demo, port=_free_port(), prevent_thread_lock=True, quiet=True)
     try:
-        yield Served(space_app, demo, url.rstrip("/"), identifier, cache_dir)
+        yield Served(demo_app, demo, url.rstrip("/"), identifier, cache_dir)
     finally:
         demo.close()
         if previous is None:
@@ -164,14 +167,14 @@ def _png_header_only(width: int, height: int) -> bytes:
 # --- building without launching ------------------------------------------------------------------------------------
 
 
-def test_build_demo_without_launching(space_app, demo_folders, tmp_path):
+def test_build_demo_without_launching(demo_app, demo_folders, tmp_path):
     import gradio as gr
     from PIL import Image
 
     from modeling_bioscanclip import load_image_safely
 
     model_dir, key_dir = demo_folders
-    demo = space_app.build_demo(model_dir, key_dir, examples_dir=tmp_path)
+    demo = demo_app.build_demo(model_dir, key_dir, examples_dir=tmp_path)
     assert isinstance(demo, gr.Blocks)
     assert not demo.is_running
     # A few key specimens written as examples (photo files the safe loader reads), one per species.
@@ -185,22 +188,46 @@ def test_build_demo_without_launching(space_app, demo_folders, tmp_path):
     # The Pillow backstop is set by the app module (the library leaves it alone).
     assert Image.MAX_IMAGE_PIXELS == MAX_IMAGE_PIXELS
     # Building writes nothing beside the source (gradio writes .pyi stubs for component subclasses; we have none).
-    assert not (REPO_ROOT / "space" / "app.pyi").exists()
+    assert not (REPO_ROOT / "bioscan_clip" / "demo.pyi").exists()
 
 
-def test_resolve_folder_local_and_refusals(space_app, demo_folders, tmp_path):
+def test_default_examples_are_written_outside_the_source_tree(demo_app, demo_folders):
+    model_dir, key_dir = demo_folders
+    assert Path(demo_app.DEFAULT_EXAMPLES_DIR).is_relative_to(tempfile.gettempdir())
+    demo_app.build_demo(model_dir, key_dir)
+    written = sorted(Path(demo_app.DEFAULT_EXAMPLES_DIR).glob("*/example_*.jpg"))
+    assert written and not any(path.is_relative_to(REPO_ROOT) for path in written)
+    assert not (REPO_ROOT / "space" / "examples").exists()
+
+
+def test_space_entry_point_reexports_the_demo(demo_app):
+    """space/app.py, loaded by path as a Space runs it, is only the package's demo."""
+    spec = importlib.util.spec_from_file_location("space_app_under_test", REPO_ROOT / "space" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.build_demo is demo_app.build_demo and module.main is demo_app.main
+
+
+def test_resolve_folder_local_and_refusals(demo_app, demo_folders, tmp_path):
     model_dir, _ = demo_folders
-    assert space_app.resolve_folder(model_dir) == model_dir  # a local folder never reaches the Hub
+    assert demo_app.resolve_folder(model_dir) == model_dir  # a local folder never reaches the Hub
     with pytest.raises(FileNotFoundError, match="not a Hub repository id"):
-        space_app.resolve_folder(tmp_path / "missing")
+        demo_app.resolve_folder(tmp_path / "missing")
 
 
-def test_cli_arguments_are_safe_by_default(space_app):
+def test_space_requirements_pin_this_package():
+    """The Space installs the package (no source folders copied beside app.py), at the version of pyproject.toml."""
+    tomllib = pytest.importorskip("tomllib")
+    version = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
+    lines = [line.strip() for line in (REPO_ROOT / "space" / "requirements.txt").read_text().splitlines()]
+    requirements = [line for line in lines if line and not line.startswith(("#", "-"))]
+    assert requirements == [f"bioscan-clip=={version}"]
+
+
+def test_cli_arguments_are_safe_by_default(demo_app):
     import argparse
 
-    from bioscan_clip.demo_command import add_demo_arguments
-
-    args = add_demo_arguments(argparse.ArgumentParser()).parse_args([])
+    args = demo_app.add_arguments(argparse.ArgumentParser()).parse_args([])
     assert args.host == os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
     assert args.max_file_size_mb == 10 and args.queue_size == 16
     assert args.model.endswith(os.path.join("runs", "quickstart", "model")) or "BIOSCAN_CLIP_MODEL" in os.environ

@@ -111,6 +111,19 @@ def test_error_names_the_record_in_a_batch(reference):
         reference([b"ACGT"])
 
 
+def test_names_replace_the_index_in_errors(reference):
+    with pytest.raises(BioscanInputError, match=r"record BIOUG123-45 \(barcode\): invalid character 'Z' at position 3"):
+        reference(["ACGT", "ACGZ"], names=["BIOUG000-01", "BIOUG123-45"])
+    with pytest.raises(BioscanInputError, match=r"record P1 \(barcode\): no nucleotides"):
+        reference.normalize([""], names=["P1"])
+    with pytest.raises(BioscanInputError, match=r"record single \(barcode\)"):
+        reference("ACGTX", names="single")
+    with pytest.raises(BioscanInputError, match="one name per barcode"):
+        reference(["ACGT", "ACGT"], names=["P1"])
+    # Names change nothing else.
+    assert reference(["ACGT", "GGCC"], names=["a", "b"])["input_ids"] == reference(["ACGT", "GGCC"])["input_ids"]
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.text(alphabet="ACGTNacgtn", min_size=1, max_size=2000))
 def test_property_any_nucleotide_string_gives_133_valid_ids(sequence):

@@ -1,4 +1,4 @@
-"""train_accelerate.py: global-batch loss across processes, real 2-process launch, exact resume, atomic
+"""Training (bioscan_clip.training, launched by train_accelerate.py): one loss with forward, global-batch loss across processes, real 2-process launch, exact resume, atomic
 checkpoints, NaN guard, and learning on mini-BIOSCAN."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import torch
 from conftest import REPO_ROOT
 from safetensors.torch import load_file
 
-import train_accelerate
+from bioscan_clip import checkpoints, training
+from modeling_bioscanclip import contrastive_targets
 
 
 def base_args(mini_dir, mini_cache, out, *extra: str) -> list[str]:
@@ -43,23 +44,53 @@ def test_global_batch_loss_and_gradients_match_one_process():
     assert "ok: 2 processes" in result.stdout
 
 
+def test_training_loss_is_the_models_loss(mini_dir, mini_cache, tiny_processor):
+    """One loss: in one process, the training step's loss is exactly ``forward(return_loss=True)``'s."""
+    from conftest import tiny_config_kwargs
+
+    from bioscan_clip.data import SpecimenDataset, load_splits, model_inputs, role_records
+    from modeling_bioscanclip import BioscanClipConfig, BioscanClipModel
+
+    splits, roles = load_splits("mini", str(mini_dir), cache_dir=str(mini_cache))
+    modalities = ["image", "dna", "text"]
+    torch.manual_seed(0)
+    model = BioscanClipModel(
+        BioscanClipConfig(**tiny_config_kwargs(text_vocab_size=len(tiny_processor.tokenizer)))
+    ).eval()
+    train = role_records(splits, roles, "train")
+    species = train["species"]
+    named = train.select(sorted((i for i, name in enumerate(species) if name), key=species.__getitem__)[:12])
+    records = SpecimenDataset(named, tiny_processor, modalities)
+    batch = next(iter(torch.utils.data.DataLoader(records, batch_size=12)))
+    expected = model(**model_inputs(batch), return_loss=True).loss
+    torch.testing.assert_close(training.training_loss(model, batch), expected, rtol=0, atol=0)
+    # Same-species positives change the targets, so the loss differs when a batch holds a species twice.
+    known = batch["species_id"][batch["species_id"] >= 0].tolist()
+    assert len(set(known)) < len(known), "the batch must hold a species twice"
+    assert not torch.equal(training.training_loss(model, batch, same_species_positives=True), expected)
+
+
 def test_same_species_targets():
-    targets = train_accelerate.contrastive_targets(torch.tensor([5, 5, -1, -1]), True)
+    targets = contrastive_targets(torch.tensor([5, 5, -1, -1]), True)
     expected = torch.tensor([[0.5, 0.5, 0, 0], [0.5, 0.5, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
     torch.testing.assert_close(targets, expected)
-    assert train_accelerate.contrastive_targets(torch.tensor([1, 1]), False) is None
+    assert contrastive_targets(torch.tensor([1, 1]), False) is None
 
 
 def test_help_teaches_and_bad_values_are_named(capsys):
     with pytest.raises(SystemExit):
-        train_accelerate.main(["--help"])
+        training.main(["--help"])
     text = capsys.readouterr().out
     assert "--multi_gpu --num_processes" in text and "--resume_from_checkpoint" in text
+    assert "(default: 12)" in text  # the preset's defaults, not the dataclass's
     with pytest.raises(SystemExit):
-        train_accelerate.main(["--preset", "huge"])
-    assert "--preset: expected one of" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="--modalities"):
-        train_accelerate.parse_args(["--modalities", "image"])
+        training.main(["--preset", "huge"])
+    assert "--preset: invalid choice: 'huge'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        training.parse_args(["--modalities", "image"])
+    assert "--modalities: expected at least two of image,dna,text, got 'image'" in capsys.readouterr().err
+    config = training.parse_args(["--preset", "clibd-5m", "--batch_size", "8"])
+    assert (config.batch_size, config.epochs, config.mixed_precision, config.max_grad_norm) == (8, 20, "bf16", None)
 
 
 def run_in_fresh_process(args: list[str]) -> None:
@@ -81,9 +112,9 @@ def read_ids(path) -> list[list[int]]:
 def test_resume_continues_exactly(tmp_path, mini_dir, mini_cache):
     common = ["--epochs", "3", "--log_batch_ids"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    train_accelerate.main(base_args(mini_dir, mini_cache, straight, *common, "--max_steps", "6"))
+    training.main(base_args(mini_dir, mini_cache, straight, *common, "--max_steps", "6"))
     # Half the steps, then a fresh process resumes from the saved state.
-    train_accelerate.main(base_args(mini_dir, mini_cache, resumed, *common, "--max_steps", "3"))
+    training.main(base_args(mini_dir, mini_cache, resumed, *common, "--max_steps", "3"))
     state = json.loads(next((resumed / "checkpoints").glob("checkpoint-*/train_state.json")).read_text())
     assert state["global_step"] == 3
     run_in_fresh_process(
@@ -105,10 +136,10 @@ def test_crash_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
     accelerator = Accelerator(cpu=True)
     accelerator.prepare(torch.nn.Linear(3, 3))
-    state = train_accelerate.TrainState(global_step=5)
+    state = checkpoints.TrainState(global_step=5)
     accelerator.register_for_checkpointing(state)
     folder = tmp_path / "checkpoints"
-    first = train_accelerate.save_checkpoint(accelerator, state, folder, keep=2)
+    first = checkpoints.save_checkpoint(accelerator, state, folder, keep=2)
     state.global_step = 10
 
     def crash(directory, *args, **kwargs):
@@ -119,15 +150,15 @@ def test_crash_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(accelerator, "save_state", crash)
     with pytest.raises(OSError, match="disk full"):
-        train_accelerate.save_checkpoint(accelerator, state, folder, keep=1)
-    assert [path for _, path in train_accelerate.list_checkpoints(folder)] == [first]
-    assert train_accelerate.resolve_resume("latest", folder) == first
+        checkpoints.save_checkpoint(accelerator, state, folder, keep=1)
+    assert [path for _, path in checkpoints.list_checkpoints(folder)] == [first]
+    assert checkpoints.resolve_resume("latest", folder) == first
     assert json.loads((first / "train_state.json").read_text())["global_step"] == 5
     assert (first / "model.safetensors").stat().st_size > 100
 
 
 def test_nan_loss_is_skipped_then_training_aborts(tmp_path, mini_dir, mini_cache, monkeypatch):
-    original = train_accelerate.global_contrastive_loss
+    original = training.training_loss
     calls = {"n": 0}
 
     def nan_at_second_step(*args, **kwargs):
@@ -135,15 +166,15 @@ def test_nan_loss_is_skipped_then_training_aborts(tmp_path, mini_dir, mini_cache
         loss = original(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 2 else loss
 
-    monkeypatch.setattr(train_accelerate, "global_contrastive_loss", nan_at_second_step)
+    monkeypatch.setattr(training, "training_loss", nan_at_second_step)
     out = tmp_path / "nan-once"
-    train_accelerate.main(base_args(mini_dir, mini_cache, out, "--max_steps", "4"))
+    training.main(base_args(mini_dir, mini_cache, out, "--max_steps", "4"))
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["nan_skips"] == 1 and summary["global_step"] == 4
 
-    monkeypatch.setattr(train_accelerate, "global_contrastive_loss", lambda *a, **k: original(*a, **k) * float("inf"))
-    with pytest.raises(train_accelerate.TrainingDivergedError, match="3 consecutive steps"):
-        train_accelerate.main(
+    monkeypatch.setattr(training, "training_loss", lambda *a, **k: original(*a, **k) * float("inf"))
+    with pytest.raises(training.TrainingDivergedError, match="3 consecutive steps"):
+        training.main(
             base_args(mini_dir, mini_cache, tmp_path / "nan-always", "--max_steps", "6", "--max_nan_skips", "3")
         )
 
@@ -169,11 +200,12 @@ def test_accelerate_launch_runs_two_real_processes(tmp_path, mini_dir, mini_cach
 @pytest.mark.slow
 def test_tiny_preset_learns(tmp_path, mini_dir, mini_cache):
     from bioscan_clip.data import SpecimenDataset, load_splits, role_records
-    from bioscan_clip.evaluation import add_combined_features, embed_dataset, evaluate_retrieval, labels_of
+    from bioscan_clip.evaluation import evaluate_retrieval
+    from bioscan_clip.features import embed_dataset, labels_of
     from modeling_bioscanclip import BioscanClipConfig, BioscanClipModel, BioscanClipProcessor
 
     out = tmp_path / "learn"
-    train_accelerate.main(
+    training.main(
         base_args(
             mini_dir,
             mini_cache,
@@ -199,8 +231,8 @@ def test_tiny_preset_learns(tmp_path, mini_dir, mini_cache):
     queries = SpecimenDataset(role_records(splits, roles, "val_queries_seen"), processor, modalities)
 
     def species_accuracy(model) -> dict[str, float]:
-        key_features = add_combined_features(embed_dataset(model, keys, show_progress=False))
-        query_features = {"seen": add_combined_features(embed_dataset(model, queries, show_progress=False))}
+        key_features = embed_dataset(model, keys, show_progress=False)
+        query_features = {"seen": embed_dataset(model, queries, show_progress=False)}
         results = evaluate_retrieval(
             query_features,
             {"seen": labels_of(queries)},
@@ -229,7 +261,7 @@ def test_training_starts_from_a_pretrained_text_tower(tmp_path, mini_dir, mini_c
 
     text_tower = str(minilm.get_model_path())
     out = tmp_path / "pretrained-text"
-    train_accelerate.main(base_args(mini_dir, mini_cache, out, "--max_steps", "1", "--text_tower", text_tower))
+    training.main(base_args(mini_dir, mini_cache, out, "--max_steps", "1", "--text_tower", text_tower))
     model = BioscanClipModel.from_pretrained(out / "final_model")
     processor = BioscanClipProcessor.from_pretrained(out / "final_model")
     assert model.config.text_config.hidden_size == 384 and len(processor.tokenizer) == 30522
@@ -242,9 +274,7 @@ def test_training_starts_from_a_pretrained_text_tower(tmp_path, mini_dir, mini_c
 def test_dataloader_workers_do_not_change_the_run(tmp_path, mini_dir, mini_cache):
     # Augmentation draws from (seed, epoch, index), not from a worker's random state.
     for workers in ("0", "2"):
-        train_accelerate.main(
-            base_args(mini_dir, mini_cache, tmp_path / workers, "--max_steps", "2", "--num_workers", workers)
-        )
+        training.main(base_args(mini_dir, mini_cache, tmp_path / workers, "--max_steps", "2", "--num_workers", workers))
     a = load_file(tmp_path / "0" / "final_model" / "model.safetensors")
     b = load_file(tmp_path / "2" / "final_model" / "model.safetensors")
     for name in a:
@@ -255,14 +285,14 @@ def test_the_original_quirks_are_reachable_from_the_command_line(tmp_path, mini_
     from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor
 
     out = tmp_path / "original"
-    quirks = ["--dna_pooling", "softmax_mean", "--no-dna_use_attention_mask", "--text_pooling", "mean_all",
+    quirks = ["--dna_pooling", "softmax_mean", "--no_dna_use_attention_mask", "--text_pooling", "mean_all",
               "--dna_reference_mode", "--projection_dim", "32"]  # fmt: skip
-    train_accelerate.main(base_args(mini_dir, mini_cache, out, "--max_steps", "1", *quirks))
+    training.main(base_args(mini_dir, mini_cache, out, "--max_steps", "1", *quirks))
     config = BioscanClipModel.from_pretrained(out / "final_model").config
     assert (config.dna_pooling, config.dna_use_attention_mask, config.text_pooling, config.projection_dim) == (
         "softmax_mean", False, "mean_all", 32)  # fmt: skip
     tokenizer = BioscanClipProcessor.from_pretrained(out / "final_model").dna_tokenizer
     assert tokenizer.reference_mode and tokenizer("ACGTACGTAC")["input_ids"][0] == 0
     with pytest.raises(SystemExit):
-        train_accelerate.parse_args(["--dna_pooling", "max"])
-    assert "--dna_pooling: expected one of cls, mean, softmax_mean, got 'max'" in capsys.readouterr().err
+        training.parse_args(["--dna_pooling", "max"])
+    assert "--dna-pooling: invalid choice: 'max'" in capsys.readouterr().err

@@ -18,9 +18,12 @@ import datasets
 import evaluate
 import numpy as np
 
-from modeling_bioscanclip.constants_bioscanclip import MISSING_TAXON_STRINGS, TAXONOMIC_RANKS
-from modeling_bioscanclip.errors_bioscanclip import BioscanInputError
-
+# This file imports nothing of the bioscan-clip packages: ``evaluate.load`` copies it alone into its module cache,
+# and a metric published on the Hub must load without them. These two constants repeat
+# ``modeling_bioscanclip.constants_bioscanclip``; tests/test_metric.py asserts they are equal.
+TAXONOMIC_RANKS = ("order", "family", "genus", "species")
+# Literal strings the sources use for "unknown"; read as missing.
+MISSING_TAXON_STRINGS = frozenset({"", "not_classified", "None", "NA", "N/A", "nan", "NaN"})
 DEFAULT_K_LIST = (1, 3, 5)
 GROUPS = ("seen", "unseen")
 AVERAGES = ("micro", "macro")
@@ -62,9 +65,9 @@ Args:
         of the retrieved keys, nearest first. Each list needs at least ``max(k_list)`` labels; extra labels are
         ignored. A missing key label may be ``""`` or ``None``; it never matches.
     references (`list[dict[str, str]]`):
-        For each query, a mapping from each rank to the true label. ``""``, ``None`` and the other strings in
-        ``modeling_bioscanclip.constants_bioscanclip.MISSING_TAXON_STRINGS`` mean "missing": that query is left out
-        of that rank's accuracy (and counted out of ``n_queries``).
+        For each query, a mapping from each rank to the true label. ``None`` and the strings in
+        ``MISSING_TAXON_STRINGS`` (``""``, ``"not_classified"``, ``"None"``, ``"NA"``, ``"N/A"``, ``"nan"``,
+        ``"NaN"``) mean "missing": that query is left out of that rank's accuracy (and counted out of ``n_queries``).
     is_unseen (`list[bool]`):
         For each query, whether its species is unseen (absent from training). Must be real booleans.
     k_list (`Sequence[int]`, *optional*, defaults to `(1, 3, 5)`):
@@ -120,6 +123,13 @@ Examples:
 """
 
 
+class TaxonomicRetrievalInputError(ValueError):
+    """Invalid metric input (lengths, types, ranks, ``k_list``); the message names the offending query and rank.
+
+    A `ValueError`, like the package's ``BioscanInputError``, which this self-contained file cannot import.
+    """
+
+
 def harmonic_mean(seen: float | None, unseen: float | None) -> float | None:
     """Harmonic mean of a seen and an unseen accuracy, as in the BIOSCAN-CLIP tables.
 
@@ -150,17 +160,19 @@ def _is_missing(label: Any) -> bool:
 
 def _check_label(label: Any, where: str) -> None:
     if label is not None and not isinstance(label, str):
-        raise BioscanInputError(f"{where}: expected a str label or None, got {type(label).__name__} {label!r}")
+        raise TaxonomicRetrievalInputError(
+            f"{where}: expected a str label or None, got {type(label).__name__} {label!r}"
+        )
 
 
 def _validate_k_list(k_list: Sequence[int]) -> tuple[int, ...]:
     if isinstance(k_list, (str, bytes)) or not isinstance(k_list, Sequence) or len(k_list) == 0:
-        raise BioscanInputError(f"k_list must be a non-empty sequence of positive ints, got {k_list!r}")
+        raise TaxonomicRetrievalInputError(f"k_list must be a non-empty sequence of positive ints, got {k_list!r}")
     for k in k_list:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise BioscanInputError(f"k_list must hold positive ints, got {k!r} in {k_list!r}")
+            raise TaxonomicRetrievalInputError(f"k_list must hold positive ints, got {k!r} in {k_list!r}")
     if len(set(k_list)) != len(k_list):
-        raise BioscanInputError(f"k_list has duplicate values: {k_list!r}")
+        raise TaxonomicRetrievalInputError(f"k_list has duplicate values: {k_list!r}")
     return tuple(int(k) for k in k_list)
 
 
@@ -175,17 +187,23 @@ def _columns(
         if isinstance(value, Mapping):
             missing = [rank for rank in ranks if rank not in value]
             if missing:
-                raise BioscanInputError(f"{name} has no column for rank(s) {missing}; it has {sorted(value)}")
+                raise TaxonomicRetrievalInputError(
+                    f"{name} has no column for rank(s) {missing}; it has {sorted(value)}"
+                )
             return {rank: list(value[rank]) for rank in ranks}
         if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-            raise BioscanInputError(f"{name} must be a list of per-query mappings, got {type(value).__name__}")
+            raise TaxonomicRetrievalInputError(
+                f"{name} must be a list of per-query mappings, got {type(value).__name__}"
+            )
         columns: dict[str, list[Any]] = {rank: [] for rank in ranks}
         for row_index, row in enumerate(value):
             if not isinstance(row, Mapping):
-                raise BioscanInputError(f"{name}[{row_index}] must be a mapping rank -> labels, got {row!r}")
+                raise TaxonomicRetrievalInputError(f"{name}[{row_index}] must be a mapping rank -> labels, got {row!r}")
             for rank in ranks:
                 if rank not in row:
-                    raise BioscanInputError(f"{name}[{row_index}] has no rank {rank!r}; it has {sorted(row)}")
+                    raise TaxonomicRetrievalInputError(
+                        f"{name}[{row_index}] has no rank {rank!r}; it has {sorted(row)}"
+                    )
                 columns[rank].append(row[rank])
         return columns
 
@@ -203,18 +221,18 @@ def _validate_columns(
     flags = list(is_unseen)
     for index, flag in enumerate(flags):
         if not isinstance(flag, (bool, np.bool_)):
-            raise BioscanInputError(f"is_unseen[{index}] must be a bool, got {type(flag).__name__} {flag!r}")
+            raise TaxonomicRetrievalInputError(f"is_unseen[{index}] must be a bool, got {type(flag).__name__} {flag!r}")
     for rank in ranks:
         for name, column in (("predictions", prediction_columns[rank]), ("references", reference_columns[rank])):
             if len(column) != len(flags):
-                raise BioscanInputError(
+                raise TaxonomicRetrievalInputError(
                     f"{name} has {len(column)} queries at rank {rank!r} but is_unseen has {len(flags)}"
                 )
         for index, label in enumerate(reference_columns[rank]):
             _check_label(label, f"references[{index}][{rank!r}]")
         for index, labels in enumerate(prediction_columns[rank]):
             if isinstance(labels, (str, bytes)) or not isinstance(labels, (Sequence, np.ndarray)):
-                raise BioscanInputError(
+                raise TaxonomicRetrievalInputError(
                     f"predictions[{index}][{rank!r}] must be a list of labels, got {type(labels).__name__} {labels!r}"
                 )
             for position, label in enumerate(labels):
@@ -253,7 +271,7 @@ def compute_taxonomic_accuracy(
         ``"{seen|unseen}/{rank}/n_queries"``; an accuracy is `None` when its group has no scored query at that rank.
 
     Raises:
-        `BioscanInputError`: on mismatched lengths, non-bool ``is_unseen``, non-string labels, a missing rank, or a
+        `TaxonomicRetrievalInputError`: on mismatched lengths, non-bool ``is_unseen``, non-string labels, a missing rank, or a
         query with fewer than ``max(k_list)`` predictions at some rank (the message names query and rank).
 
     Example:
@@ -271,7 +289,7 @@ def compute_taxonomic_accuracy(
     k_values = _validate_k_list(k_list)
     max_k = max(k_values)
     if isinstance(ranks, str) or len(ranks) == 0:
-        raise BioscanInputError(f"ranks must be a non-empty sequence of rank names, got {ranks!r}")
+        raise TaxonomicRetrievalInputError(f"ranks must be a non-empty sequence of rank names, got {ranks!r}")
     prediction_columns, reference_columns = _columns(predictions, references, ranks)
 
     unseen_mask = _validate_columns(prediction_columns, reference_columns, is_unseen, ranks)
@@ -289,7 +307,7 @@ def compute_taxonomic_accuracy(
         predicted_codes = np.empty((n_queries, max_k), dtype=np.int64)
         for index, labels in enumerate(prediction_columns[rank]):
             if len(labels) < max_k:
-                raise BioscanInputError(
+                raise TaxonomicRetrievalInputError(
                     f"predictions[{index}][{rank!r}] has {len(labels)} labels but max(k_list) = {max_k} needs at "
                     f"least {max_k}"
                 )
@@ -362,7 +380,7 @@ class TaxonomicRetrieval(evaluate.Metric):
         ``"3"``), then adds the batch. ``None`` reference labels are written as ``""``: both mean "missing"."""
         if predictions is not None and references is not None and "is_unseen" in kwargs:
             if isinstance(predictions, Mapping) or isinstance(references, Mapping):
-                raise BioscanInputError(
+                raise TaxonomicRetrievalInputError(
                     "the evaluate metric takes one mapping per query; for column-oriented inputs call "
                     "compute_taxonomic_accuracy directly"
                 )

@@ -1,0 +1,506 @@
+"""BIOSCAN-CLIP insect identification: the Gradio demo (``bioscan-clip demo``, and the Space in ``space/``).
+
+Upload a specimen photo and/or paste its COI DNA barcode; the demo shows the predicted taxon at each rank with its
+confidence, the nearest key specimens, and which key *barcodes* the photo is closest to (the cross-modal view).
+
+Run it on the folders the main job writes::
+
+    bioscan-clip demo --model runs/quickstart/model --keys runs/quickstart/keys
+
+``build_demo(model_dir, index_dir)`` builds the app without launching it (tests, notebooks); ``space/app.py`` is the
+Space's entry point and only calls :func:`main`. The app lives in the package so that an installed wheel serves it.
+
+Safe by default (``shared/reference/STYLE_AND_RELIABILITY.md`` §2d): binds 127.0.0.1, uploads capped at 10 MB, a
+bounded queue running one job at a time, images decoded only by the package's safe loader (``gr.Image`` hands us a
+file path, never a decoded image), no extra folders exposed (no ``allowed_paths``), cached uploads deleted after an
+hour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import gradio as gr
+from PIL import Image
+
+from bioscan_clip.identification import Identification, Identifier
+from modeling_bioscanclip import BioscanInputError, load_image_safely, normalize_barcode
+from modeling_bioscanclip.constants_bioscanclip import MAX_IMAGE_PIXELS, MAX_RAW_DNA_CHARACTERS, TAXONOMIC_RANKS
+
+logger = logging.getLogger(__name__)
+
+# Relative to the working directory, where `bioscan-clip quickstart` writes by default.
+DEFAULT_MODEL = os.environ.get("BIOSCAN_CLIP_MODEL", os.path.join("runs", "quickstart", "model"))
+DEFAULT_KEYS = os.environ.get("BIOSCAN_CLIP_KEYS", os.path.join("runs", "quickstart", "keys"))
+# Example photos are written here, never beside the code (an installed package may be read-only, and a checkout
+# should stay clean); gradio serves files from the system temp dir.
+DEFAULT_EXAMPLES_DIR = Path(tempfile.gettempdir()) / "bioscan-clip-demo" / "examples"
+
+MAX_UPLOAD_MB = 10
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
+QUEUE_MAX_SIZE = 16  # waiting requests beyond this get "queue full" instead of piling up
+DEFAULT_NEIGHBOURS = 5
+MAX_NEIGHBOURS = 10
+GALLERY_THUMBNAIL = 256  # pixels, longest side
+SYNTHETIC_PREFIX = "MINI"  # processids of the generated mini-BIOSCAN (dataset_scripts.synth)
+
+RANK_HEADERS = ["Rank", "Predicted taxon", "Confidence", "Nearest similarity", "Confident?"]
+NEIGHBOUR_HEADERS = ["#", "Key specimen", *[rank.capitalize() for rank in TAXONOMIC_RANKS], "Similarity"]
+
+HOW_TO_READ = """
+### How to read the results
+- **Prediction at each rank**: the taxon of the nearest key specimen (1-nearest neighbour, as in the
+  BIOSCAN-CLIP paper). *Confidence* is the similarity-weighted share of the nearest keys that agree with it.
+- **Confident?** says whether the nearest key is similar enough to trust that rank: the threshold of each rank was
+  calibrated on validation specimens so that confident answers were right about 90 % of the time.
+- **Deepest confident rank**: how far down (order → family → genus → species) the answer can be trusted.
+- **Unknown species?** raised when the species rank is not confident: the specimen may belong to a species that is
+  not among the keys (its genus or family can still be right).
+- **Cross-modal**: the photo alone, compared with the DNA barcodes of the keys: the image and DNA encoders share
+  one embedding space, so a photo can be matched to sequences.
+"""
+
+
+@dataclass
+class KeySummary:
+    """What the page says about the key set it searches."""
+
+    n_keys: int
+    n_species: int
+    synthetic: bool
+
+
+def resolve_folder(spec: str | os.PathLike, *, repo_type: str = "model", revision: str | None = None) -> Path:
+    """A local folder, or a Hub repository (``owner/name`` or ``owner/name/sub/folder``) downloaded once.
+
+    ``huggingface_hub.snapshot_download`` is only called when ``spec`` is not an existing local folder, so tests and
+    offline runs never touch the network.
+    """
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    parts = str(spec).strip("/").split("/")
+    looks_like_repo = len(parts) >= 2 and not str(spec).startswith((".", "/", "~")) and all(parts)
+    if not looks_like_repo:
+        raise FileNotFoundError(f"{spec}: no such folder, and not a Hub repository id (owner/name[/subfolder])")
+    from huggingface_hub import snapshot_download
+
+    repo_id, subfolder = "/".join(parts[:2]), "/".join(parts[2:])
+    local = snapshot_download(
+        repo_id,
+        repo_type=repo_type,
+        revision=revision,
+        allow_patterns=[f"{subfolder}/**"] if subfolder else None,
+    )
+    folder = Path(local) / subfolder
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{spec}: the Hub repository {repo_id} has no folder {subfolder!r}")
+    return folder
+
+
+def summarise_keys(records: datasets.Dataset | None) -> KeySummary:
+    if records is None or len(records) == 0:
+        return KeySummary(0, 0, False)
+    processids = records["processid"]
+    species = {name for name in records["species"] if name} if "species" in records.column_names else set()
+    synthetic = all(str(pid).startswith(SYNTHETIC_PREFIX) for pid in processids)
+    return KeySummary(len(records), len(species), synthetic)
+
+
+def key_image_source(records: datasets.Dataset, row: int) -> bytes | str | None:
+    """The stored (still encoded) image of a key record, to be decoded by the safe loader."""
+    image = records[int(row)]["image"]
+    if not image:
+        return None
+    return image.get("bytes") or image.get("path")
+
+
+def write_examples(records: datasets.Dataset | None, out_dir: Path, count: int = 3) -> list[tuple[list[Any], str]]:
+    """Writes a few key specimens (photo as JPEG, barcode as text) to ``out_dir``; returns ``gr.Examples`` rows.
+
+    One example per species (the first keys of distinct species), shown as: photo only, barcode only, both.
+    """
+    if records is None or "image" not in records.column_names or "dna_barcode" not in records.column_names:
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob("example_*"):  # ours only: a previous start on another key folder
+        stale.unlink()
+    chosen: list[int] = []
+    seen_species: set[str] = set()
+    for row, (species, barcode) in enumerate(zip(records["species"], records["dna_barcode"], strict=True)):
+        if species and barcode and species not in seen_species:
+            seen_species.add(species)
+            chosen.append(row)
+        if len(chosen) == count:
+            break
+    layouts = [("photo only", True, False), ("barcode only", False, True), ("photo + barcode", True, True)]
+    examples = []
+    for number, row in enumerate(chosen):
+        record = records[row]
+        source = key_image_source(records, row)
+        if source is None:
+            continue
+        image_path = out_dir / f"example_{number}_{record['processid']}.jpg"
+        load_image_safely(source, name=record["processid"]).save(image_path, format="JPEG", quality=92)
+        what, with_photo, with_barcode = layouts[number % len(layouts)]
+        examples.append(
+            (
+                [str(image_path) if with_photo else None, record["dna_barcode"] if with_barcode else ""],
+                f"{record['species']} ({what}, {record['processid']})",
+            )
+        )
+    return examples
+
+
+def _format_rank_table(answer: Identification) -> list[list[Any]]:
+    return [
+        [
+            prediction.rank,
+            prediction.label or "—",
+            f"{prediction.confidence:.0%}",
+            round(prediction.similarity, 3),
+            "yes" if prediction.confident else "no",
+        ]
+        for prediction in answer.ranks
+    ]
+
+
+def _format_neighbours(answer: Identification) -> list[list[Any]]:
+    return [
+        [
+            position + 1,
+            neighbour.processid,
+            *[neighbour.taxonomy.get(rank) or "—" for rank in TAXONOMIC_RANKS],
+            round(neighbour.similarity, 3),
+        ]
+        for position, neighbour in enumerate(answer.neighbours)
+    ]
+
+
+def _summary_markdown(answer: Identification, query: str) -> str:
+    deepest = answer.deepest_confident_rank
+    if deepest is None:
+        deepest_text = "none: no rank reaches its calibrated similarity threshold"
+    else:
+        label = next(p.label for p in answer.ranks if p.rank == deepest)
+        deepest_text = f"**{deepest}**: *{label}*"
+    if answer.unknown_species:
+        unknown = "**Yes**: the species rank is not confident; this may be a species absent from the keys."
+    else:
+        unknown = "No: the species prediction is confident."
+    return (
+        f"**Query:** {query}, searched against the {answer.key_feature} features of the keys.  \n"
+        f"**Deepest confident rank:** {deepest_text}  \n"
+        f"**Unknown species?** {unknown}"
+    )
+
+
+def upload_path_unopened(payload: Any) -> str | None:
+    """Replaces ``gr.Image.preprocess``: the upload reaches the handler as a path that nothing has opened yet.
+
+    ``gr.Image(type="filepath")`` still calls ``PIL.Image.open`` on the upload (and re-encodes it when its mode
+    differs from ``image_mode``), so an undecodable or oversized file would fail inside gradio with a generic error.
+    With this, gradio only moves the uploaded file (its own check that the path is an upload still applies) and
+    :func:`load_image_safely` is the one decoder, with its clear messages. (Set on the instance rather than in a
+    ``gr.Image`` subclass: gradio writes a ``.pyi`` stub beside the source of every component subclass.)
+    """
+    if payload is None:
+        return None
+    if payload.url and payload.url.startswith("data:"):
+        raise gr.Error("Send the photo as an uploaded file, not inline data.", print_exception=False)
+    if payload.path is None:
+        raise gr.Error("The photo upload did not arrive; try again.", print_exception=False)
+    return str(payload.path)
+
+
+class DemoHandler:
+    """The identification behind the page: validates the inputs, then asks the Identifier."""
+
+    def __init__(self, identifier: Identifier) -> None:
+        self.identifier = identifier
+        self.records = identifier.records  # key images stay encoded until the safe loader decodes them
+
+    def _thumbnail(self, row: int) -> Image.Image | None:
+        image = self.identifier.key_image(row)
+        if image is not None:
+            image.thumbnail((GALLERY_THUMBNAIL, GALLERY_THUMBNAIL))
+        return image
+
+    def __call__(
+        self, image_path: str | None, barcode: str | None, neighbours: float = DEFAULT_NEIGHBOURS
+    ) -> tuple[str, list[list[Any]], list[tuple[Image.Image, str]], str, list[list[Any]]]:
+        barcode = (barcode or "").strip()
+        if not image_path and not barcode:
+            raise gr.Error(
+                "Nothing to identify: upload a specimen photo, paste a DNA barcode, or both.",
+                title="Empty submission",
+                print_exception=False,
+            )
+        try:
+            k = int(neighbours)
+        except (TypeError, ValueError):
+            k = DEFAULT_NEIGHBOURS
+        k = min(max(k, 1), MAX_NEIGHBOURS)
+        image = None
+        if image_path:
+            try:
+                image = load_image_safely(image_path, name="The uploaded image", max_bytes=MAX_UPLOAD_BYTES)
+            except BioscanInputError as error:
+                raise gr.Error(str(error), title="Unreadable image", print_exception=False) from None
+        if barcode:
+            if len(barcode) > MAX_RAW_DNA_CHARACTERS:
+                raise gr.Error(
+                    f"The barcode is {len(barcode):,} characters long; at most {MAX_RAW_DNA_CHARACTERS:,} are accepted"
+                    " (a COI barcode is about 660 nucleotides).",
+                    title="Barcode too long",
+                    print_exception=False,
+                )
+            try:
+                normalize_barcode(barcode, record="The barcode")
+            except BioscanInputError as error:
+                raise gr.Error(str(error), title="Invalid barcode", print_exception=False) from None
+        images = [image] if image is not None else None
+        barcodes = [barcode] if barcode else None
+        try:
+            [answer] = self.identifier.identify(images=images, barcodes=barcodes, k=k)
+            cross = None
+            if image is not None and "dna" in self.identifier.indexes:  # TODO(features)
+                [cross] = self.identifier.identify(images=images, k=k, key_feature="dna")
+        except BioscanInputError as error:
+            raise gr.Error(str(error), title="Cannot identify", print_exception=False) from None
+
+        query_labels = {"averaged": "photo + barcode", "image": "photo", "dna": "barcode"}  # TODO(features)
+        query = query_labels[answer.query_feature]
+        gallery = []
+        for position, neighbour in enumerate(answer.neighbours):
+            thumbnail = self._thumbnail(neighbour.row)
+            if thumbnail is None:
+                continue
+            taxonomy = neighbour.taxonomy
+            caption = (
+                f"{position + 1}. {taxonomy.get('species') or taxonomy.get('genus') or '?'} · "
+                f"{taxonomy.get('family') or '?'} · {taxonomy.get('order') or '?'} · "
+                f"similarity {neighbour.similarity:.3f} · {neighbour.processid}"
+            )
+            gallery.append((thumbnail, caption))
+        if cross is None:
+            cross_text = "Upload a photo to see which key *barcodes* it is closest to."
+            cross_rows: list[list[Any]] = []
+        else:
+            predicted = " › ".join(p.label or "—" for p in cross.ranks)
+            cross_text = f"The photo alone, matched against the keys' DNA barcodes: **{predicted}**."
+            cross_rows = _format_neighbours(cross)
+        return _summary_markdown(answer, query), _format_rank_table(answer), gallery, cross_text, cross_rows
+
+
+def build_demo(
+    model_dir: str | os.PathLike,
+    index_dir: str | os.PathLike,
+    *,
+    identifier: Identifier | None = None,
+    examples_dir: str | os.PathLike | None = None,
+    n_examples: int = 3,
+) -> gr.Blocks:
+    """Builds the demo on a saved model folder and a key folder, without launching it.
+
+    Args:
+        model_dir (`str` or `os.PathLike`): a folder written by ``save_pretrained`` (model and processor).
+        index_dir (`str` or `os.PathLike`): a key folder written by ``bioscan-clip index`` / ``build_key_folder``.
+        identifier ([`Identifier`], *optional*): an already loaded identifier (then the folders only label the page).
+        examples_dir (`str` or `os.PathLike`, *optional*): where the example specimens are written, defaults to
+            ``<system temp dir>/bioscan-clip-demo/examples/<hash of the key folder>``.
+        n_examples (`int`, *optional*, defaults to 3): how many key specimens to offer as examples.
+
+    Returns:
+        `gr.Blocks`: call :func:`launch` (or ``.queue(...).launch(...)`` with limits) to serve it.
+    """
+    # Backstop only: every image is decoded by load_image_safely, which checks the size from the header first. Set by
+    # the app when it is built, never on import (importing a library module must not change a process-wide setting).
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    if identifier is None:
+        identifier = Identifier.load(model_dir, index_dir)
+    handler = DemoHandler(identifier)
+    summary = summarise_keys(handler.records)
+    if examples_dir is None:
+        digest = hashlib.sha256(str(Path(index_dir).resolve()).encode()).hexdigest()[:12]
+        examples_dir = DEFAULT_EXAMPLES_DIR / digest
+    examples = write_examples(handler.records, Path(examples_dir), n_examples)
+
+    with gr.Blocks(title="BIOSCAN-CLIP insect identification", delete_cache=(3600, 3600)) as demo:
+        gr.Markdown(
+            "# BIOSCAN-CLIP: identify an insect from its photo and DNA barcode\n"
+            "Upload a photo of the specimen, paste its COI barcode, or both. Each rank (order, family, genus, "
+            "species) is predicted from the nearest labelled key specimens, with a calibrated confidence."
+        )
+        if summary.synthetic:
+            gr.Markdown(
+                "> ⚠️ **SYNTHETIC keys.** This demo searches the generated *mini-BIOSCAN* data set: the specimens, "
+                "taxon names and barcodes are invented, and the model was trained on them only. Use it to try the "
+                "interface, not to identify real insects.",
+                elem_id="synthetic-banner",
+            )
+        gr.Markdown(
+            f"Key set: **{summary.n_keys:,} specimens** of **{summary.n_species:,} species** · "
+            f"model `{Path(model_dir).name}` · keys `{Path(index_dir).name}`"
+        )
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2):
+                image = gr.Image(
+                    type="filepath",  # decoding happens in our safe loader, not in gradio
+                    image_mode=None,
+                    label="Specimen photo (JPEG, PNG, WEBP, TIFF or BMP; at most 10 MB)",
+                    sources=["upload", "clipboard"],
+                    height=280,
+                    elem_id="specimen-image",
+                )
+                image.preprocess = upload_path_unopened
+                barcode = gr.Textbox(
+                    label="COI DNA barcode (plain sequence or one FASTA record)",
+                    placeholder=">specimen-1\nAACATTATATTTTATTTTTGGTATTTGATCAGGAATAGTAGGAACATCTTTAAG...",
+                    lines=4,
+                    max_length=MAX_RAW_DNA_CHARACTERS,
+                    elem_id="barcode",
+                )
+                neighbours = gr.Slider(
+                    1, MAX_NEIGHBOURS, value=DEFAULT_NEIGHBOURS, step=1, label="Nearest specimens to show"
+                )
+                with gr.Row():
+                    submit = gr.Button("Identify", variant="primary", elem_id="identify")
+                    clear = gr.ClearButton(value="Clear")
+                if examples:
+                    gr.Examples(
+                        examples=[row for row, _ in examples],
+                        example_labels=[label for _, label in examples],
+                        inputs=[image, barcode],
+                        label="Example specimens from the key set",
+                        cache_examples=False,
+                    )
+            with gr.Column(scale=3):
+                status = gr.Markdown("Results appear here.", elem_id="status")
+                ranks = gr.Dataframe(
+                    headers=RANK_HEADERS,
+                    label="Prediction at each rank",
+                    interactive=False,
+                    elem_id="rank-table",
+                )
+                gallery = gr.Gallery(
+                    label="Nearest key specimens (taxonomy · similarity · id)",
+                    columns=5,
+                    rows=1,
+                    height=220,
+                    object_fit="contain",
+                    elem_id="neighbours",
+                )
+                gr.Markdown("### Cross-modal: photo → DNA keys")
+                cross_text = gr.Markdown("", elem_id="cross-modal")
+                cross_table = gr.Dataframe(
+                    headers=NEIGHBOUR_HEADERS,
+                    label="Nearest key barcodes to the photo",
+                    interactive=False,
+                    wrap=True,
+                    column_widths=["5%", "18%", "13%", "13%", "14%", "23%", "14%"],
+                )
+        gr.Markdown(HOW_TO_READ)
+
+        outputs = [status, ranks, gallery, cross_text, cross_table]
+        clear.add([image, barcode, *outputs])
+        submit.click(handler, inputs=[image, barcode, neighbours], outputs=outputs, api_name="identify")
+    return demo
+
+
+def launch(
+    demo: gr.Blocks,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    max_file_size_mb: int = MAX_UPLOAD_MB,
+    queue_size: int = QUEUE_MAX_SIZE,
+    prevent_thread_lock: bool = False,
+    quiet: bool = False,
+) -> tuple[Any, str, str | None]:
+    """Serves ``demo`` with the limits: bounded queue, one job at a time, upload cap, no share link, no extra paths."""
+    demo.queue(default_concurrency_limit=1, max_size=queue_size)
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        max_file_size=max_file_size_mb * gr.FileSize.MB,
+        show_error=False,  # unexpected exceptions show a generic error; our gr.Error messages are always shown
+        ssr_mode=False,  # no Node server
+        mcp_server=False,
+        prevent_thread_lock=prevent_thread_lock,
+        quiet=quiet,
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``bioscan-clip demo`` (and of ``python space/app.py``)."""
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="model folder (save_pretrained) or Hub repo id owner/name[/subfolder] (default: %(default)s; "
+        "env BIOSCAN_CLIP_MODEL)",
+    )
+    parser.add_argument(
+        "--keys",
+        default=DEFAULT_KEYS,
+        help="key folder (bioscan-clip index) or Hub repo id owner/name[/subfolder] (default: %(default)s; "
+        "env BIOSCAN_CLIP_KEYS)",
+    )
+    parser.add_argument(
+        "--revision",
+        default=os.environ.get("BIOSCAN_CLIP_REVISION"),
+        help="Hub revision (commit sha) for --model and --keys repo ids (env BIOSCAN_CLIP_REVISION)",
+    )
+    parser.add_argument(
+        "--keys-repo-type",
+        default=os.environ.get("BIOSCAN_CLIP_KEYS_REPO_TYPE", "model"),
+        choices=["model", "dataset"],
+        help="Hub repo type of --keys (env BIOSCAN_CLIP_KEYS_REPO_TYPE)",
+    )
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="address to bind (default %(default)s, this machine only; 0.0.0.0 exposes the demo to the network)",
+    )
+    parser.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free one)")
+    parser.add_argument("--max-file-size-mb", type=int, default=MAX_UPLOAD_MB, help="upload cap per file")
+    parser.add_argument("--queue-size", type=int, default=QUEUE_MAX_SIZE, help="waiting requests before 'queue full'")
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="where gradio keeps uploads (sets GRADIO_TEMP_DIR; default: gradio's, under the system temp dir)",
+    )
+    parser.add_argument(
+        "--examples-dir",
+        default=None,
+        help=f"where example specimens are written (default: under {DEFAULT_EXAMPLES_DIR})",
+    )
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Loads the model and keys (local folders or Hub repo ids) and serves the demo until interrupted."""
+    if args.cache_dir:
+        Path(args.cache_dir).mkdir(parents=True, exist_ok=True)
+        os.environ["GRADIO_TEMP_DIR"] = str(Path(args.cache_dir).resolve())
+    model_dir = resolve_folder(args.model, repo_type="model", revision=args.revision)
+    key_dir = resolve_folder(args.keys, repo_type=args.keys_repo_type, revision=args.revision)
+    demo = build_demo(model_dir, key_dir, examples_dir=args.examples_dir)
+    launch(demo, host=args.host, port=args.port, max_file_size_mb=args.max_file_size_mb, queue_size=args.queue_size)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python space/app.py [options]``: parses the options and serves the demo."""
+    parser = argparse.ArgumentParser(description="BIOSCAN-CLIP identification demo (Gradio).")
+    return run(add_arguments(parser).parse_args(argv))

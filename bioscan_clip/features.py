@@ -1,0 +1,140 @@
+"""The one place that knows the modalities, the features built from them and the query -> key pairs.
+
+A *modality* is a model tower (``image``, ``dna``, ``text``). A *feature* is a kind of embedding a query or a key
+can have: one modality's, or a combination of the image and DNA embeddings of the same specimen (``averaged``,
+``concatenated``), or, on the key side only, ``all`` (every key's image, DNA and text embeddings stacked). A
+*pair* is (query feature, key feature), as in the paper's tables.
+
+Evaluation, indexing, identification, training validation and the demo import these names; none repeats them.
+This module also embeds whole datasets, the one step they all share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bioscan_clip.data import SpecimenDataset, model_inputs
+from modeling_bioscanclip.configuration_bioscanclip import MODALITIES
+from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
+
+IMAGE, DNA, TEXT = MODALITIES
+AVERAGED = "averaged"  # mean of a specimen's image and DNA embeddings, unit length again
+CONCATENATED = "concatenated"  # their concatenation, scaled to unit length
+ALL = "all"  # key side only: the image, DNA and text embeddings of every key, stacked
+COMBINED_FEATURES = (AVERAGED, CONCATENATED)
+FEATURES = (*MODALITIES, *COMBINED_FEATURES)
+
+Pair = tuple[str, str]
+
+# The paper's query -> key combinations.
+PAPER_PAIRS: tuple[Pair, ...] = (
+    (IMAGE, IMAGE),
+    (IMAGE, DNA),
+    (IMAGE, TEXT),
+    (DNA, DNA),
+    (DNA, TEXT),
+    (AVERAGED, AVERAGED),
+    (CONCATENATED, CONCATENATED),
+    (IMAGE, ALL),
+    (DNA, ALL),
+)
+# Scored on the validation queries during training to pick the best checkpoint (the paper's main table).
+VALIDATION_PAIRS: tuple[Pair, ...] = ((IMAGE, IMAGE), (DNA, DNA), (IMAGE, DNA), (IMAGE, TEXT), (DNA, TEXT))
+# A key folder holds one index per key feature, and confidence thresholds for the pairs a user queries.
+KEY_FEATURES = (IMAGE, DNA, TEXT, AVERAGED)
+CALIBRATED_PAIRS: tuple[Pair, ...] = ((IMAGE, IMAGE), (DNA, DNA), (AVERAGED, AVERAGED), (IMAGE, DNA))
+
+
+def pair_name(pair: Pair) -> str:
+    """``"image->dna"``: how a pair is named in results, calibration files and tables."""
+    return f"{pair[0]}->{pair[1]}"
+
+
+def query_feature(features: Sequence[str]) -> str:
+    """The feature a specimen query is searched with: image and barcode together when it has both."""
+    if IMAGE in features and DNA in features:
+        return AVERAGED
+    for name in (IMAGE, DNA, TEXT):
+        if name in features:
+            return name
+    raise ValueError(f"a query needs an image, a barcode or a text; got features {sorted(features)}")
+
+
+def add_combined_features(embeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Adds the ``averaged`` and ``concatenated`` image+DNA features when both embeddings exist."""
+    features = dict(embeds)
+    if IMAGE in features and DNA in features:
+        averaged = features[IMAGE] + features[DNA]
+        features[AVERAGED] = averaged / np.linalg.norm(averaged, axis=1, keepdims=True).clip(1e-12)
+        features[CONCATENATED] = np.concatenate([features[IMAGE], features[DNA]], axis=1) / np.sqrt(2)
+    return features
+
+
+def available_pairs(features: Sequence[str], pairs: Sequence[Pair] = PAPER_PAIRS) -> list[Pair]:
+    """The pairs whose query and key features exist (``all`` needs every modality)."""
+    present = set(features)
+    if set(MODALITIES) <= present:
+        present.add(ALL)
+    return [pair for pair in pairs if pair[0] in present and pair[1] in present]
+
+
+def key_matrix(
+    features: Mapping[str, np.ndarray], labels: Mapping[str, list[Any]], name: str
+) -> tuple[np.ndarray, Mapping[str, list[Any]]]:
+    """The key embeddings and labels of one key feature (``all`` stacks the modalities and repeats the labels)."""
+    if name != ALL:
+        return features[name], labels
+    stacked = np.concatenate([features[m] for m in MODALITIES])
+    return stacked, {column: list(values) * len(MODALITIES) for column, values in labels.items()}
+
+
+def labels_of(dataset: SpecimenDataset) -> dict[str, list[Any]]:
+    """``processid`` and the taxonomic ranks of a dataset's records, in dataset order."""
+    return {column: dataset.metadata.get(column, [None] * len(dataset)) for column in ("processid", *TAXONOMIC_RANKS)}
+
+
+@torch.inference_mode()
+def embed_dataset(
+    model: Any,
+    dataset: SpecimenDataset,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    accelerator: Any = None,
+    description: str = "embedding",
+    show_progress: bool = True,
+    combined: bool = True,
+) -> dict[str, np.ndarray]:
+    """Unit-length embeddings of every modality of ``dataset`` (and, with ``combined``, the combined features),
+    in dataset order.
+
+    With an ``accelerator``, the work is sharded over processes and gathered (``gather_for_metrics`` drops the
+    duplicates that pad the last batch); every process gets the full result.
+    """
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    core = model
+    if accelerator is not None:
+        loader = accelerator.prepare(loader)
+        core = accelerator.unwrap_model(model)
+        show_progress = show_progress and accelerator.is_local_main_process
+    was_training = core.training
+    core.eval()
+    parts: dict[str, list[torch.Tensor]] = {}
+    for batch in tqdm(loader, desc=description, disable=not show_progress, leave=False):
+        embeds = core.embed(**model_inputs(batch))
+        embeds["index"] = batch["index"]
+        if accelerator is not None:
+            embeds = accelerator.gather_for_metrics(embeds)
+        for name, value in embeds.items():
+            parts.setdefault(name, []).append(value.float().cpu())
+    core.train(was_training)
+    if not parts:
+        return {}
+    order = torch.argsort(torch.cat(parts.pop("index")))
+    embeds = {name: torch.cat(values)[order].numpy() for name, values in parts.items()}
+    return add_combined_features(embeds) if combined else embeds

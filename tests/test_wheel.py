@@ -1,0 +1,219 @@
+"""The built wheel, installed alone in a fresh venv, runs the main job and serves the demo (no source checkout).
+
+Isolation: the wheel is built from a copy of the tree and installed with ``--no-deps --no-index`` into a new venv.
+The test venv's dependencies (torch, transformers, gradio, ...) are made visible to it by one ``.pth`` line naming
+the test venv's site-packages. A directory added by a ``.pth`` line is appended to ``sys.path`` but its own ``.pth``
+files are not processed, so the editable install's finder (``__editable__.bioscan_clip-*.pth`` there) never
+activates: our packages come from the wheel or not at all. Every command runs from a temporary folder outside the
+repository with ``PYTHONPATH`` unset, and the first check asserts where each of our modules was imported from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# Not part of a distribution; everything else in the tree is copied, as a fresh clone would have it.
+NOT_COPIED = shutil.ignore_patterns(
+    ".git", ".venv", "runs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis"
+)
+OUR_MODULES = ("bioscan_clip", "modeling_bioscanclip", "dataset_scripts", "train_accelerate")
+DEMO_START_TIMEOUT_S = 120
+_TEXT = {"capture_output": True, "text": True, "timeout": 300, "check": False}
+
+
+@dataclass
+class FreshInstall:
+    venv: Path
+    python: Path
+    bin_dir: Path
+    site_packages: Path
+    dependency_dirs: set[str]  # the test venv's site-packages, listed in the fresh venv's .pth
+    work_dir: Path  # the working directory of every command: outside the repository
+    env: dict[str, str]
+
+    def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            args, cwd=self.work_dir, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+
+def _check(completed: subprocess.CompletedProcess) -> str:
+    assert completed.returncode == 0, (
+        f"{completed.args} exited {completed.returncode}\n"
+        f"--- stdout (end) ---\n{completed.stdout[-4000:]}\n--- stderr (end) ---\n{completed.stderr[-4000:]}"
+    )
+    return completed.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def fresh_install(tmp_path_factory) -> FreshInstall:
+    root = tmp_path_factory.mktemp("wheel")
+    # 1. Build from a copy, so the build leaves no build/ or *.egg-info in the checkout and stale files there cannot
+    # leak into the wheel. No build isolation: setuptools comes from the test venv (torch requires setuptools>=77,
+    # which builds wheels by itself), so this works offline.
+    source = root / "source"
+    shutil.copytree(REPO_ROOT, source, ignore=NOT_COPIED)
+    dist = root / "dist"
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", dist]
+    _check(subprocess.run([*pip_wheel, "."], cwd=source, **_TEXT))
+    [wheel] = dist.glob("bioscan_clip-*.whl")
+
+    # 2. A fresh venv holding the wheel alone (no pip or setuptools of its own: the test venv's pip installs into
+    # it). Installed before the .pth below exists, so pip never sees, nor tries to uninstall, the editable install.
+    venv = root / "venv"
+    _check(subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], **_TEXT))
+    python = venv / "bin" / "python"
+    pip_install = [sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "-q"]
+    _check(subprocess.run([*pip_install, wheel], **_TEXT))
+    site_packages = Path(
+        _check(
+            subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], **_TEXT)
+        ).strip()
+    )
+    # 3. The test venv's dependencies, visible without their .pth files (see the module docstring).
+    dependency_dirs = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (site_packages / "_bioscan_clip_test_dependencies.pth").write_text("\n".join(sorted(dependency_dirs)) + "\n")
+
+    work_dir = root / "cwd"
+    work_dir.mkdir()
+    (root / "tmp").mkdir()
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env.update(
+        PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+        HF_HOME=str(root / "hf-home"),  # evaluate's module cache and datasets' cache, private to this install
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        GRADIO_ANALYTICS_ENABLED="False",
+        TMPDIR=str(root / "tmp"),  # the demo's examples and gradio's cache land here
+    )
+    return FreshInstall(venv, python, venv / "bin", site_packages, dependency_dirs, work_dir, env)
+
+
+_WHERE_FROM = """
+import importlib, json, os, sys
+from bioscan_clip.metric import METRIC_DIR, metric_module
+print(json.dumps({
+    "files": {name: importlib.import_module(name).__file__ for name in sys.argv[1:]},
+    "metric_dir": str(METRIC_DIR),
+    "metric_module": metric_module().__file__,
+    "meta_path": [repr(finder) for finder in sys.meta_path],
+    "sys_path": [os.path.abspath(entry) for entry in sys.path],  # "" is the working directory
+}))
+"""
+
+_EVALUATE_LOAD = """
+import json
+import evaluate
+from bioscan_clip.metric import METRIC_DIR
+row = {"order": ["O", "O"], "family": ["F", "F"], "genus": ["G", "H"], "species": ["G a", "H b"]}
+truth = {"order": "O", "family": "F", "genus": "H", "species": "H b"}
+metric = evaluate.load(str(METRIC_DIR))
+print(json.dumps(metric.compute(predictions=[row], references=[truth], is_unseen=[False], k_list=[1, 2])))
+"""
+
+
+def test_our_modules_come_from_the_wheel(fresh_install):
+    completed = fresh_install.run(str(fresh_install.python), "-c", _WHERE_FROM, *OUR_MODULES)
+    report = json.loads(_check(completed).splitlines()[-1])
+    for name, file in report["files"].items():
+        assert Path(file).is_relative_to(fresh_install.site_packages), (name, file)
+    metric_dir = Path(report["metric_dir"])
+    assert metric_dir == fresh_install.site_packages / "bioscan_clip" / "taxonomic_retrieval"
+    assert (metric_dir / "README.md").is_file() and Path(report["metric_module"]).parent == metric_dir
+    assert not any("editable" in finder.lower() for finder in report["meta_path"]), report["meta_path"]
+    # Nothing of the checkout on sys.path but the test venv's site-packages (for the dependencies).
+    in_checkout = {entry for entry in report["sys_path"] if Path(entry).resolve().is_relative_to(REPO_ROOT)}
+    assert in_checkout <= fresh_install.dependency_dirs, in_checkout
+    # Negative control: without the wheel's site-packages, nothing else on the path (the test venv's site-packages
+    # with its editable finder included) provides our packages.
+    for name in OUR_MODULES:
+        hide_wheel = f"import sys; sys.path.remove({str(fresh_install.site_packages)!r}); import {name}"
+        completed = fresh_install.run(str(fresh_install.python), "-c", hide_wheel)
+        assert completed.returncode != 0 and f"No module named '{name}'" in completed.stderr, completed.stderr[-2000:]
+
+
+def test_evaluate_loads_the_installed_metric(fresh_install):
+    result = json.loads(_check(fresh_install.run(str(fresh_install.python), "-c", _EVALUATE_LOAD)).splitlines()[-1])
+    assert result["seen/genus/micro/top1"] == 0.0 and result["seen/genus/micro/top2"] == 1.0
+    assert result["seen/order/micro/top1"] == 1.0 and result["unseen/species/micro/top1"] is None
+
+
+@pytest.fixture(scope="module")
+def quickstart_dir(fresh_install) -> Path:
+    out = fresh_install.work_dir / "quickstart"
+    bioscan_clip = str(fresh_install.bin_dir / "bioscan-clip")
+    _check(fresh_install.run(bioscan_clip, "quickstart", "--out", str(out), "--epochs", "1", timeout=900))
+    return out
+
+
+def test_quickstart_from_the_wheel(quickstart_dir):
+    assert (quickstart_dir / "model").is_dir() and any((quickstart_dir / "model").glob("*.safetensors"))
+    assert (quickstart_dir / "keys").is_dir()
+    results = json.loads((quickstart_dir / "evaluation" / "results.json").read_text())
+    assert results
+
+
+def test_demo_from_the_wheel_serves_its_page(fresh_install, quickstart_dir):
+    port = _free_port()
+    command = [
+        str(fresh_install.bin_dir / "bioscan-clip"),
+        "demo",
+        "--model",
+        str(quickstart_dir / "model"),
+        "--keys",
+        str(quickstart_dir / "keys"),
+        "--port",
+        str(port),
+    ]
+    log = fresh_install.work_dir / "demo.log"
+    with open(log, "w") as log_handle:
+        server = subprocess.Popen(
+            command, cwd=fresh_install.work_dir, env=fresh_install.env, stdout=log_handle, stderr=subprocess.STDOUT
+        )
+        try:
+            status = None
+            deadline = time.monotonic() + DEMO_START_TIMEOUT_S
+            while time.monotonic() < deadline and server.poll() is None:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                        status = response.status
+                        page = response.read().decode("utf-8", "replace")
+                    break
+                except (urllib.error.URLError, ConnectionError, TimeoutError):
+                    time.sleep(0.5)
+            if status is None:
+                what = f"exited with {server.returncode}" if server.poll() is not None else "still starting"
+                pytest.fail(
+                    f"no page at port {port} after {DEMO_START_TIMEOUT_S} s; the demo {what}:\n{log.read_text()}"
+                )
+            assert status == 200
+            assert "gradio" in page.lower()
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(timeout=20)

@@ -264,8 +264,9 @@ class SpecimenDataset(torch.utils.data.Dataset):
                 images=[self._stored_image(index)],
                 names=[str(self.metadata["processid"][index])],
                 augmentation=augmentation,
+                return_tensors="np",
             )["pixel_values"]
-            item["pixel_values"] = pixels[0]
+            item["pixel_values"] = torch.from_numpy(pixels[0])
         for name, values in self.tokens.items():
             item[name] = values[index]
         return item

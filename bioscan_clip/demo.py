@@ -32,6 +32,7 @@ import datasets
 import gradio as gr
 from PIL import Image
 
+from bioscan_clip.features import AVERAGED, DNA, IMAGE
 from bioscan_clip.identification import Identification, Identifier
 from modeling_bioscanclip import BioscanInputError, load_image_safely, normalize_barcode
 from modeling_bioscanclip.constants_bioscanclip import MAX_IMAGE_PIXELS, MAX_RAW_DNA_CHARACTERS, TAXONOMIC_RANKS
@@ -51,6 +52,7 @@ QUEUE_MAX_SIZE = 16  # waiting requests beyond this get "queue full" instead of 
 DEFAULT_NEIGHBOURS = 5
 MAX_NEIGHBOURS = 10
 GALLERY_THUMBNAIL = 256  # pixels, longest side
+QUERY_DESCRIPTIONS = {AVERAGED: "photo + barcode", IMAGE: "photo", DNA: "barcode"}  # by the feature searched
 SYNTHETIC_PREFIX = "MINI"  # processids of the generated mini-BIOSCAN (dataset_scripts.synth)
 
 RANK_HEADERS = ["Rank", "Predicted taxon", "Confidence", "Nearest similarity", "Confident?"]
@@ -273,13 +275,12 @@ class DemoHandler:
         try:
             [answer] = self.identifier.identify(images=images, barcodes=barcodes, k=k)
             cross = None
-            if image is not None and "dna" in self.identifier.indexes:  # TODO(features)
-                [cross] = self.identifier.identify(images=images, k=k, key_feature="dna")
+            if image is not None and DNA in self.identifier.indexes:
+                [cross] = self.identifier.identify(images=images, k=k, key_feature=DNA)
         except BioscanInputError as error:
             raise gr.Error(str(error), title="Cannot identify", print_exception=False) from None
 
-        query_labels = {"averaged": "photo + barcode", "image": "photo", "dna": "barcode"}  # TODO(features)
-        query = query_labels[answer.query_feature]
+        query = QUERY_DESCRIPTIONS[answer.query_feature]
         gallery = []
         for position, neighbour in enumerate(answer.neighbours):
             thumbnail = self._thumbnail(neighbour.row)

@@ -309,6 +309,8 @@ def test_missing_modality_leaves_its_fields_empty():
 
 
 @pytest.mark.slow  # flex attention compiles its kernels on first use (~40 s on a CPU)
+# torch.compile's internals warn about their own deprecated flags; nothing of ours.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:torch.*", "ignore::DeprecationWarning:transformers.*")
 def test_flex_attention_gives_the_same_embeddings():
     model = make_model("resnet")
     inputs = make_inputs()

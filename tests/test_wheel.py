@@ -32,7 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 NOT_COPIED = shutil.ignore_patterns(
     ".git", ".venv", "runs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis"
 )
-OUR_MODULES = ("bioscan_clip", "modeling_bioscanclip", "dataset_scripts", "train_accelerate")
+OUR_MODULES = ("bioscan_clip", "modeling_bioscanclip", "dataset_scripts")
 DEMO_START_TIMEOUT_S = 120
 _TEXT = {"capture_output": True, "text": True, "timeout": 300, "check": False}
 
@@ -152,6 +152,15 @@ def test_our_modules_come_from_the_wheel(fresh_install):
         hide_wheel = f"import sys; sys.path.remove({str(fresh_install.site_packages)!r}); import {name}"
         completed = fresh_install.run(str(fresh_install.python), "-c", hide_wheel)
         assert completed.returncode != 0 and f"No module named '{name}'" in completed.stderr, completed.stderr[-2000:]
+
+
+def test_training_entry_point_runs_from_the_wheel(fresh_install):
+    # What `accelerate launch -m bioscan_clip.training` runs, without train_accelerate.py from a checkout.
+    completed = fresh_install.run(
+        str(fresh_install.python), "-m", "bioscan_clip.training", "--preset", "clibd-5m", "--help"
+    )
+    help_text = " ".join(_check(completed).split())  # argparse wraps to the terminal's width
+    assert "--resume_from_checkpoint" in help_text and "(default: 500)" in help_text
 
 
 def test_evaluate_loads_the_installed_metric(fresh_install):

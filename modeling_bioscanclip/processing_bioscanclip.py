@@ -149,7 +149,11 @@ class BioscanClipProcessor(ProcessorMixin):
             return results
 
         pixels = attempt("image", lambda source, label: self.image_processor.process_one(source, label, augmentation))
-        barcodes = attempt("barcode", self.dna_tokenizer.normalize_one)
+        dna_batch = None
+        if "barcode" in batches:  # cleaned and encoded in one vectorised call, which names a refused barcode
+            dna_batch = self.dna_tokenizer.encode_batch(batches["barcode"], names=names, on_error=on_error)
+            for index, reason in dna_batch.errors.items():
+                refused.setdefault(index, reason)
         strings = attempt("taxonomy", _taxonomy_text)
 
         count = max(sizes.values())
@@ -162,9 +166,11 @@ class BioscanClipProcessor(ProcessorMixin):
         data: dict[str, Any] = {}
         if "image" in batches:
             data["pixel_values"] = np.stack([pixels[i] for i in kept])
-        if "barcode" in batches:
-            # One vectorised pass over the batch (normalisation above is per record, to name a bad one).
-            ids, mask = self.dna_tokenizer.encode_normalized([barcodes[i] for i in kept])
+        if dna_batch is not None:
+            ids, mask = dna_batch.input_ids, dna_batch.attention_mask
+            if len(kept) < len(ids):  # records refused for another modality
+                rows = np.searchsorted(dna_batch.kept, kept)
+                ids, mask = ids[rows], mask[rows]
             data["dna_input_ids"], data["dna_attention_mask"] = (
                 (ids, mask) if return_tensors is not None else (ids.tolist(), mask.tolist())
             )

@@ -435,7 +435,7 @@ def test_processor_encodes_a_whole_split_in_one_call_per_modality(tiny_processor
     # The dataset calls the processor once for tens of thousands of records: one tokenizer call for the text and
     # one vectorised DNA pass, never one per record.
     calls = {"text": 0, "dna": 0}
-    text_call, dna_call = type(tiny_processor.tokenizer).__call__, type(tiny_processor.dna_tokenizer).encode_normalized
+    text_call, dna_call = type(tiny_processor.tokenizer).__call__, type(tiny_processor.dna_tokenizer).encode_batch
 
     def count(name, original):
         def wrapper(*args, **kwargs):
@@ -445,7 +445,7 @@ def test_processor_encodes_a_whole_split_in_one_call_per_modality(tiny_processor
         return wrapper
 
     monkeypatch.setattr(type(tiny_processor.tokenizer), "__call__", count("text", text_call))
-    monkeypatch.setattr(type(tiny_processor.dna_tokenizer), "encode_normalized", count("dna", dna_call))
+    monkeypatch.setattr(type(tiny_processor.dna_tokenizer), "encode_batch", count("dna", dna_call))
     n = 5000
     barcodes = ["ACGTTGCAAGT" * 60] * (n - 1) + ["ACGTQ"]
     texts = [{"order": "Diptera", "family": "Sciaridae", "genus": None, "species": None}] * n

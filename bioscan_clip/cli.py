@@ -1,6 +1,8 @@
 """The ``bioscan-clip`` command line: one subcommand per job, each in its own module.
 
-Subcommand modules are imported only when used, so ``bioscan-clip --help`` stays fast.
+Subcommand modules are imported only when used, so ``bioscan-clip --help`` stays fast. This is the error boundary of
+every subcommand: what a user's input can cause (:data:`bioscan_clip.safe_io.USER_ERRORS`) ends as one line
+``bioscan-clip COMMAND: error: ...`` and exit code 2; ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -88,8 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog=f"bioscan-clip {name}", description=help_text[0].upper() + help_text[1:] + "."
     )
     getattr(module, add_name)(sub_parser)
+    sub_parser.add_argument("--debug", action="store_true", help="on an error, show the full traceback")
     args = sub_parser.parse_args(rest)
-    return int(getattr(module, run_name)(args) or 0)
+    from bioscan_clip.safe_io import error_boundary  # imports the model package (torch): not for --help
+
+    return error_boundary(f"bioscan-clip {name}", lambda: getattr(module, run_name)(args), debug=args.debug)
 
 
 if __name__ == "__main__":

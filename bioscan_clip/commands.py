@@ -5,9 +5,9 @@ reads (tables, paths). The work itself lives in the library: ``quickstart``, ``e
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,15 +19,16 @@ from bioscan_clip.data import DataSpec, SpecimenDataset, has_image, with_modalit
 from bioscan_clip.features import DNA, IMAGE, KEY_FEATURES, embed_dataset, labels_of
 from bioscan_clip.identification import DEFAULT_PRECISION, Identifier, build_index
 from bioscan_clip.retrieval import INDEX_TYPES
+from bioscan_clip.safe_io import atomic_output_file
 from dataset_scripts import RETRIEVAL_SPLITS
+from dataset_scripts.integrity import IMAGE_POLICIES
+from dataset_scripts.tables import BARCODE_COLUMNS, read_fasta, read_query_table
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError
 from modeling_bioscanclip.constants_bioscanclip import IMAGE_FORMATS
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"}
-BARCODE_COLUMNS = ("dna_barcode", "barcode", "nuc", "nucraw", "sequence")
-ID_COLUMNS = ("processid", "id", "sampleid", "name")
 
 
 def load_model(folder: str) -> tuple[BioscanClipModel, BioscanClipProcessor]:
@@ -44,14 +45,74 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, default_source: str |
         choices=sorted(RETRIEVAL_SPLITS),
         help=f"dataset builder (default: {default_source}; mini is generated, synthetic)",
     )
-    group.add_argument("--data_dir", help="the builder's data root (for bold: the export .tsv)")
+    group.add_argument(
+        "--data_dir",
+        help="the builder's data root, or its metadata CSV/TSV file (for bold: the export, tab, comma or ';')",
+    )
     group.add_argument("--dataset_path", help="instead, a DatasetDict saved with save_to_disk")
     group.add_argument("--cache_dir", help="where builders keep their Arrow cache")
-    group.add_argument("--partition", help="BOLD exports: 'clibd' splits species into seen/unseen queries and keys")
+    group.add_argument(
+        "--partition",
+        help="BOLD exports: 'none' (default) makes every record a key and a training record; 'clibd' splits "
+        "species into seen/unseen queries and keys. BIOSCAN-1M: auto, official or rebuild",
+    )
+    group.add_argument(
+        "--image_policy",
+        choices=IMAGE_POLICIES,
+        help="a missing or corrupt image: fail (default), skip the record, or keep it without image",
+    )
+    group.add_argument(
+        "--image_package",
+        help="image folder under images/ (default cropped_256); 'none' reads the metadata only (barcodes, no images)",
+    )
+    group.add_argument(
+        "--keep_provisional_names",
+        action="store_true",
+        help="BOLD exports: keep 'sp.'/'cf.'/interim species names as their own labels (default: read as missing)",
+    )
+    group.add_argument(
+        "--genus_from_species",
+        action="store_true",
+        help="fill a missing genus from the species name, as the bioscan-dataset loader does",
+    )
 
 
 def data_spec(args: argparse.Namespace) -> DataSpec:
-    return DataSpec(args.source, args.data_dir, args.dataset_path, args.cache_dir, args.partition)
+    _show_data_summaries()
+    return DataSpec(
+        args.source,
+        args.data_dir,
+        args.dataset_path,
+        args.cache_dir,
+        args.partition,
+        image_policy=args.image_policy,
+        image_package=args.image_package,
+        keep_provisional_names=args.keep_provisional_names,
+        genus_from_species=args.genus_from_species,
+    )
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (it may be replaced after the handler is made)."""
+
+    @property
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _show_data_summaries() -> None:
+    """Shows the data layer's one-line read summaries (rows read, kept, dropped by reason) on stderr."""
+    data_logger = logging.getLogger("dataset_scripts")
+    if not data_logger.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        data_logger.addHandler(handler)
+        data_logger.setLevel(logging.INFO)
+        data_logger.propagate = False
 
 
 # ---- quickstart -----------------------------------------------------------------------------------------------------
@@ -145,6 +206,7 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no_calibration", action="store_true", help="do not calibrate (no rank is then confident)")
     parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--overwrite", action="store_true", help="replace --out even if it is not a key folder")
 
 
 def run_index(args: argparse.Namespace) -> int:
@@ -156,6 +218,7 @@ def run_index(args: argparse.Namespace) -> int:
         precision=args.precision,
         calibrate=not args.no_calibration,
         batch_size=args.batch_size,
+        overwrite=args.overwrite,
     )
     report = json.loads((out / "calibration.json").read_text())
     print(f"wrote key folder {out}: features {sorted(p.name for p in out.iterdir() if p.name in KEY_FEATURES)}")
@@ -167,57 +230,6 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 # ---- query inputs ---------------------------------------------------------------------------------------------------
-def read_fasta(path: str | Path) -> list[tuple[str, str]]:
-    """``(id, sequence)`` for each record of a FASTA file (wrapped lines joined; ``;`` comments skipped)."""
-    records: list[tuple[str, list[str]]] = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith(";"):
-            continue
-        if line.startswith(">"):
-            records.append((line[1:].split()[0] if line[1:].strip() else f"record{len(records) + 1}", []))
-        elif not records:
-            raise BioscanInputError(f"{path}:{number}: sequence before the first '>' header")
-        else:
-            records[-1][1].append(line)
-    if not records:
-        raise BioscanInputError(f"{path}: no FASTA records")
-    for identifier, lines in records:
-        if not lines:
-            raise BioscanInputError(f"{path}: record {identifier!r} has no sequence")
-    return [(identifier, "".join(lines)) for identifier, lines in records]
-
-
-def read_query_table(path: str | Path) -> list[dict[str, Any]]:
-    """Queries from a CSV/TSV: a barcode column (dna_barcode, barcode, nuc...), and/or an image path column."""
-    path = Path(path)
-    with path.open(newline="") as handle:
-        sample = handle.read(4096)
-        handle.seek(0)
-        dialect = csv.Sniffer().sniff(sample, delimiters=",\t;")
-        rows = list(csv.DictReader(handle, dialect=dialect))
-    if not rows:
-        raise BioscanInputError(f"{path}: no rows")
-    columns = set(rows[0])
-    barcode = next((c for c in BARCODE_COLUMNS if c in columns), None)
-    image = "image" if "image" in columns else None
-    identifier = next((c for c in ID_COLUMNS if c in columns), None)
-    if barcode is None and image is None:
-        raise BioscanInputError(
-            f"{path}: expected a barcode column ({', '.join(BARCODE_COLUMNS)}) or an 'image' column; "
-            f"got {sorted(columns)}"
-        )
-    queries = []
-    for number, row in enumerate(rows, start=1):
-        query = {"id": row[identifier] if identifier else f"row{number}"}
-        if barcode:
-            query["barcode"] = row[barcode]
-        if image:
-            query["image"] = str((path.parent / row[image]).resolve()) if row[image] else None
-        queries.append(query)
-    return queries
-
-
 def collect_queries(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Queries from the command line: images, a folder of images, a FASTA file or a CSV/TSV table."""
     queries: list[dict[str, Any]] = []
@@ -236,7 +248,9 @@ def collect_queries(args: argparse.Namespace) -> list[dict[str, Any]]:
         else:
             queries += [{"id": identifier, "barcode": sequence} for identifier, sequence in fasta]
     if args.table:
-        queries += read_query_table(args.table)
+        table_queries, summary = read_query_table(args.table)
+        print(summary.describe())
+        queries += table_queries
     if not queries:
         raise BioscanInputError("no queries: give --images, --images_dir, --fasta and/or --table")
     return queries
@@ -247,7 +261,17 @@ def add_query_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--images", nargs="+", help=f"image files ({', '.join(IMAGE_FORMATS)})")
     group.add_argument("--images_dir", help="a folder of images")
     group.add_argument("--fasta", help="barcodes in FASTA (paired in order with --images when the counts match)")
-    group.add_argument("--table", help="CSV/TSV with a barcode column and/or an 'image' column (paths), optional id")
+    group.add_argument(
+        "--table",
+        help="a BOLD export, or a CSV/TSV with a barcode column (" + ", ".join(BARCODE_COLUMNS) + ") and/or an "
+        "'image' column (paths), optional id and taxonomy (order ... species: the report compares with it)",
+    )
+
+
+def query_name(query: dict[str, Any]) -> str:
+    """How errors name a query: its id, and the image file it came from (``record Q1 (photos/q1.jpg) (image)``)."""
+    image = query.get("image")
+    return f"{query['id']} ({image})" if isinstance(image, str) else str(query["id"])
 
 
 def _batches(queries: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -256,14 +280,15 @@ def _batches(queries: list[dict[str, Any]], size: int) -> Iterator[list[dict[str
 
 
 def _write_rows(rows: list[dict[str, Any]], out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """Writes a temporary sibling and renames it onto ``out`` when complete (a kill leaves what was there)."""
     frame = pd.DataFrame(rows)
-    if out.suffix == ".csv":
-        frame.to_csv(out, index=False)
-    elif out.suffix == ".json":
-        out.write_text(frame.to_json(orient="records", indent=2))
-    else:
-        frame.to_parquet(out, index=False)
+    with atomic_output_file(out) as temporary:
+        if out.suffix == ".csv":
+            frame.to_csv(temporary, index=False)
+        elif out.suffix == ".json":
+            temporary.write_text(frame.to_json(orient="records", indent=2))
+        else:
+            frame.to_parquet(temporary, index=False)
 
 
 # ---- predict --------------------------------------------------------------------------------------------------------
@@ -309,9 +334,9 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 def run_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    identifier = Identifier.load(args.model, args.keys)
-    queries = collect_queries(args)
+    queries = collect_queries(args)  # the inputs are read and checked before any model is loaded
     restrict = parse_restrict(args.restrict)
+    identifier = Identifier.load(args.model, args.keys)
     rows = []
     kinds = {(("image" in q and q["image"] is not None), ("barcode" in q)) for q in queries}
     for with_image, with_barcode in sorted(kinds):
@@ -327,16 +352,40 @@ def run_predict(args: argparse.Namespace) -> int:
                 k=args.k,
                 key_feature=args.key_feature,
                 restrict=restrict,
+                names=[query_name(q) for q in batch],
             )
-            rows += [{"id": q["id"], **answer.to_row()} for q, answer in zip(batch, answers, strict=True)]
+            rows += [
+                {"id": q["id"], **answer.to_row(), **_truth_columns(q)}
+                for q, answer in zip(batch, answers, strict=True)
+            ]
     out = Path(args.out)
     _write_rows(rows, out)
     table = pd.DataFrame(rows)[
         ["id", "order", "family", "genus", "species", "deepest_confident_rank", "unknown_species"]
     ]
     print(table.to_string(index=False, max_rows=30))
+    agreement = _agreement(rows)
+    if agreement:
+        print("\nagreement with the table's own labels (queries labelled at that rank): " + agreement)
     print(f"\nwrote {len(rows)} predictions to {out}")
     return 0
+
+
+def _truth_columns(query: dict[str, Any]) -> dict[str, Any]:
+    """``label_<rank>``: the query table's own taxonomy, beside the prediction (absent when the table has none)."""
+    truth = query.get("truth")
+    return {f"label_{rank}": value for rank, value in truth.items()} if truth else {}
+
+
+def _agreement(rows: list[dict[str, Any]]) -> str:
+    """Per rank, how often the prediction equals the table's own label, over the queries labelled at that rank."""
+    parts = []
+    for rank in ("order", "family", "genus", "species"):
+        pairs = [(row.get(rank), row[f"label_{rank}"]) for row in rows if row.get(f"label_{rank}")]
+        if pairs:
+            hits = sum(predicted == label for predicted, label in pairs)
+            parts.append(f"{rank} {100 * hits / len(pairs):.1f}% of {len(pairs)}")
+    return ", ".join(parts)
 
 
 # ---- embed ----------------------------------------------------------------------------------------------------------
@@ -357,6 +406,7 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
 def run_embed(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    queries = None if args.split else collect_queries(args)  # the inputs are checked before the model is loaded
     model, processor = load_model(args.model)
     rows: list[dict[str, Any]] = []
     if args.split:
@@ -384,13 +434,12 @@ def run_embed(args: argparse.Namespace) -> int:
                     }
                 )
     else:
-        queries = collect_queries(args)
         for batch in tqdm(list(_batches(queries, args.batch_size)), desc="embedding", leave=False):
             for kind, key in ((IMAGE, "image"), (DNA, "barcode")):
                 items = [q for q in batch if q.get(key) is not None]
                 if not items:
                     continue
-                names = [str(q["id"]) for q in items]
+                names = [query_name(q) if kind == IMAGE else str(q["id"]) for q in items]
                 values = [q[key] for q in items]
                 inputs = processor(images=values, names=names) if kind == IMAGE else processor(dna=values, names=names)
                 with torch.inference_mode():

@@ -38,7 +38,16 @@ class DataSpec:
         data_dir (`str`, *optional*): the builder's data root (the export file for ``bold``).
         dataset_path (`str`, *optional*): instead of a builder, a ``DatasetDict`` saved with ``save_to_disk``.
         cache_dir (`str`, *optional*): where builders keep their Arrow cache.
-        partition (`str`, *optional*): BOLD exports: ``clibd`` splits species into seen/unseen queries and keys.
+        partition (`str`, *optional*): BOLD exports: ``none`` (the default) makes every record a training record
+            and a key (a reference library); ``clibd`` splits species into seen/unseen queries and keys.
+        image_policy (`str`, *optional*): a missing or corrupt image ``fail``s (the builders' default), is
+            ``skip``ped, or ``keep``s the record without image (metadata-only tables).
+        image_package (`str`, *optional*): the image folder under ``images/`` (builder default ``cropped_256``);
+            ``none`` reads the metadata only (barcodes and taxonomy, no images).
+        keep_provisional_names (`bool`, defaults to `False`): BOLD exports: keep ``sp.``/``cf.``/interim species
+            names as labels of their own instead of reading them as missing.
+        genus_from_species (`bool`, defaults to `False`): fill a missing genus from the species name, as the
+            ``bioscan-dataset`` loader of BIOSCAN-1M does.
     """
 
     source: str | None = "mini"
@@ -46,6 +55,10 @@ class DataSpec:
     dataset_path: str | None = None
     cache_dir: str | None = None
     partition: str | None = None
+    image_policy: str | None = None
+    image_package: str | None = None
+    keep_provisional_names: bool = False
+    genus_from_species: bool = False
 
     @property
     def name(self) -> str:
@@ -54,8 +67,22 @@ class DataSpec:
 
     def load(self) -> tuple[datasets.DatasetDict, dict[str, tuple[str, ...]]]:
         """Every split, and the split names that make up each retrieval role."""
-        options = {"partition": self.partition} if self.partition else {}
-        return load_splits(self.source, self.data_dir, self.dataset_path, self.cache_dir, **options)
+        return load_splits(self.source, self.data_dir, self.dataset_path, self.cache_dir, **self.builder_options())
+
+    def builder_options(self) -> dict[str, Any]:
+        """The builder-config options this spec sets (those left ``None``/``False`` keep the builder's default)."""
+        options: dict[str, Any] = {
+            name: getattr(self, name)
+            for name in ("partition", "image_policy", "image_package")
+            if getattr(self, name) is not None
+        }
+        if self.genus_from_species:
+            options["genus_from_species"] = True
+        if self.keep_provisional_names:
+            if self.source != "bold":
+                raise BioscanInputError(f"keep_provisional_names applies to BOLD exports, not to {self.source!r}")
+            options["keep_provisional_names"] = True
+        return options
 
 
 def load_splits(
@@ -106,6 +133,31 @@ def has_image(records: datasets.Dataset) -> np.ndarray:
         pc.or_(pc.is_valid(pc.struct_field(column, "bytes")), pc.is_valid(pc.struct_field(column, "path"))),
     )
     return present.fill_null(False).to_numpy(zero_copy_only=False)
+
+
+def available_modalities(records: datasets.Dataset, modalities: Sequence[str], *, what: str = "records") -> list[str]:
+    """The ``modalities`` (a model's) that ``records`` can feed: ``image`` only when some record has an image,
+    ``dna`` only when some has a barcode. A metadata-only table (barcodes, no images) thus meets an
+    image+DNA+text model with DNA and text, instead of no usable record at all.
+
+    Raises:
+        `BioscanInputError`: when neither images nor barcodes are left to embed.
+    """
+    present = []
+    for modality in modalities:
+        if modality == "image" and not has_image(records).any():
+            logger.info("%s have no images: the image modality is left out", what)
+            continue
+        if modality == "dna" and not any(records["dna_barcode"]):
+            logger.info("%s have no barcodes: the DNA modality is left out", what)
+            continue
+        present.append(modality)
+    if not set(present) & {"image", "dna"}:
+        raise BioscanInputError(
+            f"{len(records)} {what}: none has what the model embeds ({', '.join(modalities)}); "
+            "expected images or DNA barcodes"
+        )
+    return present
 
 
 def with_modalities(records: datasets.Dataset, modalities: Sequence[str], *, what: str = "records") -> datasets.Dataset:

@@ -258,6 +258,11 @@ class DemoHandler:
                 image = load_image_safely(image_path, name="The uploaded image", max_bytes=MAX_UPLOAD_BYTES)
             except BioscanInputError as error:
                 raise gr.Error(str(error), title="Unreadable image", print_exception=False) from None
+            except OSError:  # a vanished or unreadable upload; its server-side path is not the user's business
+                raise gr.Error(
+                    "The uploaded image could not be read; upload it again.", title="Unreadable image",
+                    print_exception=False,
+                ) from None  # fmt: skip
         if barcode:
             if len(barcode) > MAX_RAW_DNA_CHARACTERS:
                 raise gr.Error(

@@ -2,7 +2,10 @@
 
 A *key folder* (written by :func:`build_key_folder`, ``bioscan-clip index``) holds one :class:`KeyIndex` per
 feature (``image``, ``dna``, ``text``, ``averaged``) over the same key records, the key records themselves (with
-their images, for galleries) and the calibration of the confidence thresholds.
+their images, for galleries), the calibration of the confidence thresholds and ``key_folder.json``: the model it was
+built with (id and config hash) and every file's size and sha256. It is built in a sibling temporary folder and
+swapped in by rename, so a reader sees the old folder or the new one, never parts of both; :meth:`Identifier.load`
+verifies the manifest first and refuses a partial, mixed or corrupted folder by name.
 
 Prediction at each rank is the label of the nearest key (1-NN, as the paper). Its *confidence* is the
 similarity-weighted share of the k nearest keys that agree with it. A rank is *confident* when the nearest key's
@@ -13,6 +16,7 @@ confident: the query is probably from a species absent from the keys.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -26,7 +30,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bioscan_clip.data import DataSpec, SpecimenDataset, has_role, role_records, with_modalities
+from bioscan_clip.data import (
+    DataSpec,
+    SpecimenDataset,
+    available_modalities,
+    has_role,
+    role_records,
+    with_modalities,
+)
 from bioscan_clip.features import (
     CALIBRATED_PAIRS,
     KEY_FEATURES,
@@ -37,6 +48,16 @@ from bioscan_clip.features import (
     query_feature,
 )
 from bioscan_clip.retrieval import KeyIndex
+from bioscan_clip.safe_io import (
+    check_seal,
+    file_checksums,
+    kill_point,
+    read_json,
+    sealed_json,
+    staging_dir,
+    swap_in,
+    verify_checksums,
+)
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError, load_image_safely
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
@@ -44,6 +65,14 @@ logger = logging.getLogger(__name__)
 
 RECORDS_DIRNAME = "records"
 CALIBRATION_FILE = "calibration.json"
+KEY_MANIFEST = "key_folder.json"
+KEY_FOLDER_FORMAT = "bioscan-clip-key-folder"
+KEY_FOLDER_VERSION = 1
+# What the config hash leaves out, at every level: where the model was loaded from, which library version wrote it,
+# and the dtype it was loaded in (None in memory, float32 once saved).
+_UNHASHED_CONFIG_KEYS = (
+    "_name_or_path", "transformers_version", "_commit_hash", "architectures", "auto_map", "dtype", "torch_dtype",
+)  # fmt: skip
 DEFAULT_PRECISION = 0.9
 DEFAULT_VOTE_TEMPERATURE = 0.05  # cosine differences of a few hundredths decide between neighbours
 
@@ -129,6 +158,66 @@ def calibrate_thresholds(
     return thresholds
 
 
+def config_hash(model: BioscanClipModel) -> str:
+    """sha256 of the model's configuration (architecture, vocabularies, projection): keys embedded by a model with
+    another hash are not comparable with this model's queries."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in _UNHASHED_CONFIG_KEYS}
+        return value
+
+    config = strip(model.config.to_dict())
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def is_key_folder(path: Path) -> bool:
+    """A folder written by :func:`build_key_folder` (this version's manifest, or an older one's calibration)."""
+    return path.is_dir() and ((path / KEY_MANIFEST).is_file() or (path / CALIBRATION_FILE).is_file())
+
+
+def verify_key_folder(key_dir: str | Path) -> dict[str, Any]:
+    """Checks a key folder against its manifest and returns the manifest.
+
+    Raises:
+        `BioscanInputError`: one line naming the folder when it is missing, not a key folder, written by an older
+        version or half-written (no manifest), or when any file is missing, resized or changed (corrupted, or mixed
+        from two builds).
+    """
+    key_dir = Path(key_dir)
+    if not key_dir.is_dir():
+        raise BioscanInputError(f"{key_dir}: no such key folder; build it with `bioscan-clip index`")
+    if not (key_dir / KEY_MANIFEST).is_file():
+        what = "incomplete or written by an older bioscan-clip" if is_key_folder(key_dir) else "not a key folder"
+        raise BioscanInputError(f"{key_dir}: {what} (no {KEY_MANIFEST}); build it with `bioscan-clip index`")
+    manifest = read_json(key_dir / KEY_MANIFEST, "the key folder manifest")
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != KEY_FOLDER_FORMAT
+        or manifest.get("format_version") != KEY_FOLDER_VERSION
+        or not isinstance(manifest.get("files"), dict)
+    ):
+        raise BioscanInputError(
+            f"{key_dir / KEY_MANIFEST}: not a {KEY_FOLDER_FORMAT} manifest version {KEY_FOLDER_VERSION}; rebuild it"
+        )
+    check_seal(manifest, key_dir / KEY_MANIFEST, "the key folder manifest")
+    verify_checksums(key_dir, manifest["files"], "the key folder")
+    return manifest
+
+
+def refuse_foreign_output(out_dir: Path, overwrite: bool) -> None:
+    """``--out`` may replace a key folder or an empty folder; anything else only with ``overwrite``."""
+    if overwrite or not out_dir.exists() or is_key_folder(out_dir):
+        return
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        return
+    kind = "folder" if out_dir.is_dir() else "file"
+    raise BioscanInputError(
+        f"--out {out_dir}: exists and is a {kind} that is not a key folder; refusing to replace it "
+        "(choose another --out, or pass --overwrite)"
+    )
+
+
 class Identifier:
     """A model, its processor and a key folder, ready to identify queries.
 
@@ -155,35 +244,55 @@ class Identifier:
 
     @classmethod
     def load(cls, model_dir: str | Path, key_dir: str | Path) -> Identifier:
-        """Loads a saved model folder and a key folder written by :func:`build_key_folder`."""
+        """Loads a saved model folder and a key folder written by :func:`build_key_folder`.
+
+        The key folder is verified against its manifest before the model is loaded (see :func:`verify_key_folder`),
+        and refused when it was built with a model of another configuration.
+        """
         key_dir = Path(key_dir)
-        if not (key_dir / CALIBRATION_FILE).exists():
-            raise BioscanInputError(
-                f"{key_dir}: not a key folder (no {CALIBRATION_FILE}); build it with `bioscan-clip index`"
-            )
-        model = BioscanClipModel.from_pretrained(model_dir)
-        processor = BioscanClipProcessor.from_pretrained(model_dir)
-        indexes = {name: KeyIndex.load(key_dir / name) for name in KEY_FEATURES if (key_dir / name).exists()}
+        manifest = verify_key_folder(key_dir)
+        indexes = {
+            name: KeyIndex.load(key_dir / name, verify=False) for name in KEY_FEATURES if (key_dir / name).exists()
+        }
         records = None
         if (key_dir / RECORDS_DIRNAME).exists():
-            records = datasets.load_from_disk(str(key_dir / RECORDS_DIRNAME))
+            try:
+                records = datasets.load_from_disk(str(key_dir / RECORDS_DIRNAME))
+            except (OSError, ValueError, KeyError) as error:
+                raise BioscanInputError(f"{key_dir}: the key records cannot be read ({error}); rebuild it") from None
             if "image" in records.column_names:  # kept encoded: decoded by the safe loader in key_image
                 records = records.cast_column("image", datasets.Image(decode=False))
-        calibration = json.loads((key_dir / CALIBRATION_FILE).read_text())
+        calibration = read_json(key_dir / CALIBRATION_FILE, "the calibration")
+        model = BioscanClipModel.from_pretrained(model_dir)
+        processor = BioscanClipProcessor.from_pretrained(model_dir)
+        built_with = manifest.get("model", {}).get("config_sha256")
+        if built_with is not None and built_with != config_hash(model):
+            raise BioscanInputError(
+                f"{key_dir}: built with another model ({manifest['model'].get('name_or_path')}, config "
+                f"{built_with[:12]}) than {model_dir} (config {config_hash(model)[:12]}); rebuild the keys with it"
+            )
         return cls(model, processor, indexes, calibration, records)
 
     @torch.inference_mode()
     def embed(
-        self, images: Sequence[Any] | None = None, barcodes: Sequence[str] | None = None
+        self,
+        images: Sequence[Any] | None = None,
+        barcodes: Sequence[str] | None = None,
+        names: Sequence[Any] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Unit-length query features (``image``, ``dna`` and, with both, ``averaged``)."""
+        """Unit-length query features (``image``, ``dna`` and, with both, ``averaged``); errors name the query by
+        ``names`` (e.g. its FASTA id) when given, else by its position."""
         if not images and not barcodes:
             raise BioscanInputError("expected images and/or barcodes to identify, got neither")
         if images and barcodes and len(images) != len(barcodes):
             raise BioscanInputError(
                 f"paired queries need as many images as barcodes, got {len(images)} and {len(barcodes)}"
             )
-        inputs = self.processor(images=list(images) if images else None, dna=list(barcodes) if barcodes else None)
+        inputs = self.processor(
+            images=list(images) if images else None,
+            dna=list(barcodes) if barcodes else None,
+            names=list(names) if names is not None else None,
+        )
         embeds = {name: value.numpy() for name, value in self.model.embed(**inputs).items()}
         return add_combined_features(embeds)
 
@@ -195,6 +304,7 @@ class Identifier:
         k: int = 5,
         key_feature: str | None = None,
         restrict: Mapping[str, str | Sequence[str]] | None = None,
+        names: Sequence[Any] | None = None,
     ) -> list[Identification]:
         """Identifies each query (an image, a barcode, or an image with its barcode).
 
@@ -205,8 +315,9 @@ class Identifier:
             key_feature (`str`, *optional*): search other keys than the query's own modality, e.g. ``"dna"`` for
                 image queries (the cross-modal view).
             restrict (`dict`, *optional*): search only keys with these taxa, e.g. ``{"order": ["Diptera"]}``.
+            names (`Sequence`, *optional*): one name per query, used by error messages.
         """
-        features = self.embed(images, barcodes)
+        features = self.embed(images, barcodes, names)
         searched = query_feature(features)
         key_feature = key_feature or searched
         if key_feature not in self.indexes:
@@ -272,30 +383,68 @@ def build_key_folder(
     index_type: str = "flat",
     batch_size: int = 128,
     show_progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Embeds ``keys`` once and writes a key folder: one index per feature, the records, the calibration.
+
+    Everything is written into a sibling temporary folder, with ``key_folder.json`` last, and swapped in by rename:
+    a crash at any point leaves the previous folder (or none), never a partial or mixed one.
 
     Args:
         model, processor: the trained model and its processor.
         keys (`datasets.Dataset`): labelled key records (the package's record schema).
-        out_dir: the folder to write (replaced if it is a key folder).
+        out_dir: the folder to write (replaced if it is a key folder or empty; anything else is refused).
         calibration_queries (`datasets.Dataset`, *optional*): validation queries whose 1-NN correctness sets the
             confidence thresholds; without them no rank is ever confident.
         precision (`float`, defaults to 0.9): precision the confident predictions must reach on those queries.
         index_type (`str`, defaults to ``"flat"``): ``flat`` (exact) or an approximate faiss index (see KeyIndex).
+        overwrite (`bool`, defaults to False): replace ``out_dir`` even when it is not a key folder.
     """
     out_dir = Path(out_dir)
-    modalities = list(model.config.modalities)
+    refuse_foreign_output(out_dir, overwrite)
+    # Metadata-only keys (barcodes, no images) are indexed with the modalities they have.
+    modalities = available_modalities(keys, model.config.modalities, what="keys")
     keys = with_modalities(keys, modalities, what="keys")
+    if len(keys) == 0:
+        raise BioscanInputError(f"no key record has every modality the index needs ({', '.join(modalities)})")
     key_set = SpecimenDataset(keys, processor, modalities)
     features = embed_dataset(
         model, key_set, batch_size=batch_size, description="embedding keys", show_progress=show_progress
     )
     labels = labels_of(key_set)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    kill_point("index:embedded")
+    final_dir, staging = out_dir, staging_dir(out_dir)
+    try:
+        _write_key_folder(model, processor, modalities, key_set, features, labels, staging, calibration_queries,
+                          precision, index_type, batch_size, show_progress)  # fmt: skip
+        refuse_foreign_output(final_dir, overwrite)  # nothing foreign appeared there while we embedded
+        swap_in(staging, final_dir, stage_prefix="index:")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    kill_point("index:swapped")
+    return final_dir
+
+
+def _write_key_folder(
+    model: BioscanClipModel,
+    processor: BioscanClipProcessor,
+    modalities: list[str],
+    key_set: SpecimenDataset,
+    features: dict[str, np.ndarray],
+    labels: dict[str, list],
+    out_dir: Path,
+    calibration_queries: datasets.Dataset | None,
+    precision: float,
+    index_type: str,
+    batch_size: int,
+    show_progress: bool,
+) -> None:
+    """The parts of a key folder, written into ``out_dir`` (a fresh staging folder), manifest last."""
     for name, matrix in features.items():
         if name in KEY_FEATURES:
-            KeyIndex.build(matrix, labels, index_type=index_type, modality=name).save(out_dir / name, overwrite=True)
+            KeyIndex.build(matrix, labels, index_type=index_type, modality=name).save(out_dir / name)
+            kill_point(f"index:{name}")
     calibration: dict[str, Any] = {
         "precision": precision,
         "vote_temperature": DEFAULT_VOTE_TEMPERATURE,
@@ -328,14 +477,27 @@ def build_key_folder(
                 if name in KEY_FEATURES and name in query_features
             }
     (out_dir / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2))
-    records_dir = out_dir / RECORDS_DIRNAME
-    if records_dir.exists():
-        shutil.rmtree(records_dir)
+    kill_point("index:calibration")
     stored = key_set.records
     if "image" in stored.column_names:
         stored = stored.cast_column("image", datasets.Image())
-    stored.save_to_disk(str(records_dir))
-    return out_dir
+    stored.save_to_disk(str(out_dir / RECORDS_DIRNAME))
+    kill_point("index:records")
+    manifest = {
+        "format": KEY_FOLDER_FORMAT,
+        "format_version": KEY_FOLDER_VERSION,
+        "model": {
+            "name_or_path": str(getattr(model.config, "_name_or_path", "") or ""),
+            "revision": getattr(model.config, "_commit_hash", None),
+            "config_sha256": config_hash(model),
+        },
+        "index_type": index_type,
+        "count": len(key_set),
+        "features": sorted(name for name in features if name in KEY_FEATURES),
+        "files": file_checksums(out_dir),
+    }
+    (out_dir / KEY_MANIFEST).write_text(sealed_json(manifest))
+    kill_point("index:manifest")
 
 
 def build_index(
@@ -347,10 +509,12 @@ def build_index(
     precision: float = DEFAULT_PRECISION,
     calibrate: bool = True,
     batch_size: int = 128,
+    overwrite: bool = False,
 ) -> Path:
     """Embeds the keys of a dataset with a saved model and writes a key folder (see :func:`build_key_folder`),
-    calibrated on the dataset's validation queries when it has them."""
-    network, processor = BioscanClipModel.from_pretrained(model).eval(), BioscanClipProcessor.from_pretrained(model)
+    calibrated on the dataset's validation queries when it has them. The output and the data are checked before
+    the model is loaded."""
+    refuse_foreign_output(Path(out), overwrite)
     splits, roles = data.load()
     calibration = None
     if calibrate:
@@ -361,15 +525,18 @@ def build_index(
         ]
         if parts:
             calibration = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    keys = role_records(splits, roles, "keys")
+    network, processor = BioscanClipModel.from_pretrained(model).eval(), BioscanClipProcessor.from_pretrained(model)
     return build_key_folder(
         network,
         processor,
-        role_records(splits, roles, "keys"),
+        keys,
         out,
         calibration_queries=calibration,
         precision=precision,
         index_type=index_type,
         batch_size=batch_size,
+        overwrite=overwrite,
     )
 
 

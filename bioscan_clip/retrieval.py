@@ -11,7 +11,9 @@ than the searchable key count is refused up front, and any padding left by an ap
 
 On disk a key index is a folder::
 
-    manifest.json   # format version, dim, count, index type and parameters, normalisation, modality, extra
+    manifest.json   # format version, dim, count, index type and parameters, normalisation, modality, extra,
+                    # and the size and sha256 of every other file (checked on load: a corrupted or mixed folder
+                    # is refused by name)
     index.faiss     # faiss.write_index
     keys/           # datasets.Dataset.save_to_disk: id, taxonomy, metadata and "embedding" columns
 """
@@ -22,7 +24,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,15 @@ import pyarrow as pa
 from datasets.utils.logging import get_logger
 from tqdm.auto import tqdm
 
+from bioscan_clip.safe_io import (
+    check_seal,
+    file_checksums,
+    read_json,
+    sealed_json,
+    staging_dir,
+    swap_in,
+    verify_checksums,
+)
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 from modeling_bioscanclip.errors_bioscanclip import BioscanInputError
 
@@ -47,7 +57,7 @@ DEFAULT_ID_COLUMN = "processid"
 MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "index.faiss"
 KEYS_DIRNAME = "keys"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest lists every file's size and sha256
 # Keys are added to faiss in chunks of this many rows so a progress bar can follow large builds.
 ADD_BATCH_SIZE = 65_536
 # Builds of at least this many keys show a progress bar unless told otherwise.
@@ -398,46 +408,59 @@ class KeyIndex:
                 raise BioscanInputError(f"{target} already exists; pass overwrite=True to replace it")
             if not (target / MANIFEST_NAME).is_file():
                 raise BioscanInputError(f"{target} exists and is not a saved key index; refusing to replace it")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        staging = staging_dir(target)
         try:
             self.keys.save_to_disk(str(staging / KEYS_DIRNAME))
             faiss.write_index(self.index, str(staging / INDEX_NAME))
-            (staging / MANIFEST_NAME).write_text(manifest_text)
-            if target.exists():
-                retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-                os.replace(target, retired / "index")
-                os.replace(staging, target)
-                shutil.rmtree(retired, ignore_errors=True)
-            else:
-                os.replace(staging, target)
+            manifest = json.loads(manifest_text)
+            manifest["checksums"] = file_checksums(staging)
+            (staging / MANIFEST_NAME).write_text(sealed_json(manifest))
+            swap_in(staging, target)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return target
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> KeyIndex:
+    def load(cls, directory: str | os.PathLike[str], *, verify: bool = True) -> KeyIndex:
         """Opens a folder written by :meth:`save`; nothing is re-embedded and the key table is memory-mapped.
 
+        Args:
+            directory: the folder.
+            verify (`bool`, *optional*, defaults to `True`): check every file's size and sha256 against the manifest
+                first (a key folder that has already verified its own manifest passes False).
+
         Raises:
-            `BioscanInputError`: a missing file, an unknown format version, or parts that disagree on count or dim.
+            `BioscanInputError`: a missing, resized or changed file, an unknown format version, unreadable parts, or
+            parts that disagree on count or dim; the message names the folder.
         """
         source = Path(directory)
         for name in (MANIFEST_NAME, INDEX_NAME, KEYS_DIRNAME):
             if not (source / name).exists():
                 raise BioscanInputError(f"{source} is not a saved key index: {name} is missing")
-        manifest = json.loads((source / MANIFEST_NAME).read_text())
-        if manifest.get("format") != "bioscan-clip-key-index" or manifest.get("format_version") != FORMAT_VERSION:
+        manifest = read_json(source / MANIFEST_NAME, "the key index manifest")
+        if not isinstance(manifest, dict) or (
+            manifest.get("format") != "bioscan-clip-key-index" or manifest.get("format_version") != FORMAT_VERSION
+        ):
+            found = manifest if isinstance(manifest, dict) else {}
             raise BioscanInputError(
-                f"{source / MANIFEST_NAME} has format {manifest.get('format')!r} version "
-                f"{manifest.get('format_version')!r}; expected 'bioscan-clip-key-index' version {FORMAT_VERSION}"
+                f"{source / MANIFEST_NAME} has format {found.get('format')!r} version "
+                f"{found.get('format_version')!r}; expected 'bioscan-clip-key-index' version {FORMAT_VERSION} "
+                "(rebuild it with this version)"
             )
-        keys = datasets.load_from_disk(str(source / KEYS_DIRNAME))
-        index = faiss.read_index(str(source / INDEX_NAME))
-        if len(keys) != manifest["count"]:
+        if verify:
+            check_seal(manifest, source / MANIFEST_NAME, "the key index manifest")
+            verify_checksums(source, manifest.get("checksums", {}), "the key index")
+        try:
+            keys = datasets.load_from_disk(str(source / KEYS_DIRNAME))
+            index = faiss.read_index(str(source / INDEX_NAME))
+        except (RuntimeError, OSError, ValueError, KeyError) as error:
+            message = " ".join(str(error).split())[:300]
+            raise BioscanInputError(f"{source}: the key index cannot be read ({message}); rebuild it") from None
+        if len(keys) != manifest["count"] or index.ntotal != manifest["count"] or index.d != manifest["dim"]:
             raise BioscanInputError(
-                f"{source}: key table has {len(keys)} rows but the manifest says {manifest['count']}"
+                f"{source}: key table has {len(keys)} rows and the faiss index {index.ntotal} vectors of dim {index.d}, "
+                f"but the manifest says {manifest['count']} of dim {manifest['dim']}; rebuild it"
             )
         return cls(keys, index, manifest)
 

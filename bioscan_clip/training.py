@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -37,7 +38,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, HfArgumentParser
 
 from bioscan_clip import presets
-from bioscan_clip.checkpoints import TrainState, resolve_resume, save_checkpoint, save_pretrained
+from bioscan_clip.checkpoints import TrainState, load_checkpoint, resolve_resume, save_checkpoint, save_pretrained
 from bioscan_clip.data import (
     DataSpec,
     ImageAugmentation,
@@ -49,6 +50,7 @@ from bioscan_clip.data import (
 )
 from bioscan_clip.evaluation import evaluate_retrieval, format_table, selection_score
 from bioscan_clip.features import VALIDATION_PAIRS, embed_dataset, labels_of
+from bioscan_clip.safe_io import DEBUG_ENV, error_boundary
 from bioscan_clip.text_tokenizer import train_taxonomy_tokenizer
 from dataset_scripts import RETRIEVAL_SPLITS
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, contrastive_loss, taxonomy_to_text
@@ -77,10 +79,21 @@ class TrainConfig:
     source: str | None = _option(
         "mini", "dataset builder (mini is generated, synthetic)", choices=tuple(RETRIEVAL_SPLITS)
     )
-    data_dir: str | None = _option(None, "data root of the builder (for bold: the export file); mini needs none")
+    data_dir: str | None = _option(
+        None, "data root of the builder, or its metadata CSV/TSV (for bold: the export file); mini needs none"
+    )
     dataset_path: str | None = _option(None, "instead of a builder, a DatasetDict saved with save_to_disk")
     cache_dir: str | None = _option(None, "where builders keep their Arrow cache (None: the datasets cache)")
-    partition: str | None = _option(None, "BOLD exports: 'clibd' splits species into seen/unseen queries and keys")
+    partition: str | None = _option(
+        None, "BOLD exports: 'none' (default) trains on every record; 'clibd' holds out seen/unseen queries"
+    )
+    image_policy: str | None = _option(
+        None, "a missing or corrupt image: fail (default), skip the record, keep it without image",
+        choices=("fail", "skip", "keep"),
+    )  # fmt: skip
+    image_package: str | None = _option(None, "image folder under images/ (default cropped_256); 'none': no images")
+    keep_provisional_names: bool = _option(False, "BOLD exports: keep 'sp.'/'cf.'/interim names as their own labels")
+    genus_from_species: bool = _option(False, "fill a missing genus from the species name (as bioscan-dataset)")
     output_dir: str = _option("runs/train", "checkpoints, logs, the final and the best model")
     modalities: str = _option("image,dna,text", "two or three of image,dna,text (dna,text for barcode-only data)")
     epochs: int = _option(20, "passes over the training records")
@@ -142,7 +155,17 @@ class TrainConfig:
         return [m for m in MODALITIES if m in names]
 
     def data(self) -> DataSpec:
-        return DataSpec(self.source, self.data_dir, self.dataset_path, self.cache_dir, self.partition)
+        return DataSpec(
+            self.source,
+            self.data_dir,
+            self.dataset_path,
+            self.cache_dir,
+            self.partition,
+            image_policy=self.image_policy,
+            image_package=self.image_package,
+            keep_provisional_names=self.keep_provisional_names,
+            genus_from_species=self.genus_from_species,
+        )
 
     def model_overrides(self) -> dict[str, Any]:
         """The model settings given here, over the preset's architecture."""
@@ -268,7 +291,8 @@ def _datasets(
         )
     train_set = SpecimenDataset(train_records, processor, modalities, augmentation=augmentation, seed=config.seed)
     validation: dict[str, SpecimenDataset] = {}
-    if config.eval_every_epochs > 0:
+    # A reference library (BOLD, partition none) has keys but no validation queries: nothing to validate.
+    if config.eval_every_epochs > 0 and any(has_role(splits, roles, role) for role in VALIDATION_ROLES):
         for role in ("keys", *VALIDATION_ROLES):
             if has_role(splits, roles, role):
                 records = with_modalities(role_records(splits, roles, role), modalities, what=role)
@@ -336,12 +360,13 @@ def train(config: TrainConfig) -> TrainResult:
         anneal_strategy="cos",
         cycle_momentum=False,
     )
+    # Not registered for checkpointing: Accelerate would pickle them (and unpickle on resume, code included);
+    # save_checkpoint/load_checkpoint keep both as JSON instead.
     state = TrainState()
-    accelerator.register_for_checkpointing(scheduler, state)
     checkpoints_dir = output_dir / "checkpoints"
     resume = resolve_resume(config.resume_from_checkpoint, checkpoints_dir)
     if resume is not None:  # model, optimiser, scheduler, RNGs, sampler and TrainState come back
-        accelerator.load_state(str(resume))
+        load_checkpoint(accelerator, resume, state, scheduler)
         logger.info("resumed from %s at epoch %d, step %d", resume, state.epoch, state.global_step)
     if accelerator.is_main_process:
         processor.save_pretrained(output_dir / "processor")
@@ -408,7 +433,7 @@ def train(config: TrainConfig) -> TrainResult:
                 progress.set_postfix(loss=f"{logs['loss']:.3f}", lr=f"{logs['lr']:.2e}")
                 accelerator.log(logs, step=state.global_step)
             if config.checkpoint_every_steps and state.global_step % config.checkpoint_every_steps == 0:
-                save_checkpoint(accelerator, state, checkpoints_dir, config.checkpoints_total_limit)
+                save_checkpoint(accelerator, state, checkpoints_dir, config.checkpoints_total_limit, scheduler)
             if config.max_steps is not None and state.global_step >= config.max_steps:
                 break  # stop mid-epoch; a full epoch always runs its end-of-epoch work below
         else:  # the epoch ran to its end
@@ -426,10 +451,10 @@ def train(config: TrainConfig) -> TrainResult:
                         state.best_score, state.best_step = score, state.global_step
                         if accelerator.is_main_process:
                             save_pretrained(raw_model, processor, output_dir / "best_model")
-            save_checkpoint(accelerator, state, checkpoints_dir, config.checkpoints_total_limit)
+            save_checkpoint(accelerator, state, checkpoints_dir, config.checkpoints_total_limit, scheduler)
     progress.close()
     if state.step_in_epoch:  # stopped by --max_steps inside an epoch: keep the exact place
-        save_checkpoint(accelerator, state, checkpoints_dir, config.checkpoints_total_limit)
+        save_checkpoint(accelerator, state, checkpoints_dir, config.checkpoints_total_limit, scheduler)
 
     accelerator.wait_for_everyone()
     best = output_dir / "best_model"
@@ -477,8 +502,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``accelerate launch train_accelerate.py ...`` (or ``-m bioscan_clip.training``): parse, then train."""
     config = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    train(config)
-    return 0
+    # The error boundary: bad data or a refused checkpoint is one line and exit 2 (--debug: BIOSCAN_CLIP_DEBUG=1).
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    return error_boundary("train_accelerate.py", lambda: train(config) and None, debug=debug)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ happens.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ from .mini_bioscan import MiniBioscan, MiniBioscanConfig
 from .partition import CLIBD_METASPLITS, CLIBD_SPLITS, PAPER_COUNTS, clibd_partition, partition_report
 from .schema import RECORD_COLUMNS, RECORD_FEATURES, normalise_missing
 from .synth import add_synth_arguments, generate_mini_bioscan, run_synth
+from .tables import detect_delimiter, read_fasta, read_query_table, read_table
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "BIOSCAN5M_SPLITS",
@@ -55,12 +59,16 @@ __all__ = [
     "PrepareSummary",
     "add_synth_arguments",
     "clibd_partition",
+    "detect_delimiter",
     "export_parquet",
     "generate_mini_bioscan",
     "get_builder",
     "load_bioscan",
     "normalise_missing",
     "partition_report",
+    "read_fasta",
+    "read_query_table",
+    "read_table",
     "run_synth",
     "sha256_file",
     "source_fingerprint",
@@ -91,11 +99,20 @@ _CLIBD_RETRIEVAL = {
     "test_queries_unseen": ("test_unseen",),
 }
 
+# A BOLD export is a reference library by default (partition "none": one split "train", whose records are all
+# training records and all keys, with no queries); with partition "clibd" it has the CLIBD splits. The two sets of
+# split names do not overlap, so one table serves both.
+_BOLD_RETRIEVAL = {
+    "train": ("train", *_CLIBD_RETRIEVAL["train"]),
+    "keys": ("train", *_CLIBD_RETRIEVAL["keys"]),
+    **{role: names for role, names in _CLIBD_RETRIEVAL.items() if role not in ("train", "keys")},
+}
+
 RETRIEVAL_SPLITS: dict[str, dict[str, tuple[str, ...]]] = {
     "bioscan5m": _5M_RETRIEVAL,
     "mini": _5M_RETRIEVAL,
     "bioscan1m": _CLIBD_RETRIEVAL,
-    "bold": _CLIBD_RETRIEVAL,  # with partition="clibd"; with partition="none" the single split is "train"
+    "bold": _BOLD_RETRIEVAL,
 }
 """For each source, the disjoint splits that make up each role of the retrieval protocol.
 
@@ -103,7 +120,9 @@ Roles: ``train`` (contrastive training data), ``keys`` (the labelled database ev
 seen and unseen keys together, so unseen queries compete with all keys, open set, as in the paper),
 ``{val,test}_queries_{seen,unseen}``. BIOSCAN-5M (and mini-BIOSCAN): its ``train`` split is both training data
 and seen keys (CLIBD ``map_dict``). BIOSCAN-1M: the CLIBD partition (train = ``no_split_and_seen_train``,
-keys = ``all_keys``). Concatenate the listed splits of ``as_dataset()`` to get a role's records.
+keys = ``all_keys``). BOLD exports: with ``partition="none"`` (the default) the one ``train`` split is both the
+training records and the keys (a reference library: every record a key, no queries); with ``partition="clibd"``
+the CLIBD splits as for BIOSCAN-1M. Concatenate the listed splits of ``as_dataset()`` to get a role's records.
 """
 
 
@@ -144,4 +163,6 @@ def load_bioscan(source: str, data_dir: str | Path | None = None, **config: Any)
     """
     builder = get_builder(source, data_dir, **config)
     builder.download_and_prepare()
+    if builder.summary is not None:  # on every read, also from the cache: what was read, kept and dropped
+        logger.info("%s", builder.summary.describe())
     return builder.as_dataset()

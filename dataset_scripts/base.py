@@ -39,7 +39,8 @@ from .integrity import (
     source_fingerprint,
     verify_sha256,
 )
-from .schema import RECORD_FEATURES, normalise_missing, records_to_arrow, truncate_dna
+from .schema import RECORD_FEATURES, fill_genus_from_species, normalise_missing, records_to_arrow, truncate_dna
+from .tables import TABLE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,10 @@ class BioscanBuilderConfig(datasets.BuilderConfig):
             of the official release (:data:`~dataset_scripts.integrity.KNOWN_SHA256`).
         manifest (`str`, *optional*): a ``sha256sum``-style manifest holding the metadata file's digest.
         partition (`str`, *optional*, defaults to ``"auto"``): how 1M/BOLD records are split (see the builders).
+        genus_from_species (`bool`, *optional*, defaults to `False`): where the genus is missing and the species
+            is known, take the genus from the species name's first word, as the ``bioscan-dataset`` loader of
+            BIOSCAN-1M does (counted as ``labels_filled["genus_from_species"]``). Off by default: it changes
+            labels of the source (on BIOSCAN-1M, records labelled to species but not to genus).
         seed (`int`, *optional*, defaults to 0): seed of a rebuilt partition.
         source_fingerprint (`str`, *optional*): size+mtime digest of the source files, filled in automatically so
             that a changed file gets a new cache directory.
@@ -87,6 +92,7 @@ class BioscanBuilderConfig(datasets.BuilderConfig):
     sha256: str | None = None
     manifest: str | None = None
     partition: str = "auto"
+    genus_from_species: bool = False
     seed: int = 0
     source_fingerprint: str | None = None
 
@@ -138,7 +144,17 @@ class BioscanBuilderBase(datasets.ArrowBasedBuilder):
             return path if path.is_absolute() or data_dir is None else Path(data_dir) / path
         if data_dir is None:
             raise DataIntegrityError(f"{cls.__name__} needs data_dir= (the folder holding the official layout)")
-        return cls._default_metadata_path(Path(data_dir))
+        root = Path(data_dir)
+        if root.is_file():  # a metadata table given where the folder could be
+            if root.suffix.lower() not in TABLE_SUFFIXES:
+                raise DataIntegrityError(
+                    f"{cls.__name__}: data_dir {root} is a file but not a table ({', '.join(TABLE_SUFFIXES)}); "
+                    "expected the folder holding the official layout or its CSV/TSV metadata file"
+                )
+            return root
+        if not root.exists():
+            raise DataIntegrityError(f"{cls.__name__}: data_dir {root} does not exist")
+        return cls._default_metadata_path(root)
 
     @classmethod
     def _source_files(cls, data_dir: str | None, metadata_file: str | None) -> list[Path]:
@@ -197,6 +213,10 @@ class BioscanBuilderBase(datasets.ArrowBasedBuilder):
             raise DataIntegrityError(f"{int(missing_ids.sum())} row(s) of {metadata} have no processid")
         check_unique(frame["processid"], column="processid", source=metadata)
         frame["dna_barcode"] = truncate_dna(frame["dna_barcode"], self.config.max_nucleotides)
+        if self.config.genus_from_species:
+            frame["genus"], filled = fill_genus_from_species(frame["genus"], frame["species"])
+            summary.labels_filled["genus_from_species"] = filled
+        summary.rows_kept = len(frame)
         frame = self._apply_missing_image_policy(frame)
         self._update_description()
         for warning in summary.warnings:

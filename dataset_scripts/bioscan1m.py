@@ -6,6 +6,14 @@ Layout (as the ``bioscan-dataset`` package reads it)::
     {data_dir}/bioscan1m/images/{image_package}/part{chunk_number}/{image_file}
     {data_dir}/bioscan1m/CLIBD_partitioning/{split}.txt        # optional: official sampleid lists
 
+or the layout of ``bioscan-dataset`` <= 1.1, which its loader still finds when ``bioscan1m/`` is absent::
+
+    {data_dir}/BIOSCAN_Insect_Dataset_metadata.tsv              # or {data_dir}/bioscan/BIOSCAN_...tsv
+    {data_dir}/bioscan/images/{image_package}/part{chunk_number}/{image_file}
+    {data_dir}/bioscan/CLIBD_partitioning/{split}.txt          # or beside the metadata file
+
+``data_dir`` may also be the metadata TSV itself (images and lists are then looked for beside it).
+
 Columns are renamed to the record schema: ``nucraw`` -> ``dna_barcode``, ``uri`` -> ``dna_bin``. A metadata file
 without ``nucraw`` (e.g. the 8,273-row validation sample of the BIOSCAN-1M repository) yields ``dna_barcode=None``
 with a warning, or an error with ``require_dna=True``. Without ``chunk_number`` the image folder is indexed
@@ -28,11 +36,12 @@ import pandas as pd
 from .base import BioscanBuilderBase, BioscanBuilderConfig, record_frame
 from .integrity import DataIntegrityError, PrepareSummary
 from .partition import CLIBD_METASPLITS, CLIBD_SPLITS, clibd_partition, read_official_partition
-from .schema import read_metadata_table
+from .tables import read_table
 
 __all__ = ["Bioscan1M", "Bioscan1MConfig", "apply_partition"]
 
 _PARTITION_MODES = ("auto", "official", "rebuild")
+METADATA_FILENAME = "BIOSCAN_Insect_Dataset_metadata.tsv"
 
 _DESCRIPTION = """\
 BIOSCAN-1M: 1.1 million insect specimens with microscope images, COI DNA barcodes and taxonomic labels
@@ -110,18 +119,37 @@ class Bioscan1M(BioscanBuilderBase):
 
     @classmethod
     def _default_metadata_path(cls, data_dir: Path) -> Path:
-        return data_dir / "bioscan1m" / "BIOSCAN_Insect_Dataset_metadata.tsv"
+        current = data_dir / "bioscan1m" / METADATA_FILENAME
+        if current.is_file() or not (data_dir / "bioscan").is_dir():
+            return current
+        # bioscan-dataset <= 1.1: metadata at the root (or in bioscan/), images under bioscan/.
+        for candidate in (data_dir / "bioscan" / METADATA_FILENAME, data_dir / METADATA_FILENAME):
+            if candidate.is_file():
+                return candidate
+        return current
+
+    @staticmethod
+    def _layout_folder(metadata: Path) -> Path:
+        """The folder holding ``images/`` (and, by default, ``CLIBD_partitioning/``) for this metadata file."""
+        if metadata.parent.name not in ("bioscan1m", "bioscan") and (metadata.parent / "bioscan").is_dir():
+            return metadata.parent / "bioscan"
+        return metadata.parent
+
+    @classmethod
+    def _lists_dir(cls, metadata: Path) -> Path:
+        beside = metadata.parent / "CLIBD_partitioning"
+        return beside if beside.is_dir() else cls._layout_folder(metadata) / "CLIBD_partitioning"
 
     @classmethod
     def _source_files(cls, data_dir: str | None, metadata_file: str | None) -> list[Path]:
         files = super()._source_files(data_dir, metadata_file)
         if files:
-            lists_dir = files[0].parent / "CLIBD_partitioning"
+            lists_dir = cls._lists_dir(files[0])
             files += sorted(lists_dir.glob("*.txt")) if lists_dir.is_dir() else []
         return files
 
     def _load_frame(self, metadata: Path, summary: PrepareSummary) -> pd.DataFrame:
-        raw = read_metadata_table(metadata, sep="\t")
+        raw = read_table(metadata)
         summary.rows_read = len(raw)
         frame = record_frame(
             raw, metadata, summary, dna_column="nucraw", bin_column="uri", require_dna=self.config.require_dna
@@ -132,7 +160,7 @@ class Bioscan1M(BioscanBuilderBase):
             summary,
             mode=self.config.partition,
             seed=self.config.seed,
-            lists_dir=metadata.parent / "CLIBD_partitioning",
+            lists_dir=self._lists_dir(metadata),
             source=metadata,
         )
 
@@ -143,7 +171,7 @@ class Bioscan1M(BioscanBuilderBase):
             raise DataIntegrityError(
                 f"{self.metadata_path} has no 'image_file' column; pass image_package=None to read metadata only"
             )
-        root = self.metadata_path.parent / "images" / str(self.config.image_package)
+        root = self._layout_folder(self.metadata_path) / "images" / str(self.config.image_package)
         image_file = raw["image_file"].str.strip()
         if "chunk_number" in raw.columns:
             return (str(root) + "/part" + raw["chunk_number"].str.strip() + "/" + image_file).astype(object)

@@ -3,8 +3,14 @@
 Layout (as the ``bioscan-dataset`` package reads it)::
 
     {data_dir}/bioscan5m/metadata/csv/BIOSCAN_5M_Insect_Dataset_metadata.csv
-    {data_dir}/bioscan5m/images/{image_package}/{split}/{chunk}/{processid}.jpg   # pretrain and train
-    {data_dir}/bioscan5m/images/{image_package}/{split}/{processid}.jpg           # the other splits
+    {data_dir}/bioscan5m/images/{image_package}/{split}/{chunk}/{processid}.jpg   # rows with a chunk
+    {data_dir}/bioscan5m/images/{image_package}/{split}/{processid}.jpg           # rows without one
+
+The ``chunk`` folder level is used for every row whose ``chunk`` cell is filled, whatever its split: the official
+release chunks pretrain, train and other_heldout (too many files for one folder), and a split is never assumed
+flat or chunked from its name. ``data_dir`` may also be a metadata CSV itself (e.g. a metadata-only table with
+``image_package=None``); images are then looked for in ``images/`` beside it, or in ``bioscan5m/images/`` when the
+file sits in the official ``metadata/csv/`` folder.
 
 Splits are the dataset's own: ``pretrain, train, val, test, key_unseen, val_unseen, test_unseen, other_heldout``.
 """
@@ -20,7 +26,7 @@ import pandas as pd
 
 from .base import BioscanBuilderBase, BioscanBuilderConfig, record_frame
 from .integrity import DataIntegrityError, PrepareSummary
-from .schema import read_metadata_table
+from .tables import read_table
 
 __all__ = ["BIOSCAN5M_SPLITS", "Bioscan5M", "Bioscan5MConfig"]
 
@@ -34,8 +40,6 @@ BIOSCAN5M_SPLITS: tuple[str, ...] = (
     "test_unseen",
     "other_heldout",
 )
-# Splits whose images sit one folder deeper, in numbered chunks (too many files for one folder).
-_CHUNKED_SPLITS = ("pretrain", "train")
 _SPLIT_ALIASES = {"validation": "val"}
 
 _DESCRIPTION = """\
@@ -84,10 +88,13 @@ class Bioscan5M(BioscanBuilderBase):
         return data_dir / cls.ROOT / "metadata" / "csv" / "BIOSCAN_5M_Insect_Dataset_metadata.csv"
 
     def _image_root(self) -> Path:
-        return self.metadata_path.parents[2] / "images" / str(self.config.image_package)
+        metadata = self.metadata_path.resolve()
+        official = metadata.parent.name == "csv" and metadata.parent.parent.name == "metadata"
+        base = metadata.parents[2] if official else metadata.parent
+        return base / "images" / str(self.config.image_package)
 
     def _load_frame(self, metadata: Path, summary: PrepareSummary) -> pd.DataFrame:
-        raw = read_metadata_table(metadata, sep=",")
+        raw = read_table(metadata)
         summary.rows_read = len(raw)
         if "split" not in raw.columns:
             raise DataIntegrityError(f"{metadata} has no 'split' column (columns: {list(raw.columns)})")
@@ -108,7 +115,7 @@ class Bioscan5M(BioscanBuilderBase):
         chunk_column = "chunk" if "chunk" in raw.columns else "chunk_number" if "chunk_number" in raw.columns else None
         root = str(self._image_root()) + "/"
         chunk = raw[chunk_column].str.strip() if chunk_column else pd.Series("", index=raw.index)
-        chunked = split.isin(_CHUNKED_SPLITS) & (chunk != "")
+        chunked = chunk != ""
         # Vectorised string building: 5 M rows, so no per-row Python here.
         middle = np.where(chunked, split + "/" + chunk + "/", split + "/")
         return (root + pd.Series(middle, index=raw.index) + raw["processid"].str.strip() + ".jpg").astype(object)

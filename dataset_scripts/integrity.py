@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
@@ -165,6 +165,16 @@ def check_unique(values: pd.Series, *, column: str, source: str | Path) -> None:
         )
 
 
+# How a drop or label reason reads in a summary line.
+_REASONS = {
+    "non_coi_marker": "non-COI marker",
+    "no_sequence": "no sequence",
+    "not_in_partition_lists": "in no CLIBD list",
+    "provisional_species": "provisional species names (sp./cf./codes; --keep_provisional_names keeps them)",
+    "genus_from_species": "genus from species",
+}
+
+
 @dataclass
 class PrepareSummary:
     """What a builder read, dropped and wrote; stored in ``builder.info.description`` as JSON.
@@ -173,7 +183,11 @@ class PrepareSummary:
         source (`str`): the metadata file.
         sha256 (`str`): its digest.
         rows_read (`int`): data rows in the file.
+        rows_kept (`int`): rows left after every drop (before images are checked).
         rows_dropped (`dict[str, int]`): rows removed before splitting, by reason (e.g. ``non_coi_marker``).
+        labels_cleared (`dict[str, int]`): labels read as missing although the cell held a value, by reason
+            (e.g. ``provisional_species``: ``Aus sp. 2ES`` kept as a record of genus ``Aus``).
+        labels_filled (`dict[str, int]`): labels filled in from another column (e.g. ``genus_from_species``).
         multi_value_cells (`dict[str, int]`): ``;``-separated cells reduced to one value, by column.
         images_missing (`int`): records whose image file does not exist.
         images_corrupt (`int`): records whose image failed the safe loader.
@@ -185,7 +199,10 @@ class PrepareSummary:
     source: str = ""
     sha256: str = ""
     rows_read: int = 0
+    rows_kept: int = 0
     rows_dropped: dict[str, int] = field(default_factory=dict)
+    labels_cleared: dict[str, int] = field(default_factory=dict)
+    labels_filled: dict[str, int] = field(default_factory=dict)
     multi_value_cells: dict[str, int] = field(default_factory=dict)
     images_missing: int = 0
     images_corrupt: int = 0
@@ -194,6 +211,41 @@ class PrepareSummary:
     warnings: list[str] = field(default_factory=list)
 
     MARKER = "Preparation summary (JSON): "
+
+    def describe(self) -> str:
+        """One line for a person: rows read, kept, and dropped per reason (and labels cleared or filled).
+
+        Example:
+
+        ```python
+        >>> PrepareSummary(source="lib.tsv", rows_read=85, rows_kept=71,
+        ...                rows_dropped={"non_coi_marker": 13, "no_sequence": 1}).describe()
+        'lib.tsv: read 85 rows, kept 71, dropped 14 (13 non-COI marker, 1 no sequence)'
+
+        ```
+        """
+        dropped = dict(
+            sorted(((r, n) for r, n in self.rows_dropped.items() if n), key=lambda item: (-item[1], item[0]))
+        )
+        text = f"{self.source}: read {self.rows_read} rows, kept {self.rows_kept}"
+        if dropped:
+            reasons = ", ".join(
+                f"{n} {_REASONS.get(reason, reason.replace('_', ' '))}" for reason, n in dropped.items()
+            )
+            text += f", dropped {sum(dropped.values())} ({reasons})"
+        else:
+            text += ", dropped 0"
+        for label, counts in (("labels read as missing", self.labels_cleared), ("filled", self.labels_filled)):
+            counts = {reason: n for reason, n in counts.items() if n}
+            if counts:
+                text += f"; {label}: " + ", ".join(
+                    f"{n} {_REASONS.get(reason, reason.replace('_', ' '))}" for reason, n in counts.items()
+                )
+        images = self.images_missing + self.images_corrupt
+        if images:
+            text += f"; images missing {self.images_missing}, corrupt {self.images_corrupt}, "
+            text += f"records skipped for them {self.images_skipped}"
+        return text
 
     def to_description(self, text: str) -> str:
         """``text`` followed by this summary as one JSON line (parsed back by :meth:`from_description`)."""
@@ -205,4 +257,5 @@ class PrepareSummary:
         if not description or cls.MARKER not in description:
             return None
         payload = description.split(cls.MARKER, 1)[1].splitlines()[0]
-        return cls(**json.loads(payload))
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in json.loads(payload).items() if k in known})

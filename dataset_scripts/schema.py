@@ -12,9 +12,6 @@ else, so a literal ``"NA"`` never becomes a float ``NaN`` and a literal ``"None"
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 import datasets
 import pandas as pd
 import pyarrow as pa
@@ -25,8 +22,8 @@ __all__ = [
     "RECORD_COLUMNS",
     "RECORD_FEATURES",
     "STRING_COLUMNS",
+    "fill_genus_from_species",
     "normalise_missing",
-    "read_metadata_table",
     "records_to_arrow",
     "truncate_dna",
 ]
@@ -53,28 +50,27 @@ RECORD_FEATURES = datasets.Features(
 _MISSING = frozenset(MISSING_TAXON_STRINGS)
 
 
-def read_metadata_table(path: str | Path, *, sep: str, usecols: list[str] | None = None) -> pd.DataFrame:
-    """Reads a TSV/CSV metadata file with every column as a Python string.
+def fill_genus_from_species(genus: pd.Series, species: pd.Series) -> tuple[pd.Series, int]:
+    """Where ``genus`` is missing and ``species`` known, the species name's first word (as ``bioscan-dataset``'s
+    BIOSCAN-1M loader does: ``species.split(" ")[0]``); returns the filled genus and how many were filled.
 
-    ``keep_default_na=False`` and ``na_filter=False`` stop pandas from turning "NA", "None" or empty cells into
-    float ``NaN``: missing values are decided by :func:`normalise_missing`, one rule for all sources.
+    Example:
 
-    Args:
-        path (`str` or `Path`): the file.
-        sep (`str`): the column separator (``"\\t"`` or ``","``).
-        usecols (`list[str]`, *optional*): columns to read (all when ``None``). Unknown names are ignored.
+    ```python
+    >>> import pandas as pd
+    >>> genus, filled = fill_genus_from_species(pd.Series([None, "Aedes", None]),
+    ...                                         pd.Series(["Culex pipiens", "Aedes vexans", None]))
+    >>> genus.tolist(), filled
+    (['Culex', 'Aedes', None], 1)
 
-    Returns:
-        `pd.DataFrame`: one ``object`` (str) column per file column.
+    ```
     """
-    header = pd.read_csv(path, sep=sep, nrows=0, dtype=str).columns
-    columns = list(header) if usecols is None else [c for c in header if c in set(usecols)]
-    # BOLD TSV notes contain stray double quotes that would swallow tabs: TSVs are read unquoted, CSVs
-    # (BIOSCAN-5M, mini-BIOSCAN) with standard quoting.
-    quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
-    return pd.read_csv(
-        path, sep=sep, dtype=str, keep_default_na=False, na_filter=False, usecols=columns, quoting=quoting
-    )
+    fill = genus.isna().to_numpy() & species.notna().to_numpy()
+    out = genus.astype(object).copy()
+    out[out.isna().to_numpy()] = None  # assignment keeps a real None in an object column (NaN otherwise)
+    if fill.any():
+        out[fill] = species[fill].astype(str).str.split(" ").str[0].to_numpy()
+    return out, int(fill.sum())
 
 
 def normalise_missing(values: pd.Series) -> pd.Series:

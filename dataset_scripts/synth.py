@@ -556,6 +556,7 @@ def generate_mini_bioscan(
     progress: bool = True,
     image_package: str = "cropped_256",
     with_images: bool = True,
+    chunked_splits: Sequence[str] = ("pretrain", "train"),
 ) -> Path:
     """Writes a SYNTHETIC mini-BIOSCAN in the BIOSCAN-5M on-disk layout.
 
@@ -568,6 +569,10 @@ def generate_mini_bioscan(
         image_package (`str`, *optional*, defaults to ``"cropped_256"``): image folder name, as in BIOSCAN-5M.
         with_images (`bool`, *optional*, defaults to `True`): ``False`` writes the metadata only (same rows and
             barcodes for the seed; read it with ``image_package=None``).
+        chunked_splits (`Sequence[str]`, *optional*, defaults to ``("pretrain", "train")``): splits whose images go
+            into numbered ``{split}/{chunk}/`` folders of 500 (with the ``chunk`` column filled). The official
+            BIOSCAN-5M release also chunks ``other_heldout``; pass every split to test a reader against chunks
+            everywhere. The default keeps the files of earlier versions byte for byte.
 
     Returns:
         `Path`: ``out_dir``; read it with ``Bioscan5M(data_dir=out_dir)`` or ``MiniBioscan(data_dir=out_dir)``.
@@ -598,7 +603,7 @@ def generate_mini_bioscan(
         split = record["split"]
         position = per_split.get(split, 0)
         per_split[split] = position + 1
-        chunk = str(1 + position // 500) if split in ("pretrain", "train") else ""
+        chunk = str(1 + position // 500) if split in chunked_splits else ""
         row = _row(index, record, sp, _barcode_string(sequence, rng), rng, chunk)
         rows.append(row)
         if not with_images:

@@ -135,8 +135,11 @@ def load_image_safely(
             raise BioscanImageError(f"{label}: file is {size:,} bytes, over the limit of {max_bytes:,} bytes")
         if size == 0:
             raise BioscanImageError(f"{label}: file is empty")
-        with open(source, "rb") as handle:
-            data = handle.read()
+        try:
+            with open(source, "rb") as handle:
+                data = handle.read()
+        except OSError as error:  # a directory, no permission, a file gone since the size check
+            raise BioscanImageError(f"{label}: cannot read image file ({error.strerror or error})") from error
     elif isinstance(source, (bytes, bytearray, memoryview)):
         label = name or "<bytes>"
         data = bytes(source)
@@ -150,7 +153,10 @@ def load_image_safely(
         if len(data) > max_bytes:
             raise BioscanImageError(f"{label}: stream is over the limit of {max_bytes:,} bytes")
     else:
-        raise BioscanImageError(f"expected a path, bytes, file object, PIL image or array, got {type(source).__name__}")
+        prefix = f"{name}: " if name else ""
+        raise BioscanImageError(
+            f"{prefix}expected a path, bytes, file object, PIL image or array, got {type(source).__name__}"
+        )
 
     try:
         with warnings.catch_warnings():

@@ -106,3 +106,85 @@ def write_1m(root: Path, *, n_species: int = 4, per_species: int = 12, lists: di
         for split, ids in lists.items():
             (base / "CLIBD_partitioning" / f"{split}.txt").write_text("\n".join(ids) + "\n")
     return frame
+
+
+# --- the official releases' file lists ----------------------------------------------------------------------------
+# Columns in the order of the released files (BIOSCAN-5M metadata CSV; BIOSCAN-1M metadata TSV), as listed in
+# reference/HF_STACK_NOTES.md section 3 (read from the bioscan-dataset loaders).
+OFFICIAL_5M_COLUMNS = (
+    "processid", "sampleid", "taxon", "phylum", "class", "order", "family", "subfamily", "genus", "species",
+    "dna_bin", "dna_barcode", "country", "province_state", "coord-lat", "coord-lon", "image_measurement_value",
+    "area_fraction", "scale_factor", "inferred_ranks", "split", "index_bioscan_1M_insect", "chunk",
+)  # fmt: skip
+OFFICIAL_1M_COLUMNS = (
+    "sampleid", "processid", "uri", "name", "phylum", "class", "order", "family", "subfamily", "tribe", "genus",
+    "species", "subspecies", "nucraw", "image_file", "large_diptera_family", "medium_diptera_family",
+    "small_diptera_family", "large_insect_order", "medium_insect_order", "small_insect_order", "chunk_number",
+    "copyright_license", "copyright_holder", "copyright_institution", "copyright_contact", "photographer", "author",
+)  # fmt: skip
+# The release puts these splits' images into numbered chunk folders (too many files for one folder).
+OFFICIAL_5M_CHUNKED = ("pretrain", "train", "other_heldout")
+
+
+def write_official_5m(root: Path, *, per_split: int = 3) -> pd.DataFrame:
+    """BIOSCAN-5M as released: every column, every split, ``chunk`` filled for the chunked splits (two chunks
+    each), images at ``images/cropped_256/{split}/{chunk}/{processid}.jpg`` or ``{split}/{processid}.jpg``."""
+    rows = []
+    for split in FIVE_M_SPLITS:
+        for i in range(per_split):
+            n = len(rows)
+            unlabelled = split in ("pretrain", "other_heldout")
+            row = dict.fromkeys(OFFICIAL_5M_COLUMNS, "")
+            row.update(
+                processid=f"BIOSCAN5M{n:05d}", sampleid=f"BIOUG{n:05d}-A01", taxon="Cecidomyiidae",
+                phylum="Arthropoda", **{"class": "Insecta"}, order="Diptera", family="Cecidomyiidae",
+                genus="" if unlabelled else "Aphidoletes", species="" if unlabelled else f"Aphidoletes sp{n % 2}",
+                dna_bin=f"BOLD:AAA{n:04d}", dna_barcode="ACGTTGCA" * 80, country="Canada", split=split,
+                inferred_ranks="0", chunk=str(1 + i % 2) if split in OFFICIAL_5M_CHUNKED else "",
+            )  # fmt: skip
+            rows.append(row)
+    frame = pd.DataFrame(rows, columns=list(OFFICIAL_5M_COLUMNS))
+    csv = five_m_csv(root)
+    csv.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(csv, index=False)
+    for index in range(len(frame)):
+        path = five_m_image(root, frame, index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(jpeg_bytes())
+    return frame
+
+
+def write_official_1m(root: Path, *, base: str = "bioscan1m", n_species: int = 4, per_species: int = 10):
+    """BIOSCAN-1M as released: every column of the TSV, images in ``images/cropped_256/part{chunk_number}/``.
+
+    ``base="bioscan1m"`` is the current layout (``bioscan-dataset`` >= 1.2): ``{root}/bioscan1m/{tsv, images}``;
+    ``base="bioscan"`` the older one: ``{root}/BIOSCAN_Insect_Dataset_metadata.tsv`` and ``{root}/bioscan/images``.
+    Genus is ``not_classified`` for a third of the labelled records (the loader fills it from the species).
+    """
+    rows = []
+    for s in range(n_species):
+        for i in range(per_species):
+            n = len(rows)
+            row = dict.fromkeys(OFFICIAL_1M_COLUMNS, "not_classified")
+            row.update(
+                sampleid=f"BIOUG{n:05d}-B02", processid=f"BSCAN{n:05d}-21", uri=f"BOLD:ACD{s:04d}", name="Diptera",
+                phylum="Arthropoda", **{"class": "Insecta"}, order="Diptera", family="Chironomidae",
+                genus="not_classified" if i % 3 == 0 else "Tanytarsus", species=f"Tanytarsus sp{s}",
+                nucraw="ACGTAACG" * 80, image_file=f"{n:05d}.jpg", large_diptera_family="Chironomidae",
+                chunk_number=str(1 + n % 3), copyright_license="CC BY-NC-SA 4.0",
+            )  # fmt: skip
+            rows.append(row)
+    frame = pd.DataFrame(rows, columns=list(OFFICIAL_1M_COLUMNS))
+    layout = root / base
+    metadata = (
+        layout / "BIOSCAN_Insect_Dataset_metadata.tsv"
+        if base == "bioscan1m"
+        else root / "BIOSCAN_Insect_Dataset_metadata.tsv"
+    )
+    layout.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(metadata, sep="\t", index=False)
+    for row in frame.itertuples():
+        folder = layout / "images" / "cropped_256" / f"part{row.chunk_number}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / row.image_file).write_bytes(jpeg_bytes())
+    return frame

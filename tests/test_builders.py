@@ -313,6 +313,10 @@ def test_missing_image_fails_with_processid(tmp_path):
 
 def test_missing_metadata_file_is_clear(tmp_path):
     builder = Bioscan5M(data_dir=str(tmp_path / "nowhere"), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(DataIntegrityError, match="nowhere does not exist"):
+        builder.download_and_prepare()
+    (tmp_path / "empty").mkdir()
+    builder = Bioscan5M(data_dir=str(tmp_path / "empty"), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(DataIntegrityError, match="metadata file not found"):
         builder.download_and_prepare()
 

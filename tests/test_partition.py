@@ -98,7 +98,7 @@ def test_bad_ratios_rejected():
 def test_docstring_examples_run():
     import doctest
 
-    from dataset_scripts import partition, schema
+    from dataset_scripts import bold, integrity, partition, schema, tables
 
-    for module in (partition, schema):
+    for module in (partition, schema, tables, integrity, bold):
         assert doctest.testmod(module).failed == 0, module.__name__

@@ -79,17 +79,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, default_source: str |
 
 def data_spec(args: argparse.Namespace) -> DataSpec:
     _show_data_summaries()
-    return DataSpec(
-        args.source,
-        args.data_dir,
-        args.dataset_path,
-        args.cache_dir,
-        args.partition,
-        image_policy=args.image_policy,
-        image_package=args.image_package,
-        keep_provisional_names=args.keep_provisional_names,
-        genus_from_species=args.genus_from_species,
-    )
+    return DataSpec.from_options(args)
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -7,6 +7,7 @@ per item, with the train-time augmentation in place of the evaluation crop.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -59,6 +60,11 @@ class DataSpec:
     image_package: str | None = None
     keep_provisional_names: bool = False
     genus_from_species: bool = False
+
+    @classmethod
+    def from_options(cls, options: Any) -> DataSpec:
+        """The data options of a command line or a ``TrainConfig``: any object with these fields as attributes."""
+        return cls(**{item.name: getattr(options, item.name) for item in dataclasses.fields(cls)})
 
     @property
     def name(self) -> str:

@@ -155,17 +155,7 @@ class TrainConfig:
         return [m for m in MODALITIES if m in names]
 
     def data(self) -> DataSpec:
-        return DataSpec(
-            self.source,
-            self.data_dir,
-            self.dataset_path,
-            self.cache_dir,
-            self.partition,
-            image_policy=self.image_policy,
-            image_package=self.image_package,
-            keep_provisional_names=self.keep_provisional_names,
-            genus_from_species=self.genus_from_species,
-        )
+        return DataSpec.from_options(self)
 
     def model_overrides(self) -> dict[str, Any]:
         """The model settings given here, over the preset's architecture."""

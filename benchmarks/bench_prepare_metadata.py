@@ -25,12 +25,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-COLUMNS = (
-    "sampleid", "processid", "uri", "name", "phylum", "class", "order", "family", "subfamily", "tribe", "genus",
-    "species", "subspecies", "nucraw", "image_file", "large_diptera_family", "medium_diptera_family",
-    "small_diptera_family", "large_insect_order", "medium_insect_order", "small_insect_order", "chunk_number",
-    "copyright_license", "copyright_holder", "copyright_institution", "copyright_contact", "photographer", "author",
-)  # fmt: skip
+from dataset_scripts.schema import BIOSCAN_1M_COLUMNS
+
+COLUMNS = BIOSCAN_1M_COLUMNS
 
 
 def write_metadata(path: Path, rows: int, seed: int = 0) -> None:

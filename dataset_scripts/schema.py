@@ -137,3 +137,18 @@ def records_to_arrow(frame: pd.DataFrame, images: list[dict | None]) -> pa.Table
             # from_pandas=True: None and NaN become nulls inside Arrow's C++ conversion (no per-row Python).
             arrays.append(pa.array(frame[name].to_numpy(dtype=object), type=field.type, from_pandas=True))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+# The columns of the released metadata files, in their order (BIOSCAN-5M CSV; BIOSCAN-1M TSV), as the
+# bioscan-dataset loaders read them; test fixtures and benchmarks write files in these layouts.
+BIOSCAN_5M_COLUMNS = (
+    "processid", "sampleid", "taxon", "phylum", "class", "order", "family", "subfamily", "genus", "species",
+    "dna_bin", "dna_barcode", "country", "province_state", "coord-lat", "coord-lon", "image_measurement_value",
+    "area_fraction", "scale_factor", "inferred_ranks", "split", "index_bioscan_1M_insect", "chunk",
+)  # fmt: skip
+BIOSCAN_1M_COLUMNS = (
+    "sampleid", "processid", "uri", "name", "phylum", "class", "order", "family", "subfamily", "tribe", "genus",
+    "species", "subspecies", "nucraw", "image_file", "large_diptera_family", "medium_diptera_family",
+    "small_diptera_family", "large_insect_order", "medium_insect_order", "small_insect_order", "chunk_number",
+    "copyright_license", "copyright_holder", "copyright_institution", "copyright_contact", "photographer", "author",
+)  # fmt: skip

@@ -14,3 +14,9 @@ class BioscanImageError(BioscanInputError):
 def record_label(name: object, part: str) -> str:
     """How an error names one part of a named record, e.g. ``record BIOUG123-45 (barcode)``."""
     return f"record {name} ({part})"
+
+
+def check_names(names: object, count: int, part: str) -> None:
+    """Refuses ``names`` (one per record, for error messages) that are not one per ``part`` given."""
+    if names is not None and len(names) != count:
+        raise BioscanInputError(f"names: expected one name per {part} ({count}), got {len(names)}")

@@ -25,7 +25,7 @@ from .constants_bioscanclip import (
     MAX_IMAGE_BYTES,
     MAX_IMAGE_PIXELS,
 )
-from .errors_bioscanclip import BioscanImageError, BioscanInputError, record_label
+from .errors_bioscanclip import BioscanImageError, check_names, record_label
 
 ImageSource = str | os.PathLike | bytes | BinaryIO | Image.Image | np.ndarray
 Augmentation = Callable[[Image.Image], Image.Image]
@@ -334,8 +334,7 @@ class BioscanClipImageProcessor(BaseImageProcessor):
         batch = as_image_list(images)
         if not batch:
             raise BioscanImageError("expected at least one image, got an empty list")
-        if names is not None and len(names) != len(batch):
-            raise BioscanInputError(f"names: expected one name per image ({len(batch)}), got {len(names)}")
+        check_names(names, len(batch), "image")
         arrays = [
             self.process_one(image, None if names is None else record_label(names[index], "image"), augmentation)
             for index, image in enumerate(batch)

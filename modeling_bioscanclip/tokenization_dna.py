@@ -36,7 +36,7 @@ from .constants_bioscanclip import (
     NUCLEOTIDES,
     kmer_vocabulary,
 )
-from .errors_bioscanclip import BioscanInputError, record_label
+from .errors_bioscanclip import BioscanInputError, check_names, record_label
 
 VOCAB_FILES_NAMES = {"vocab_file": "vocab.json"}
 
@@ -297,8 +297,7 @@ class BioscanDnaTokenizer(PreTrainedTokenizer):
             names (`Sequence`, *optional*): one name per barcode (e.g. the processids) for error messages:
                 ``record BIOUG123-45 (barcode): invalid character ...`` instead of ``barcode 8: ...``.
         """
-        if names is not None and len(names) != len(barcodes):
-            raise BioscanInputError(f"names: expected one name per barcode ({len(barcodes)}), got {len(names)}")
+        check_names(names, len(barcodes), "barcode")
         return [
             self.normalize_one(text, f"barcode {index}" if names is None else record_label(names[index], "barcode"))
             for index, text in enumerate(barcodes)
@@ -367,8 +366,7 @@ class BioscanDnaTokenizer(PreTrainedTokenizer):
         barcodes = list(barcodes)
         if not barcodes:
             raise BioscanInputError("expected at least one barcode, got an empty batch")
-        if names is not None and len(names) != len(barcodes):
-            raise BioscanInputError(f"names: expected one name per barcode ({len(barcodes)}), got {len(names)}")
+        check_names(names, len(barcodes), "barcode")
         # Chunks write their rows straight into the result (no concatenation of large arrays).
         ids = np.empty((len(barcodes), self.sequence_length), dtype=np.int64)
         mask = np.empty_like(ids)

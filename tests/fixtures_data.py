@@ -8,6 +8,8 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from dataset_scripts.schema import BIOSCAN_1M_COLUMNS, BIOSCAN_5M_COLUMNS
+
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 
 FIVE_M_SPLITS = ("pretrain", "train", "val", "test", "key_unseen", "val_unseen", "test_unseen", "other_heldout")
@@ -109,19 +111,6 @@ def write_1m(root: Path, *, n_species: int = 4, per_species: int = 12, lists: di
 
 
 # --- the official releases' file lists ----------------------------------------------------------------------------
-# Columns in the order of the released files (BIOSCAN-5M metadata CSV; BIOSCAN-1M metadata TSV), as listed in
-# reference/HF_STACK_NOTES.md section 3 (read from the bioscan-dataset loaders).
-OFFICIAL_5M_COLUMNS = (
-    "processid", "sampleid", "taxon", "phylum", "class", "order", "family", "subfamily", "genus", "species",
-    "dna_bin", "dna_barcode", "country", "province_state", "coord-lat", "coord-lon", "image_measurement_value",
-    "area_fraction", "scale_factor", "inferred_ranks", "split", "index_bioscan_1M_insect", "chunk",
-)  # fmt: skip
-OFFICIAL_1M_COLUMNS = (
-    "sampleid", "processid", "uri", "name", "phylum", "class", "order", "family", "subfamily", "tribe", "genus",
-    "species", "subspecies", "nucraw", "image_file", "large_diptera_family", "medium_diptera_family",
-    "small_diptera_family", "large_insect_order", "medium_insect_order", "small_insect_order", "chunk_number",
-    "copyright_license", "copyright_holder", "copyright_institution", "copyright_contact", "photographer", "author",
-)  # fmt: skip
 # The release puts these splits' images into numbered chunk folders (too many files for one folder).
 OFFICIAL_5M_CHUNKED = ("pretrain", "train", "other_heldout")
 
@@ -134,7 +123,7 @@ def write_official_5m(root: Path, *, per_split: int = 3) -> pd.DataFrame:
         for i in range(per_split):
             n = len(rows)
             unlabelled = split in ("pretrain", "other_heldout")
-            row = dict.fromkeys(OFFICIAL_5M_COLUMNS, "")
+            row = dict.fromkeys(BIOSCAN_5M_COLUMNS, "")
             row.update(
                 processid=f"BIOSCAN5M{n:05d}", sampleid=f"BIOUG{n:05d}-A01", taxon="Cecidomyiidae",
                 phylum="Arthropoda", **{"class": "Insecta"}, order="Diptera", family="Cecidomyiidae",
@@ -143,7 +132,7 @@ def write_official_5m(root: Path, *, per_split: int = 3) -> pd.DataFrame:
                 inferred_ranks="0", chunk=str(1 + i % 2) if split in OFFICIAL_5M_CHUNKED else "",
             )  # fmt: skip
             rows.append(row)
-    frame = pd.DataFrame(rows, columns=list(OFFICIAL_5M_COLUMNS))
+    frame = pd.DataFrame(rows, columns=list(BIOSCAN_5M_COLUMNS))
     csv = five_m_csv(root)
     csv.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(csv, index=False)
@@ -165,7 +154,7 @@ def write_official_1m(root: Path, *, base: str = "bioscan1m", n_species: int = 4
     for s in range(n_species):
         for i in range(per_species):
             n = len(rows)
-            row = dict.fromkeys(OFFICIAL_1M_COLUMNS, "not_classified")
+            row = dict.fromkeys(BIOSCAN_1M_COLUMNS, "not_classified")
             row.update(
                 sampleid=f"BIOUG{n:05d}-B02", processid=f"BSCAN{n:05d}-21", uri=f"BOLD:ACD{s:04d}", name="Diptera",
                 phylum="Arthropoda", **{"class": "Insecta"}, order="Diptera", family="Chironomidae",
@@ -174,7 +163,7 @@ def write_official_1m(root: Path, *, base: str = "bioscan1m", n_species: int = 4
                 chunk_number=str(1 + n % 3), copyright_license="CC BY-NC-SA 4.0",
             )  # fmt: skip
             rows.append(row)
-    frame = pd.DataFrame(rows, columns=list(OFFICIAL_1M_COLUMNS))
+    frame = pd.DataFrame(rows, columns=list(BIOSCAN_1M_COLUMNS))
     layout = root / base
     metadata = (
         layout / "BIOSCAN_Insect_Dataset_metadata.tsv"

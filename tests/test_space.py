@@ -126,7 +126,10 @@ def served(demo_app, demo_folders, tmp_path_factory):
     os.environ["GRADIO_TEMP_DIR"] = str(cache_dir)  # read when components are built and on each upload
     identifier = Identifier.load(model_dir, key_dir)
     demo = demo_app.build_demo(model_dir, key_dir, identifier=identifier, examples_dir=root / "examples")
-    _, url, _ = demo_app.launch(demo, port=_free_port(), prevent_thread_lock=True, quiet=True)
+    # One test client uploads many files: the per-client upload rate is lifted here (tests/test_demo_load.py checks it).
+    _, url, _ = demo_app.launch(
+        demo, port=_free_port(), uploads_per_minute=6000, upload_burst=1000, prevent_thread_lock=True, quiet=True
+    )
     try:
         yield Served(demo_app, demo, url.rstrip("/"), identifier, cache_dir)
     finally:

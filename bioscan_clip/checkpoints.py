@@ -142,7 +142,13 @@ def load_checkpoint(accelerator: Any, path: Path, state: TrainState, scheduler: 
         raise CheckpointError(f"{path}: its JSON state is malformed ({error})") from None
     if not isinstance(saved_state, dict) or (scheduler is not None and not isinstance(saved_schedule, dict)):
         raise CheckpointError(f"{path}: its JSON state is not an object")
-    accelerator.load_state(str(path))  # model (safetensors), optimiser and RNGs: weights_only=True
+    try:
+        accelerator.load_state(str(path))  # model (safetensors), optimiser and RNGs: weights_only=True
+    except pickle.UnpicklingError as error:  # e.g. a crafted optimizer.bin, refused by the weights-only loader
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(
+            f"{path}: a state file is refused by the restricted (weights-only) unpickler: {first}"
+        ) from None
     state.load_state_dict(saved_state)
     if scheduler is not None:
         scheduler.load_state_dict(saved_schedule)

@@ -161,31 +161,6 @@ def flood(
     return report
 
 
-def build_tiny_folders(root: Path) -> tuple[Path, Path]:
-    """A random tiny model and a 60-specimen key folder from the generated mini-BIOSCAN (as the tests use)."""
-    import torch
-
-    from bioscan_clip import presets
-    from bioscan_clip.data import load_splits, role_records
-    from bioscan_clip.identification import build_key_folder
-    from bioscan_clip.text_tokenizer import train_taxonomy_tokenizer
-    from dataset_scripts.synth import generate_mini_bioscan
-    from modeling_bioscanclip import BioscanClipModel, taxonomy_to_text
-
-    generate_mini_bioscan(root / "data", seed=0, size="tiny", progress=False)
-    splits, roles = load_splits("mini", data_dir=str(root / "data"), cache_dir=str(root / "hf-cache"))
-    keys = role_records(splits, roles, "keys").select(range(60))
-    val = role_records(splits, roles, "val_queries_seen")
-    tokenizer = train_taxonomy_tokenizer([taxonomy_to_text(record) for record in keys], vocab_size=200)
-    torch.manual_seed(0)
-    model = BioscanClipModel(presets.model_config("tiny", ["image", "dna", "text"], tokenizer.vocab_size))
-    processor = presets.build_processor("tiny", tokenizer)
-    model.save_pretrained(root / "model")
-    processor.save_pretrained(root / "model")
-    build_key_folder(model, processor, keys, root / "keys", calibration_queries=val, show_progress=False)
-    return root / "model", root / "keys"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=50)
@@ -204,7 +179,7 @@ def main() -> None:
         os.environ["GRADIO_TEMP_DIR"] = str(cache_dir)
         from bioscan_clip import demo as demo_app
 
-        model_dir, key_dir = (args.model, args.keys) if args.model else build_tiny_folders(root)
+        model_dir, key_dir = (args.model, args.keys) if args.model else demo_app.write_untrained_demo_folders(root)
         cap_mb = args.cache_mb or demo_app.UPLOAD_CACHE_CAP_MB
         demo = demo_app.build_demo(model_dir, key_dir, examples_dir=root / "examples")
         _, url, _ = demo_app.launch(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -119,3 +121,17 @@ def trained_tiny(tmp_path_factory, mini_dir, mini_cache) -> Path:
         "--report_to", "none", "--cpu",
     ])  # fmt: skip
     return out / "final_model"
+
+
+@contextlib.contextmanager
+def environment_variable(name: str, value: str) -> Iterator[None]:
+    """Sets ``name`` for the duration (session fixtures cannot use monkeypatch), then restores what was there."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous

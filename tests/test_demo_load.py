@@ -8,12 +8,12 @@ gets its answer. ``/config`` and the page name no server path.
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 import tempfile
 
 import httpx
 import pytest
+from conftest import environment_variable
 from test_space import REPO_ROOT, _free_port, demo_app, demo_folders  # noqa: F401  (fixtures)
 
 CAP_MB = 6
@@ -34,21 +34,16 @@ def guarded(demo_app, demo_folders, tmp_path_factory):  # noqa: F811
     root = tmp_path_factory.mktemp("guarded")
     cache_dir = root / "gradio-cache"
     cache_dir.mkdir()
-    previous = os.environ.get("GRADIO_TEMP_DIR")
-    os.environ["GRADIO_TEMP_DIR"] = str(cache_dir)
-    demo = demo_app.build_demo(model_dir, key_dir, examples_dir=root / "examples")
-    _, url, _ = demo_app.launch(
-        demo, port=_free_port(), upload_cache_mb=CAP_MB, uploads_per_minute=30, upload_burst=3,
-        trust_forwarded_for=True, prevent_thread_lock=True, quiet=True,
-    )  # fmt: skip
-    try:
-        yield url.rstrip("/"), cache_dir, (model_dir, key_dir)
-    finally:
-        demo.close()
-        if previous is None:
-            os.environ.pop("GRADIO_TEMP_DIR", None)
-        else:
-            os.environ["GRADIO_TEMP_DIR"] = previous
+    with environment_variable("GRADIO_TEMP_DIR", str(cache_dir)):
+        demo = demo_app.build_demo(model_dir, key_dir, examples_dir=root / "examples")
+        _, url, _ = demo_app.launch(
+            demo, port=_free_port(), upload_cache_mb=CAP_MB, uploads_per_minute=30, upload_burst=3,
+            trust_forwarded_for=True, prevent_thread_lock=True, quiet=True,
+        )  # fmt: skip
+        try:
+            yield url.rstrip("/"), cache_dir, (model_dir, key_dir)
+        finally:
+            demo.close()
 
 
 def test_upload_flood_keeps_the_cache_under_its_cap(guarded):

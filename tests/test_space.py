@@ -25,6 +25,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from conftest import environment_variable
 
 from modeling_bioscanclip.constants_bioscanclip import MAX_IMAGE_PIXELS, TAXONOMIC_RANKS
 
@@ -56,29 +57,9 @@ def demo_app() -> ModuleType:
 @pytest.fixture(scope="session")
 def demo_folders(tmp_path_factory) -> tuple[Path, Path]:
     """A saved tiny model (random weights) and a key folder of 60 mini-BIOSCAN specimens, calibrated on val."""
-    import torch
+    from bioscan_clip.demo import write_untrained_demo_folders
 
-    from bioscan_clip import presets
-    from bioscan_clip.data import load_splits, role_records
-    from bioscan_clip.identification import build_key_folder
-    from bioscan_clip.text_tokenizer import train_taxonomy_tokenizer
-    from dataset_scripts.synth import generate_mini_bioscan
-    from modeling_bioscanclip import BioscanClipModel, taxonomy_to_text
-
-    root = tmp_path_factory.mktemp("space")
-    generate_mini_bioscan(root / "data", seed=0, size="tiny", progress=False)
-    splits, roles = load_splits("mini", data_dir=str(root / "data"), cache_dir=str(root / "hf-cache"))
-    keys = role_records(splits, roles, "keys").select(range(N_KEYS))
-    val = role_records(splits, roles, "val_queries_seen")
-    tokenizer = train_taxonomy_tokenizer([taxonomy_to_text(record) for record in keys], vocab_size=200)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = BioscanClipModel(presets.model_config("tiny", ["image", "dna", "text"], tokenizer.vocab_size))
-    processor = presets.build_processor("tiny", tokenizer)
-    model.save_pretrained(root / "model")
-    processor.save_pretrained(root / "model")
-    build_key_folder(model, processor, keys, root / "keys", calibration_queries=val, show_progress=False)
-    return root / "model", root / "keys"
+    return write_untrained_demo_folders(tmp_path_factory.mktemp("space"), keys=N_KEYS)
 
 
 @pytest.fixture(scope="session")
@@ -122,22 +103,18 @@ def served(demo_app, demo_folders, tmp_path_factory):
     root = tmp_path_factory.mktemp("served")
     cache_dir = root / "gradio-cache"
     cache_dir.mkdir()
-    previous = os.environ.get("GRADIO_TEMP_DIR")
-    os.environ["GRADIO_TEMP_DIR"] = str(cache_dir)  # read when components are built and on each upload
-    identifier = Identifier.load(model_dir, key_dir)
-    demo = demo_app.build_demo(model_dir, key_dir, identifier=identifier, examples_dir=root / "examples")
-    # One test client uploads many files: the per-client upload rate is lifted here (tests/test_demo_load.py checks it).
-    _, url, _ = demo_app.launch(
-        demo, port=_free_port(), uploads_per_minute=6000, upload_burst=1000, prevent_thread_lock=True, quiet=True
-    )
-    try:
-        yield Served(demo_app, demo, url.rstrip("/"), identifier, cache_dir)
-    finally:
-        demo.close()
-        if previous is None:
-            os.environ.pop("GRADIO_TEMP_DIR", None)
-        else:
-            os.environ["GRADIO_TEMP_DIR"] = previous
+    # GRADIO_TEMP_DIR is read when components are built and on each upload.
+    with environment_variable("GRADIO_TEMP_DIR", str(cache_dir)):
+        identifier = Identifier.load(model_dir, key_dir)
+        demo = demo_app.build_demo(model_dir, key_dir, identifier=identifier, examples_dir=root / "examples")
+        # One test client uploads many files: the per-client upload rate is lifted (tests/test_demo_load.py checks it).
+        _, url, _ = demo_app.launch(
+            demo, port=_free_port(), uploads_per_minute=6000, upload_burst=1000, prevent_thread_lock=True, quiet=True
+        )
+        try:
+            yield Served(demo_app, demo, url.rstrip("/"), identifier, cache_dir)
+        finally:
+            demo.close()
 
 
 @pytest.fixture(scope="module")

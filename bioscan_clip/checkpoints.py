@@ -8,8 +8,8 @@ Resuming unpickles nothing that can run code. Where the run is (:class:`TrainSta
 are JSON, read by us; nothing is registered with ``register_for_checkpointing``, whose ``custom_checkpoint_*.pkl``
 Accelerate loads with ``weights_only=False`` (arbitrary code): a checkpoint holding one is refused unread. What
 ``load_state`` still reads is the model (``model.safetensors``, required: no ``pytorch_model.bin`` fall-back), the
-optimiser (``optimizer.bin``) and the RNG states (``random_states_*.pkl``), all through ``torch.load(...,
-weights_only=True)`` (PyTorch's restricted unpickler, which refuses any global outside its allow-list). Accelerate
+optimiser (``optimizer.bin``) and the RNG states (``random_states_*.pkl``), all through PyTorch's weights-only
+loader (a restricted unpickler that refuses any global outside its allow-list). Accelerate
 swallows a failed RNG restore silently (logged at INFO), which would break exact resume without a word, so the RNG
 files are checked with the same restricted loader first and a refusal is an error naming the file.
 """

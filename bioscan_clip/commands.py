@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from bioscan_clip.data import DataSpec, SpecimenDataset, has_image, with_modalities
+from bioscan_clip.data import DataSpec, SpecimenDataset, available_modalities, with_modalities
 from bioscan_clip.features import DNA, IMAGE, KEY_FEATURES, embed_dataset, labels_of
 from bioscan_clip.identification import DEFAULT_PRECISION, Identifier, build_index
 from bioscan_clip.retrieval import INDEX_TYPES
@@ -408,8 +408,7 @@ def run_embed(args: argparse.Namespace) -> int:
             import datasets
 
             records = records.cast_column("image", datasets.Image(decode=False))
-        has_images = bool(has_image(records).any())
-        modalities = [m for m in model.config.modalities if m != IMAGE or has_images]
+        modalities = available_modalities(records, model.config.modalities, what=f"split {args.split}")
         dataset = SpecimenDataset(with_modalities(records, modalities), processor, modalities)
         features = embed_dataset(model, dataset, batch_size=args.batch_size)
         labels = labels_of(dataset)

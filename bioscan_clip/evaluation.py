@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from bioscan_clip.data import DataSpec, SpecimenDataset, has_image, has_role, role_records, with_modalities
+from bioscan_clip.data import DataSpec, SpecimenDataset, available_modalities, has_role, role_records, with_modalities
 from bioscan_clip.features import DNA, IMAGE, available_pairs, embed_dataset, key_matrix, labels_of, pair_name
 from bioscan_clip.metric import metric_module
 from bioscan_clip.retrieval import KeyIndex
@@ -177,8 +177,7 @@ def evaluate(
     out.mkdir(parents=True, exist_ok=True)
 
     key_records = role_records(splits, roles, "keys")
-    has_images = bool(has_image(key_records).any())
-    modalities = [m for m in network.config.modalities if m != IMAGE or has_images]
+    modalities = available_modalities(key_records, network.config.modalities, what="keys")
     logger.info("evaluating %s on %s with modalities %s", model, data.name, modalities)
     keys = SpecimenDataset(with_modalities(key_records, modalities, what="keys"), processor, modalities)
     queries = {}

@@ -56,6 +56,12 @@ SUBCOMMANDS: dict[str, tuple[str, str, str, str]] = {
         "run",
         "convert a published CLIBD .pth checkpoint into a from_pretrained folder",
     ),
+    "push": (
+        "bioscan_clip.commands",
+        "add_push_arguments",
+        "run_push",
+        "publish a model, key library, the metric or the Space on the Hugging Face Hub (or --dry_run DIR)",
+    ),
     "demo": (
         "bioscan_clip.demo",
         "add_arguments",

@@ -15,12 +15,13 @@ from typing import Any
 import pandas as pd
 import torch
 
-from bioscan_clip.data import DataSpec, SpecimenDataset, available_modalities, with_modalities
+from bioscan_clip.data import DataSpec, SpecimenDataset, available_modalities, image_file_records, with_modalities
 from bioscan_clip.features import DNA, IMAGE, KEY_FEATURES, embed_dataset, labels_of
 from bioscan_clip.identification import DEFAULT_PRECISION, Identifier, build_index
 from bioscan_clip.retrieval import INDEX_TYPES
 from bioscan_clip.safe_io import atomic_output_file
 from dataset_scripts import RETRIEVAL_SPLITS
+from dataset_scripts.images import VERIFY_MODES
 from dataset_scripts.integrity import IMAGE_POLICIES
 from dataset_scripts.tables import BARCODE_COLUMNS, read_fasta, read_query_table
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError
@@ -64,6 +65,14 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, default_source: str |
     group.add_argument(
         "--image_package",
         help="image folder under images/ (default cropped_256); 'none' reads the metadata only (barcodes, no images)",
+    )
+    group.add_argument(
+        "--verify_images",
+        choices=VERIFY_MODES,
+        help="how images are checked while preparing: header (default: format, size, truncation), decode, none",
+    )
+    group.add_argument(
+        "--num_proc", type=int, help="processes that check the images and write the splits while preparing"
     )
     group.add_argument(
         "--keep_provisional_names",
@@ -143,6 +152,11 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip the DNA->DNA nearest-neighbour baseline on 5-mer count profiles",
     )
+    parser.add_argument(
+        "--no_identity_baseline",
+        action="store_true",
+        help="skip the DNA->DNA 1-NN by alignment identity (edlib, candidates from the 5-mer top 20)",
+    )
     parser.add_argument("--batch_size", type=int, default=128, help="embedding batch size (default: 128)")
     parser.add_argument("--examples", type=int, default=6, help="queries in the retrieval-examples figure")
 
@@ -157,6 +171,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         out=args.out,
         model_card=args.model_card,
         kmer_baseline=not args.no_kmer_baseline,
+        identity_baseline=not args.no_identity_baseline,
         batch_size=args.batch_size,
         examples=args.examples,
     )
@@ -393,11 +408,26 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=int, default=64)
 
 
+def _launched_accelerator() -> Any:
+    """An Accelerator when this command runs in several processes (`accelerate launch --num_processes N`), else None:
+    each process then embeds its shard of the records and the main process writes the one output."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
 def run_embed(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     queries = None if args.split else collect_queries(args)  # the inputs are checked before the model is loaded
     model, processor = load_model(args.model)
+    accelerator = _launched_accelerator()
+    if accelerator is not None:
+        model.to(accelerator.device)
     rows: list[dict[str, Any]] = []
     if args.split:
         splits, _ = data_spec(args).load()
@@ -410,7 +440,7 @@ def run_embed(args: argparse.Namespace) -> int:
             records = records.cast_column("image", datasets.Image(decode=False))
         modalities = available_modalities(records, model.config.modalities, what=f"split {args.split}")
         dataset = SpecimenDataset(with_modalities(records, modalities), processor, modalities)
-        features = embed_dataset(model, dataset, batch_size=args.batch_size)
+        features = embed_dataset(model, dataset, batch_size=args.batch_size, accelerator=accelerator)
         labels = labels_of(dataset)
         for name, matrix in features.items():
             for i, vector in enumerate(matrix):
@@ -423,22 +453,82 @@ def run_embed(args: argparse.Namespace) -> int:
                     }
                 )
     else:
-        for batch in tqdm(list(_batches(queries, args.batch_size)), desc="embedding", leave=False):
-            for kind, key in ((IMAGE, "image"), (DNA, "barcode")):
-                items = [q for q in batch if q.get(key) is not None]
-                if not items:
-                    continue
-                names = [query_name(q) if kind == IMAGE else str(q["id"]) for q in items]
-                values = [q[key] for q in items]
-                inputs = processor(images=values, names=names) if kind == IMAGE else processor(dna=values, names=names)
-                with torch.inference_mode():
-                    embeds = model.embed(**inputs)[kind].numpy()
-                rows += [
-                    {"id": q["id"], "feature": kind, "embedding": vector.tolist()}
-                    for q, vector in zip(items, embeds, strict=True)
-                ]
+        images = [q for q in queries if q.get("image") is not None]
+        if images:  # decoded and resized in loader workers, overlapped with the forward (and sharded when launched)
+            records = image_file_records([q["image"] for q in images], [query_name(q) for q in images])
+            embeds = embed_dataset(
+                model, SpecimenDataset(records, processor, [IMAGE]), batch_size=args.batch_size,
+                accelerator=accelerator, description="images", combined=False,
+            )[IMAGE]  # fmt: skip
+            rows += [{"id": q["id"], "feature": IMAGE, "embedding": v.tolist()} for q, v in zip(images, embeds, strict=True)]
+        barcodes = [q for q in queries if q.get("barcode") is not None]
+        for batch in tqdm(list(_batches(barcodes, args.batch_size)), desc="barcodes", leave=False):
+            inputs = processor(dna=[q["barcode"] for q in batch], names=[str(q["id"]) for q in batch])
+            with torch.inference_mode():
+                embeds = model.embed(**inputs.to(model.device))[DNA].float().cpu().numpy()
+            rows += [{"id": q["id"], "feature": DNA, "embedding": v.tolist()} for q, v in zip(batch, embeds, strict=True)]
+    if accelerator is not None and not accelerator.is_main_process:
+        return 0  # every process holds the gathered result; the main one writes it
     out = Path(args.out)
     _write_rows(rows, out)
     dims = {row["feature"]: len(row["embedding"]) for row in rows}
-    print(f"wrote {len(rows)} embeddings ({', '.join(f'{k}: {v}-d' for k, v in dims.items())}) to {out}")
+    shards = f" ({accelerator.num_processes} processes)" if accelerator is not None else ""
+    print(f"wrote {len(rows)} embeddings ({', '.join(f'{k}: {v}-d' for k, v in dims.items())}) to {out}{shards}")
+    return 0
+
+
+# ---- push -----------------------------------------------------------------------------------------------------------
+def add_push_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Write a model, a key library, the metric or the Space as the Hub repository it becomes and upload it in one "
+        "commit (huggingface_hub; log in with `hf auth login`). --dry_run DIR writes the repository's files into DIR "
+        "and uploads nothing."
+    )
+    parser.add_argument("artefact", choices=("model", "keys", "metric", "space"), help="what to publish")
+    parser.add_argument("--repo_id", required=True, help="the repository, owner/name")
+    parser.add_argument("--revision", help="branch to commit to (default: main)")
+    parser.add_argument("--private", action="store_true", help="create the repository private")
+    parser.add_argument("--dry_run", metavar="DIR", help="write the repository's files into DIR (new or empty) only")
+    parser.add_argument("--model", help="model: the saved model folder (e.g. runs/quickstart/model)")
+    parser.add_argument("--results", help="model: an `evaluate` results.json for the card's model-index")
+    parser.add_argument("--keys", help="keys: the key folder (bioscan-clip index)")
+    parser.add_argument("--model_repo", help="keys: the model repository the keys were embedded with; space: shown")
+    parser.add_argument("--model_revision", help="keys: the model's commit sha, so loads use that exact model")
+    parser.add_argument("--source", default="", help="keys: where the records come from (dataset card)")
+    parser.add_argument("--license", default="other", help="keys: licence id of the records (dataset card)")
+    parser.add_argument("--keys_repo", help="space: the key-library dataset repository the Space serves")
+    parser.add_argument("--wheel", help="space: ship this wheel of the package in the Space (version not on PyPI)")
+
+
+def run_push(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from bioscan_clip import hub
+
+    needed = {"model": ["model"], "keys": ["keys", "model_repo"], "metric": [], "space": []}[args.artefact]
+    for name in needed:
+        if not getattr(args, name):
+            raise BioscanInputError(f"push {args.artefact} needs --{name}")
+    options: dict[str, Any] = {}
+    if args.artefact == "model":
+        options["model_dir"] = args.model
+        if args.results:
+            options["results"], options["dataset"], options["split"] = hub.read_results(args.results)
+    elif args.artefact == "keys":
+        options.update(key_dir=args.keys, model_repo=args.model_repo, model_revision=args.model_revision,
+                       source=args.source, license=args.license)  # fmt: skip
+    elif args.artefact == "space":
+        options.update(keys_repo=args.keys_repo, model_repo=args.model_repo, wheel=args.wheel)
+    repo_type = hub.REPO_TYPES[args.artefact]
+    if args.dry_run:
+        folder = hub.export(args.artefact, args.dry_run, repo_id=args.repo_id, **options)
+        files = hub.repo_files(folder)
+        print(f"wrote the {repo_type} repository {args.repo_id} ({len(files)} files) to {folder}; nothing uploaded")
+        for name in files:
+            print(f"  {name}")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="bioscan-clip-push-") as staging:
+        folder = hub.export(args.artefact, Path(staging) / "repo", repo_id=args.repo_id, **options)
+        info = hub.publish(folder, args.repo_id, repo_type=repo_type, revision=args.revision, private=args.private or None)
+    print(f"pushed {args.artefact} to {repo_type} repository {args.repo_id}: commit {info.oid} ({info.commit_url})")
     return 0

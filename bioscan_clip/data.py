@@ -49,6 +49,9 @@ class DataSpec:
             names as labels of their own instead of reading them as missing.
         genus_from_species (`bool`, defaults to `False`): fill a missing genus from the species name, as the
             ``bioscan-dataset`` loader of BIOSCAN-1M does.
+        verify_images (`str`, *optional*): how images are checked while preparing: ``header`` (the builders'
+            default), ``decode`` (a full decode) or ``none``.
+        num_proc (`int`, *optional*): processes that check the images and write the splits while preparing.
     """
 
     source: str | None = "mini"
@@ -60,11 +63,14 @@ class DataSpec:
     image_package: str | None = None
     keep_provisional_names: bool = False
     genus_from_species: bool = False
+    verify_images: str | None = None
+    num_proc: int | None = None
 
     @classmethod
     def from_options(cls, options: Any) -> DataSpec:
-        """The data options of a command line or a ``TrainConfig``: any object with these fields as attributes."""
-        return cls(**{item.name: getattr(options, item.name) for item in dataclasses.fields(cls)})
+        """The data options of a command line or a ``TrainConfig``: any object with these fields as attributes
+        (a field it lacks keeps its default)."""
+        return cls(**{item.name: getattr(options, item.name, item.default) for item in dataclasses.fields(cls)})
 
     @property
     def name(self) -> str:
@@ -79,7 +85,7 @@ class DataSpec:
         """The builder-config options this spec sets (those left ``None``/``False`` keep the builder's default)."""
         options: dict[str, Any] = {
             name: getattr(self, name)
-            for name in ("partition", "image_policy", "image_package")
+            for name in ("partition", "image_policy", "image_package", "verify_images", "num_proc")
             if getattr(self, name) is not None
         }
         if self.genus_from_species:
@@ -127,6 +133,13 @@ def role_records(splits: datasets.DatasetDict, roles: dict[str, tuple[str, ...]]
     if "image" in records.column_names:
         records = records.cast_column("image", datasets.Image(decode=False))
     return records
+
+
+def image_file_records(paths: Sequence[str], names: Sequence[str]) -> datasets.Dataset:
+    """Records of image files (``processid`` = the name errors use), to embed as a dataset's images are."""
+    features = datasets.Features({"processid": datasets.Value("string"), "image": datasets.Image(decode=False)})
+    images = [{"path": str(path), "bytes": None} for path in paths]
+    return datasets.Dataset.from_dict({"processid": [str(n) for n in names], "image": images}, features=features)
 
 
 def has_image(records: datasets.Dataset) -> np.ndarray:

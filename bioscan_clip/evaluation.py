@@ -29,6 +29,7 @@ from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 logger = logging.getLogger(__name__)
 
 BASELINE_PAIR = "dna->dna (5-mer profile baseline)"
+IDENTITY_PAIR = "dna->dna (alignment identity 1-NN)"
 
 
 def evaluate_retrieval(
@@ -116,6 +117,22 @@ def kmer_baseline_results(keys: SpecimenDataset, queries: Mapping[str, SpecimenD
     return {BASELINE_PAIR: result[pair_name((DNA, DNA))]}
 
 
+def identity_baseline_results(keys: SpecimenDataset, queries: Mapping[str, SpecimenDataset]) -> dict[str, Any]:
+    """DNA->DNA 1-NN by alignment identity (candidates from the 5-mer top 20): the field's own baseline
+    (:mod:`bioscan_clip.identity_baseline`). Top-1 only: it names one best key per query."""
+    from bioscan_clip.identity_baseline import identity_nearest
+
+    groups = list(queries)
+    key_labels = labels_of(keys)
+    barcodes = sum((list(queries[g].records["dna_barcode"]) for g in groups), [])
+    found = identity_nearest(barcodes, keys.records["dna_barcode"], key_labels)
+    references = {rank: sum((list(labels_of(queries[g])[rank]) for g in groups), []) for rank in TAXONOMIC_RANKS}
+    is_unseen = sum(([g == "unseen"] * len(queries[g]) for g in groups), [])
+    predictions = {rank: [[label] for label in found.labels[rank]] for rank in TAXONOMIC_RANKS}
+    compute = metric_module().compute_taxonomic_accuracy
+    return {IDENTITY_PAIR: compute(predictions, references, is_unseen, k_list=[1])}
+
+
 def _retrieval_examples(
     keys: SpecimenDataset,
     queries: SpecimenDataset,
@@ -159,6 +176,7 @@ def evaluate(
     out: str | Path | None = None,
     model_card: str | Path | None = None,
     kmer_baseline: bool = True,
+    identity_baseline: bool = True,
     batch_size: int = 128,
     examples: int = 6,
 ) -> Evaluation:
@@ -167,6 +185,8 @@ def evaluate(
 
     Writes ``results.json``, ``accuracy.png``, ``retrieval_examples.png`` to ``out`` (default:
     ``<model>/../evaluation-<split>``) and, with ``model_card``, the card's model-index and results table.
+    With DNA, the 5-mer-profile and alignment-identity baselines are scored beside the model (``kmer_baseline``,
+    ``identity_baseline``; the identity baseline is top-1 only).
     """
     from bioscan_clip.reports import plot_accuracy, update_model_card
 
@@ -198,6 +218,8 @@ def evaluate(
     results = evaluate_retrieval(query_features, query_labels, key_features, labels_of(keys), show_progress=True)
     if DNA in modalities and kmer_baseline:
         results.update(kmer_baseline_results(keys, queries))
+    if DNA in modalities and identity_baseline:
+        results.update(identity_baseline_results(keys, queries))
 
     summary = {
         "model": str(model),

@@ -11,6 +11,7 @@ This module also embeds whole datasets, the one step they all share.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bioscan_clip.data import SpecimenDataset, model_inputs
+from modeling_bioscanclip import BioscanInputError
 from modeling_bioscanclip.configuration_bioscanclip import MODALITIES
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
@@ -98,13 +100,50 @@ def labels_of(dataset: SpecimenDataset) -> dict[str, list[Any]]:
     return {column: dataset.metadata.get(column, [None] * len(dataset)) for column in ("processid", *TAXONOMIC_RANKS)}
 
 
+class _Failed:
+    """A user-input error raised in a loader worker, carried to the main process to be raised there as itself
+    (the DataLoader would otherwise re-raise it with the worker's traceback in its message)."""
+
+    def __init__(self, error: BioscanInputError) -> None:
+        self.error = error
+
+
+class _Guarded(torch.utils.data.Dataset):
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except BioscanInputError as error:
+            return _Failed(error)
+
+
+def _collate_guarded(items: list[Any]) -> Any:
+    failed = next((item for item in items if isinstance(item, _Failed)), None)
+    return failed or torch.utils.data.default_collate(items)
+
+
+def loader_workers(dataset: SpecimenDataset, batch_size: int, processes: int = 1) -> int:
+    """Loader workers for embedding: images are decoded and resized in workers, overlapped with the forward (one per
+    two cores of this process's share, at most 8); none for barcodes and text (tokenised once, beforehand) or for
+    a single batch (nothing to overlap)."""
+    if dataset.images is None or len(dataset) <= batch_size:
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(8, max(1, cores // max(1, processes) // 2))
+
+
 @torch.inference_mode()
 def embed_dataset(
     model: Any,
     dataset: SpecimenDataset,
     *,
     batch_size: int = 64,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     accelerator: Any = None,
     description: str = "embedding",
     show_progress: bool = True,
@@ -114,9 +153,19 @@ def embed_dataset(
     in dataset order.
 
     With an ``accelerator``, the work is sharded over processes and gathered (``gather_for_metrics`` drops the
-    duplicates that pad the last batch); every process gets the full result.
+    duplicates that pad the last batch); every process gets the full result. ``num_workers`` None: see
+    :func:`loader_workers`.
     """
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    if num_workers is None:
+        num_workers = loader_workers(dataset, batch_size, 1 if accelerator is None else accelerator.num_processes)
+    loader = torch.utils.data.DataLoader(
+        _Guarded(dataset) if num_workers else dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=_collate_guarded if num_workers else None,
+        prefetch_factor=4 if num_workers else None,
+    )
     core = model
     if accelerator is not None:
         loader = accelerator.prepare(loader)
@@ -126,6 +175,8 @@ def embed_dataset(
     core.eval()
     parts: dict[str, list[torch.Tensor]] = {}
     for batch in tqdm(loader, desc=description, disable=not show_progress, leave=False):
+        if isinstance(batch, _Failed):
+            raise batch.error
         embeds = core.embed(**model_inputs(batch))
         embeds["index"] = batch["index"]
         if accelerator is not None:

@@ -205,6 +205,21 @@ def verify_key_folder(key_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def key_records(key_dir: str | Path) -> datasets.Dataset | None:
+    """The key records of a key folder (None when it holds none), images kept encoded (decode them with the safe
+    loader, as :meth:`Identifier.key_image` does)."""
+    key_dir = Path(key_dir)
+    if not (key_dir / RECORDS_DIRNAME).exists():
+        return None
+    try:
+        records = datasets.load_from_disk(str(key_dir / RECORDS_DIRNAME))
+    except (OSError, ValueError, KeyError) as error:
+        raise BioscanInputError(f"{key_dir}: the key records cannot be read ({error}); rebuild it") from None
+    if "image" in records.column_names:
+        records = records.cast_column("image", datasets.Image(decode=False))
+    return records
+
+
 def refuse_foreign_output(out_dir: Path, overwrite: bool) -> None:
     """``--out`` may replace a key folder or an empty folder; anything else only with ``overwrite``."""
     if overwrite or not out_dir.exists() or is_key_folder(out_dir):
@@ -254,14 +269,7 @@ class Identifier:
         indexes = {
             name: KeyIndex.load(key_dir / name, verify=False) for name in KEY_FEATURES if (key_dir / name).exists()
         }
-        records = None
-        if (key_dir / RECORDS_DIRNAME).exists():
-            try:
-                records = datasets.load_from_disk(str(key_dir / RECORDS_DIRNAME))
-            except (OSError, ValueError, KeyError) as error:
-                raise BioscanInputError(f"{key_dir}: the key records cannot be read ({error}); rebuild it") from None
-            if "image" in records.column_names:  # kept encoded: decoded by the safe loader in key_image
-                records = records.cast_column("image", datasets.Image(decode=False))
+        records = key_records(key_dir)
         calibration = read_json(key_dir / CALIBRATION_FILE, "the calibration")
         model = BioscanClipModel.from_pretrained(model_dir)
         processor = BioscanClipProcessor.from_pretrained(model_dir)
@@ -272,6 +280,31 @@ class Identifier:
                 f"{built_with[:12]}) than {model_dir} (config {config_hash(model)[:12]}); rebuild the keys with it"
             )
         return cls(model, processor, indexes, calibration, records)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        repo_id_or_path: str | Path,
+        revision: str | None = None,
+        *,
+        model: str | Path | None = None,
+        model_revision: str | None = None,
+    ) -> Identifier:
+        """Loads a key library by Hub repository id (a dataset repo written by ``bioscan-clip push keys``, downloaded
+        or found in the Hub cache offline, at ``revision``) or local folder, with the model it names (the revision
+        the keys were embedded with). ``model`` / ``model_revision`` override that model. A plain key folder needs
+        ``model``.
+
+        Example::
+
+            identifier = Identifier.from_pretrained("my-lab/bioscan-keys", revision="<commit sha>")
+        """
+        from bioscan_clip.hub import resolve_key_library  # the Hub layer sits above this module
+
+        model_dir, key_dir = resolve_key_library(
+            repo_id_or_path, revision=revision, model=model, model_revision=model_revision
+        )
+        return cls.load(model_dir, key_dir)
 
     @torch.inference_mode()
     def embed(

@@ -173,4 +173,23 @@ def update_model_card(
     else:
         text = text.rstrip() + "\n\n## Results\n\n" + block + "\n"
     path.write_text(text)
+    return ensure_card_metadata(path, model_name=model_name)
+
+
+# What the Hub needs to list and load the model (remote code through transformers); added only where missing.
+CARD_METADATA = "library_name: transformers\ntags:\n- bioscan-clip\n- biodiversity\n- dna-barcoding\n- clip"
+
+
+def ensure_card_metadata(card: str | Path, *, model_name: str) -> Path:
+    """Adds the Hub metadata (:data:`CARD_METADATA`) a model card lacks, after what its front matter holds;
+    ``bioscan-clip evaluate --model_card`` and ``bioscan-clip push model`` write cards through this."""
+    path = Path(card)
+    text = path.read_text() if path.exists() else f"# {model_name}\n"
+    front = re.match(r"^---\n(.*?)\n---\n", text, flags=re.S)
+    yaml, body = (front.group(1), text[front.end() :]) if front else ("", text)
+    blocks = re.split(r"\n(?=\S)", CARD_METADATA)
+    missing = [block for block in blocks if not re.search(rf"(?m)^{block.split(':')[0]}:", yaml)]
+    if missing or not front:
+        yaml = "\n".join(part for part in (yaml.rstrip(), *missing) if part)
+        path.write_text(f"---\n{yaml}\n---\n" + body)
     return path

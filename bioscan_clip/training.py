@@ -107,7 +107,14 @@ class TrainConfig:
     max_grad_norm: float | None = _option(1.0, "clip gradients to this norm (0 or none: no clipping, as the paper)")
     mixed_precision: str = _option("no", "fp16/bf16 need a device that supports them", choices=("no", "bf16", "fp16"))
     seed: int = _option(42, "seeds model initialisation, dropout, sample order and augmentation")
-    num_workers: int = _option(0, "DataLoader worker processes (the run is the same with any number)")
+    num_workers: int | None = _option(
+        None, "DataLoader worker processes per process (None: 1 per 2 cores, at most 8, with images; 0 without); "
+        "the run is the same with any number"
+    )
+    num_threads: int | None = _option(
+        None, "torch threads per process (None: every core this process may use, shared among the processes on "
+        "this machine; `accelerate launch` would otherwise leave one, through OMP_NUM_THREADS=1)"
+    )
     same_species_positives: bool = _option(False, "treat records of the same species in a batch as positives")
     crop_scale_min: float = _option(0.08, "smallest area fraction of the random resized crop (0.08 in the paper)")
     text_vocab_size: int = _option(2000, "size of the taxonomy WordPiece vocabulary built from the training names")
@@ -242,6 +249,32 @@ def _accelerator(config: TrainConfig) -> Accelerator:
     return accelerator
 
 
+def _usable_cores() -> int:
+    """The cores this process may run on (its affinity mask: what a container or `taskset` grants)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _set_threads(config: TrainConfig, accelerator: Any) -> tuple[int, int]:
+    """Sets torch's thread count and picks the loader workers: every core given, never a silent single thread.
+
+    `accelerate launch` exports OMP_NUM_THREADS=1 unless told otherwise, which alone halves a 2-core CPU run.
+    """
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+    cores = _usable_cores()
+    per_process = max(1, cores // max(1, local))
+    threads = config.num_threads or per_process
+    torch.set_num_threads(threads)
+    workers = config.num_workers
+    if workers is None:
+        workers = min(8, max(1, per_process // 2)) if "image" in config.modality_list() else 0
+    logger.info(
+        "torch uses %d thread(s) per process (%d cores for %d local process(es); OMP_NUM_THREADS=%s), "
+        "%d loader worker(s); --num_threads and --num_workers change them",
+        threads, cores, local, os.environ.get("OMP_NUM_THREADS", "unset"), workers,
+    )  # fmt: skip
+    return threads, workers
+
+
 def _text_tokenizer(config: TrainConfig, train_records: Any, accelerator: Any, folder: Path) -> Any:
     """The taxonomy tokenizer: the one given (or the pretrained text tower's), else one built from the training
     records' names. Made once by the main process and kept in the run folder, so that a resume reuses it."""
@@ -324,6 +357,7 @@ def train(config: TrainConfig) -> TrainResult:
     """Runs training as ``config`` says, in this process or in each process of an ``accelerate launch``."""
     output_dir = Path(config.output_dir)
     accelerator = _accelerator(config)
+    threads, workers = _set_threads(config, accelerator)
     set_seed(config.seed)  # model init and dropout; augmentation draws from (seed, epoch, index)
     train_set, validation, processor = _datasets(config, accelerator, output_dir)
     model = _model(config, len(processor.tokenizer))
@@ -335,7 +369,10 @@ def train(config: TrainConfig) -> TrainResult:
         batch_size=config.batch_size,
         shuffle=True,
         drop_last=True,  # equal slices on every process, as the gathered loss needs
-        num_workers=config.num_workers,
+        # Workers decode and augment ahead of the step. Not persistent: each epoch's workers must see set_epoch.
+        num_workers=workers,
+        prefetch_factor=4 if workers else None,
+        pin_memory=accelerator.device.type == "cuda",
         generator=torch.Generator().manual_seed(config.seed),
     )
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
@@ -377,6 +414,7 @@ def train(config: TrainConfig) -> TrainResult:
     last_eval: dict[str, Any] | None = None
     recent_losses: collections.deque[float] = collections.deque(maxlen=steps_per_epoch)  # the last epoch's
     first_loss: float | None = None
+    throughput = _Throughput(global_batch)
     while state.epoch < config.epochs and state.global_step < max_steps:
         model.train()
         train_loader.set_epoch(state.epoch)  # reshuffles per epoch (the original never did)
@@ -412,6 +450,7 @@ def train(config: TrainConfig) -> TrainResult:
                 _count_nan_skip(state, config.max_nan_skips)
             state.global_step += 1
             state.step_in_epoch += 1
+            throughput.step()
             progress.update(1)
             if state.global_step % config.log_every_steps == 0 or state.global_step == 1:
                 logs = {
@@ -423,16 +462,19 @@ def train(config: TrainConfig) -> TrainResult:
                 progress.set_postfix(loss=f"{logs['loss']:.3f}", lr=f"{logs['lr']:.2e}")
                 accelerator.log(logs, step=state.global_step)
             if config.checkpoint_every_steps and state.global_step % config.checkpoint_every_steps == 0:
+                throughput.pause()
                 save_checkpoint(accelerator, state, checkpoints_dir, config.checkpoints_total_limit, scheduler)
+                throughput.resume()
             if config.max_steps is not None and state.global_step >= config.max_steps:
                 break  # stop mid-epoch; a full epoch always runs its end-of-epoch work below
         else:  # the epoch ran to its end
+            throughput.pause()
             state.epoch += 1
             state.step_in_epoch = 0
             if config.eval_every_epochs and (
                 state.epoch % config.eval_every_epochs == 0 or state.epoch == config.epochs
             ):
-                last_eval = validate(model, accelerator, validation, config.eval_batch_size, config.num_workers)
+                last_eval = validate(model, accelerator, validation, config.eval_batch_size, workers)
                 if last_eval is not None:
                     score = selection_score(last_eval)
                     accelerator.log({"val/selection_score": score}, step=state.global_step)
@@ -442,6 +484,7 @@ def train(config: TrainConfig) -> TrainResult:
                         if accelerator.is_main_process:
                             save_pretrained(raw_model, processor, output_dir / "best_model")
             save_checkpoint(accelerator, state, checkpoints_dir, config.checkpoints_total_limit, scheduler)
+            throughput.resume()
     progress.close()
     if state.step_in_epoch:  # stopped by --max_steps inside an epoch: keep the exact place
         save_checkpoint(accelerator, state, checkpoints_dir, config.checkpoints_total_limit, scheduler)
@@ -458,6 +501,9 @@ def train(config: TrainConfig) -> TrainResult:
         "nan_skips": state.total_nan_skips,
         "processes": accelerator.num_processes,
         "seconds": round(time.time() - started, 1),
+        "samples_per_second": throughput.rate(),
+        "torch_threads": threads,
+        "loader_workers": workers,
         "first_step_loss": first_loss,
         "last_epoch_mean_loss": sum(recent_losses) / len(recent_losses) if recent_losses else None,
         "training_records": len(train_set),
@@ -468,11 +514,42 @@ def train(config: TrainConfig) -> TrainResult:
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         if last_eval is not None:
             logger.info("validation retrieval accuracy\n%s", format_table(last_eval))
-        if config.push_to_hub:
-            BioscanClipModel.from_pretrained(chosen).push_to_hub(config.hub_model_id)
-            BioscanClipProcessor.from_pretrained(chosen).push_to_hub(config.hub_model_id)
+        if config.push_to_hub:  # the same export and single commit as `bioscan-clip push model`
+            from bioscan_clip.hub import push_model_folder
+
+            push_model_folder(chosen, config.hub_model_id)  # its card: what `evaluate --model_card` wrote, if any
     accelerator.end_training()
     return TrainResult(output_dir=output_dir, model_dir=chosen, summary=summary)
+
+
+class _Throughput:
+    """Training samples per second over the steps after the first (model warm-up), leaving out the time spent
+    checkpointing and validating; a new epoch's loader start-up counts, as it does for the user."""
+
+    def __init__(self, samples_per_step: int) -> None:
+        self.samples_per_step = samples_per_step
+        self.last: float | None = None  # when the previous step ended
+        self.paused_at: float | None = None
+        self.seconds = 0.0
+        self.steps = 0
+
+    def step(self) -> None:
+        now = time.perf_counter()
+        if self.last is not None:
+            self.seconds += now - self.last
+            self.steps += 1
+        self.last = now
+
+    def pause(self) -> None:
+        self.paused_at = time.perf_counter()
+
+    def resume(self) -> None:
+        if self.paused_at is not None and self.last is not None:
+            self.last += time.perf_counter() - self.paused_at
+        self.paused_at = None
+
+    def rate(self) -> float | None:
+        return round(self.steps * self.samples_per_step / self.seconds, 2) if self.seconds > 0 else None
 
 
 def _count_nan_skip(state: TrainState, limit: int) -> None:

@@ -148,7 +148,8 @@ def load_bioscan(source: str, data_dir: str | Path | None = None, **config: Any)
     Args:
         source (`str`): ``"bioscan5m"``, ``"bioscan1m"``, ``"bold"`` or ``"mini"``.
         data_dir (`str` or `Path`, *optional*): see :func:`get_builder`.
-        **config: ``cache_dir`` and builder options (``image_policy``, ``embed_images``, ``partition``, ...).
+        **config: ``cache_dir``, builder options (``image_policy``, ``verify_images``, ``embed_images``,
+            ``partition``, ...) and ``num_proc`` (processes that check the images and write the splits).
 
     Returns:
         `datasets.DatasetDict`: split name -> Dataset with :data:`RECORD_FEATURES`.
@@ -161,8 +162,9 @@ def load_bioscan(source: str, data_dir: str | Path | None = None, **config: Any)
     ['key_unseen', 'other_heldout', 'pretrain', 'test', 'test_unseen', 'train', 'val', 'val_unseen']
     ```
     """
+    num_proc = config.pop("num_proc", None)
     builder = get_builder(source, data_dir, **config)
-    builder.download_and_prepare()
+    builder.download_and_prepare(num_proc=num_proc)
     if builder.summary is not None:  # on every read, also from the cache: what was read, kept and dropped
         logger.info("%s", builder.summary.describe())
     return builder.as_dataset()

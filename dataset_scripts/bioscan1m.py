@@ -33,6 +33,8 @@ from typing import ClassVar
 
 import pandas as pd
 
+from modeling_bioscanclip.constants_bioscanclip import ALL_RANKS
+
 from .base import BioscanBuilderBase, BioscanBuilderConfig, record_frame
 from .integrity import DataIntegrityError, PrepareSummary
 from .partition import CLIBD_METASPLITS, CLIBD_SPLITS, clibd_partition, read_official_partition
@@ -148,8 +150,11 @@ class Bioscan1M(BioscanBuilderBase):
             files += sorted(lists_dir.glob("*.txt")) if lists_dir.is_dir() else []
         return files
 
+    def _used_columns(self) -> list[str]:
+        return ["processid", "sampleid", "nucraw", "uri", *ALL_RANKS, "image_file", "chunk_number"]
+
     def _load_frame(self, metadata: Path, summary: PrepareSummary) -> pd.DataFrame:
-        raw = read_table(metadata)
+        raw = read_table(metadata, usecols=self._used_columns())
         summary.rows_read = len(raw)
         frame = record_frame(
             raw, metadata, summary, dna_column="nucraw", bin_column="uri", require_dna=self.config.require_dna

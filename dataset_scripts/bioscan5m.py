@@ -24,6 +24,8 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 
+from modeling_bioscanclip.constants_bioscanclip import ALL_RANKS
+
 from .base import BioscanBuilderBase, BioscanBuilderConfig, record_frame
 from .integrity import DataIntegrityError, PrepareSummary
 from .tables import read_table
@@ -93,9 +95,17 @@ class Bioscan5M(BioscanBuilderBase):
         base = metadata.parents[2] if official else metadata.parent
         return base / "images" / str(self.config.image_package)
 
+    def _used_columns(self) -> list[str]:
+        return ["processid", "sampleid", "dna_barcode", "dna_bin", *ALL_RANKS, "split", "chunk", "chunk_number"]
+
+    def _streams_by_row(self) -> bool:
+        return True  # the split is a column of the table
+
     def _load_frame(self, metadata: Path, summary: PrepareSummary) -> pd.DataFrame:
-        raw = read_table(metadata)
-        summary.rows_read = len(raw)
+        return self._frame_from_raw(read_table(metadata, usecols=self._used_columns()), metadata, summary)
+
+    def _frame_from_raw(self, raw: pd.DataFrame, metadata: Path, summary: PrepareSummary) -> pd.DataFrame:
+        summary.rows_read += len(raw)
         if "split" not in raw.columns:
             raise DataIntegrityError(f"{metadata} has no 'split' column (columns: {list(raw.columns)})")
         frame = record_frame(
@@ -105,7 +115,7 @@ class Bioscan5M(BioscanBuilderBase):
         unknown = sorted(set(split) - set(BIOSCAN5M_SPLITS))
         if unknown:
             raise DataIntegrityError(f"{metadata}: unknown split value(s) {unknown}; expected {BIOSCAN5M_SPLITS}")
-        frame["split"] = split.astype(object)
+        frame["split"] = split
         frame["image_path"] = self._image_paths(raw, split)
         return frame
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import datasets
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from modeling_bioscanclip.constants_bioscanclip import ALL_RANKS, MAX_NUCLEOTIDES, MISSING_TAXON_STRINGS
 
@@ -24,6 +25,7 @@ __all__ = [
     "STRING_COLUMNS",
     "fill_genus_from_species",
     "normalise_missing",
+    "record_table",
     "records_to_arrow",
     "truncate_dna",
 ]
@@ -73,14 +75,17 @@ def fill_genus_from_species(genus: pd.Series, species: pd.Series) -> tuple[pd.Se
     return out, int(fill.sum())
 
 
-def normalise_missing(values: pd.Series) -> pd.Series:
-    """Strips whitespace and maps the sources' "unknown" spellings to ``None`` (vectorised).
+def normalise_missing(values: pd.Series, *, arrow: bool = False) -> pd.Series:
+    """Strips whitespace and maps the sources' "unknown" spellings to ``None`` (vectorised, in Arrow).
 
     Args:
         values (`pd.Series`): strings (or ``None``).
+        arrow (`bool`, *optional*, defaults to `False`): return pandas' Arrow-backed ``str`` dtype (missing is
+            ``NaN``) instead of ``object`` with ``None``: no Python object per cell, which is what lets the
+            builders convert millions of rows at about the cost of reading them.
 
     Returns:
-        `pd.Series` of dtype ``object``: the stripped strings, ``None`` where missing.
+        `pd.Series` of dtype ``object``: the stripped strings, ``None`` where missing (``str`` with ``arrow``).
 
     Example:
 
@@ -91,10 +96,20 @@ def normalise_missing(values: pd.Series) -> pd.Series:
 
     ```
     """
-    stripped = values.astype(object).where(values.notna(), "").astype(str).str.strip()
-    out = stripped.astype(object)
-    out[stripped.isin(_MISSING).to_numpy()] = None  # assignment keeps a real None (where() would give NaN)
-    return out
+    try:
+        array = pa.array(values, from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        array = None
+    if array is None or not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        # Not all strings (numbers from a hand-made frame): as text, with None/NaN as missing.
+        text = values.astype(object).where(values.notna(), "").astype(str)
+        array = pa.array(text, from_pandas=True)
+    stripped = pc.utf8_trim_whitespace(array)  # the whitespace pandas' str.strip removes from Arrow strings
+    missing = pc.or_kleene(pc.is_null(stripped), pc.is_in(stripped, value_set=pa.array(sorted(_MISSING))))
+    clean = pc.if_else(missing, pa.scalar(None, stripped.type), stripped)
+    if arrow:
+        return pd.Series(pd.array(clean, dtype="str"), index=values.index)
+    return pd.Series(clean.to_numpy(zero_copy_only=False), index=values.index, dtype=object)
 
 
 def truncate_dna(values: pd.Series, max_nucleotides: int | None = MAX_NUCLEOTIDES) -> pd.Series:
@@ -111,17 +126,31 @@ def truncate_dna(values: pd.Series, max_nucleotides: int | None = MAX_NUCLEOTIDE
         return values
     if max_nucleotides < 1:
         raise ValueError(f"max_nucleotides must be a positive integer or None, got {max_nucleotides!r}")
+    if values.dtype == "str":  # Arrow-backed (the builders' frames): cut in Arrow, nulls stay null
+        cut = pc.utf8_slice_codeunits(pa.array(values), 0, max_nucleotides)
+        return pd.Series(pd.array(cut, dtype="str"), index=values.index)
     mask = values.notna()
     out = values.copy()
     out[mask] = values[mask].astype(str).str.slice(0, max_nucleotides)
     return out
 
 
-def records_to_arrow(frame: pd.DataFrame, images: list[dict | None]) -> pa.Table:
-    """Builds an Arrow table in the :data:`RECORD_FEATURES` schema from a record frame and image cells.
+def record_table(frame: pd.DataFrame, extra: tuple[str, ...] = ()) -> pa.Table:
+    """The :data:`STRING_COLUMNS` (and ``extra`` columns) of a record frame as one Arrow table, converted once.
+
+    Arrow-backed ``str`` columns pass without a copy; ``object`` columns go through Arrow's C++ conversion
+    (``None``/``NaN`` become nulls). Strings stay ``large_string`` here (a 5 M-row barcode column is over 2 GiB);
+    :func:`records_to_arrow` casts each batch to the schema.
+    """
+    arrays = [pa.array(frame[name], type=pa.large_string(), from_pandas=True) for name in (*STRING_COLUMNS, *extra)]
+    return pa.Table.from_arrays(arrays, names=[*STRING_COLUMNS, *extra])
+
+
+def records_to_arrow(table: pa.Table, images: list[dict | None]) -> pa.Table:
+    """One batch in the :data:`RECORD_FEATURES` schema, from its :func:`record_table` rows and image cells.
 
     Args:
-        frame (`pd.DataFrame`): has every column of :data:`STRING_COLUMNS`.
+        table (`pa.Table`): has every column of :data:`STRING_COLUMNS`.
         images (`list`): one ``{"bytes": bytes | None, "path": str | None}`` or ``None`` per row.
 
     Returns:
@@ -134,8 +163,7 @@ def records_to_arrow(frame: pd.DataFrame, images: list[dict | None]) -> pa.Table
         if name == "image":
             arrays.append(pa.array(images, type=field.type))
         else:
-            # from_pandas=True: None and NaN become nulls inside Arrow's C++ conversion (no per-row Python).
-            arrays.append(pa.array(frame[name].to_numpy(dtype=object), type=field.type, from_pandas=True))
+            arrays.append(table[name].cast(field.type).combine_chunks())
     return pa.Table.from_arrays(arrays, schema=schema)
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ __all__ = [
     "read_fasta",
     "read_query_table",
     "read_table",
+    "read_table_chunks",
 ]
 
 TABLE_SUFFIXES = (".tsv", ".csv", ".txt", ".tab")
@@ -102,9 +105,32 @@ def read_table(path: str | Path, *, usecols: list[str] | None = None, sep: str |
         sep (`str`, *optional*): the separator; detected from the header line when ``None``.
 
     Returns:
-        `pd.DataFrame`: one ``object`` (str) column per file column, header names stripped of spaces and quotes.
+        `pd.DataFrame`: one ``str`` column per file column, header names stripped of spaces and quotes.
     """
-    path = Path(path)
+    path, options = _read_options(Path(path), usecols, sep)
+    with _reading(path, options["sep"]):
+        frame = pd.read_csv(path, **options)
+    return _tidy(frame, options["sep"])
+
+
+def read_table_chunks(
+    path: str | Path, rows: int, *, usecols: list[str] | None = None, sep: str | None = None
+) -> Iterator[pd.DataFrame]:
+    """:func:`read_table` ``rows`` rows at a time (the same frames, concatenated), for streaming: the first chunk
+    arrives without the rest of the file being read. A malformed line raises when its chunk is reached."""
+    path, options = _read_options(Path(path), usecols, sep)
+    with _reading(path, options["sep"]):
+        reader = pd.read_csv(path, chunksize=rows, **options)
+    with reader:
+        while True:
+            with _reading(path, options["sep"]):
+                frame = next(reader, None)
+            if frame is None:
+                return
+            yield _tidy(frame, options["sep"])
+
+
+def _read_options(path: Path, usecols: list[str] | None, sep: str | None) -> tuple[Path, dict[str, Any]]:
     header = _header_line(path)
     if not header.strip():
         raise DataIntegrityError(f"{path}: empty file or empty header line; expected a table with a header row")
@@ -118,21 +144,28 @@ def read_table(path: str | Path, *, usecols: list[str] | None = None, sep: str |
         "quoting": quoting,
         "encoding": "utf-8-sig",
     }
+    if usecols is not None:
+        with _reading(path, sep):
+            names = [str(c) for c in pd.read_csv(path, nrows=0, **options).columns]
+        wanted = set(usecols)
+        options["usecols"] = [c for c in names if c.strip().strip('"').strip() in wanted]
+    return path, options
+
+
+@contextmanager
+def _reading(path: Path, sep: str):
+    """pandas' parser errors as one :class:`DataIntegrityError` naming the file."""
     try:
-        names = pd.read_csv(path, nrows=0, **options).columns
-        columns = [str(c) for c in names]
-        if usecols is not None:
-            wanted = set(usecols)
-            keep = [c for c in columns if c.strip().strip('"').strip() in wanted]
-            frame = pd.read_csv(path, usecols=keep, **options)
-        else:
-            frame = pd.read_csv(path, **options)
+        yield
     except pd.errors.ParserError as error:
         raise DataIntegrityError(f"{path}: not a well-formed {_name(sep)} table: {error}".strip()) from None
     except UnicodeDecodeError as error:
         raise DataIntegrityError(f"{path}: not UTF-8 text (byte {error.start})") from None
     except pd.errors.EmptyDataError:
         raise DataIntegrityError(f"{path}: empty file; expected a table with a header row") from None
+
+
+def _tidy(frame: pd.DataFrame, sep: str) -> pd.DataFrame:
     frame.columns = [str(c).strip().strip('"').strip() for c in frame.columns]
     if sep == "\t":
         for column in frame.columns:

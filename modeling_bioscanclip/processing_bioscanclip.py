@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import posixpath
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from transformers import BatchFeature, ProcessorMixin
-from transformers.utils import logging
+from transformers.utils import cached_file, logging
 
 from .constants_bioscanclip import NOT_CLASSIFIED, TAXONOMIC_RANKS, TEXT_MAX_LENGTH
 
@@ -15,10 +17,13 @@ from .constants_bioscanclip import NOT_CLASSIFIED, TAXONOMIC_RANKS, TEXT_MAX_LEN
 # for them (sub-tokenizers in subfolders are otherwise saved without their code; HF_STACK_NOTES.md §2a).
 from .errors_bioscanclip import BioscanInputError, record_label
 from .image_processing_bioscanclip import BioscanClipImageProcessor, as_image_list  # noqa: F401
-from .tokenization_dna import BioscanDnaTokenizer  # noqa: F401
+from .tokenization_dna import BioscanDnaTokenizer
 
 logger = logging.get_logger(__name__)
 ON_ERROR_MODES = ("raise", "drop")
+DNA_TOKENIZER_SUBFOLDER = "dna_tokenizer"
+# What locates a file of the repository: forwarded to every lookup of the DNA tokenizer's files.
+_HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "local_files_only", "revision", "_commit_hash")
 
 
 def taxonomy_to_text(record: Mapping[str, Any] | str) -> str:
@@ -187,6 +192,43 @@ class BioscanClipProcessor(ProcessorMixin):
         if on_error == "drop":
             data["kept"] = np.asarray(kept, dtype=np.int64)
         return BatchFeature(data, tensor_type=return_tensors)
+
+    @classmethod
+    def _load_tokenizer_from_pretrained(
+        cls, sub_processor_type: str, pretrained_model_name_or_path: Any, subfolder: str = "", **kwargs: Any
+    ) -> Any:
+        """The DNA tokenizer from its own subfolder, however the repository is reached, or one clear error.
+
+        transformers' own loader asks ``AutoTokenizer`` for the subfolder, which wants a ``config.json`` there; in a
+        Hub cache (offline) that lookup fails and it silently falls back to the root tokenizer, the TEXT tokenizer,
+        so barcodes would be cut into 3 word pieces instead of k-mers. The DNA tokenizer is always ours, so its files
+        are looked up directly (local folder, Hub, Hub cache, pinned revision) and a missing one is an error.
+        """
+        if sub_processor_type != DNA_TOKENIZER_SUBFOLDER:
+            return super()._load_tokenizer_from_pretrained(
+                sub_processor_type, pretrained_model_name_or_path, subfolder=subfolder, **kwargs
+            )
+        folder = posixpath.join(subfolder, DNA_TOKENIZER_SUBFOLDER) if subfolder else DNA_TOKENIZER_SUBFOLDER
+        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+        try:
+            config_file = cached_file(
+                pretrained_model_name_or_path, "tokenizer_config.json", subfolder=folder, **hub_kwargs
+            )
+            cached_file(pretrained_model_name_or_path, "vocab.json", subfolder=folder, **hub_kwargs)
+        except OSError as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise OSError(
+                f"{pretrained_model_name_or_path}: cannot load the DNA tokenizer from {folder}/ "
+                f"(tokenizer_config.json and vocab.json): {reason}; refusing to fall back to another tokenizer"
+            ) from None
+        with open(config_file, encoding="utf-8") as handle:
+            named = json.load(handle).get("tokenizer_class")
+        if named != BioscanDnaTokenizer.__name__:
+            raise OSError(
+                f"{pretrained_model_name_or_path}: {folder}/tokenizer_config.json names tokenizer_class {named!r}, "
+                f"expected {BioscanDnaTokenizer.__name__!r}; refusing to use another tokenizer for DNA"
+            )
+        return BioscanDnaTokenizer.from_pretrained(pretrained_model_name_or_path, subfolder=folder, **hub_kwargs)
 
     @property
     def model_input_names(self) -> list[str]:

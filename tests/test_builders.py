@@ -385,3 +385,143 @@ def test_official_hash_table(tmp_path, monkeypatch):
     lenient = Bioscan5M(data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "c3"))
     lenient.download_and_prepare()  # same-named non-official files (mini-BIOSCAN) still load, with a warning
     assert any("is not the official" in warning for warning in lenient.summary.warnings)
+
+
+# --- num_proc, streaming by row, image checks, metasplit views ----------------------------------------------------
+def _all_records(splits) -> dict[str, list[dict]]:
+    plain = {name: split.cast_column("image", datasets.Image(decode=False)) for name, split in splits.items()}
+    return {name: split.to_list() for name, split in plain.items()}
+
+
+def test_num_proc_2_writes_the_same_records_as_num_proc_1(tmp_path, monkeypatch):
+    from dataset_scripts import images as images_module
+
+    monkeypatch.setattr(base_module, "_BATCH_ROWS", 1)  # one shard per record: every split can be spread
+    monkeypatch.setattr(base_module, "_SPREAD_MIN_ROWS", 1)
+    monkeypatch.setattr(images_module, "_PARALLEL_MIN", 1)  # and the image checks run in the process pool
+    frame = write_5m(tmp_path / "data", rows_per_split=3)
+    image = five_m_image(tmp_path / "data", frame, 7)
+    image.write_bytes(image.read_bytes()[:60])
+    prepared = {}
+    for num_proc in (1, 2):
+        builder = Bioscan5M(
+            data_dir=str(tmp_path / "data"),
+            cache_dir=str(tmp_path / f"c{num_proc}"),
+            image_policy="skip",
+            embed_images=True,  # the workers read the image bytes
+        )
+        builder.download_and_prepare(num_proc=num_proc)
+        prepared[num_proc] = (_all_records(builder.as_dataset()), builder.summary)
+        if num_proc == 2:  # really written by two jobs: datasets names the shards of each job
+            assert len(list((tmp_path / "c2").rglob("*-pretrain-0000[01]-of-00002.arrow"))) == 2
+    assert prepared[1][0] == prepared[2][0]
+    assert prepared[2][0]["train"][0]["processid"] == "P0003"
+    assert "P0007" not in [r["processid"] for r in prepared[2][0]["val"]]  # skipped in the pool's check
+    assert prepared[1][1].records == prepared[2][1].records == {**dict.fromkeys(FIVE_M_SPLITS, 3), "val": 2}
+    assert prepared[2][1].images_corrupt == prepared[2][1].images_skipped == 1
+
+
+def test_num_proc_2_corrupt_image_fails_naming_the_record(tmp_path, monkeypatch):
+    from dataset_scripts import images as images_module
+
+    monkeypatch.setattr(images_module, "_PARALLEL_MIN", 1)
+    frame = write_5m(tmp_path / "data")
+    five_m_image(tmp_path / "data", frame, 4).write_text("not an image")
+    builder = Bioscan5M(data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(DataIntegrityError, match=r"processid 'P0004' is corrupt .*P0004\.jpg: not a decodable image"):
+        builder.download_and_prepare(num_proc=2)
+    assert not list((tmp_path / "cache").rglob("*.arrow"))
+
+
+def test_streaming_by_row_yields_before_the_rest_of_the_table_is_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(base_module, "_BATCH_ROWS", 2)
+    frame = write_5m(tmp_path / "data")
+    _, splits = _prepare(Bioscan5M, data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "prepared"))
+    for split in FIVE_M_SPLITS:  # the same records, split by split, as preparation writes
+        streamed = Bioscan5M(data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "s"))
+        rows = list(streamed.as_streaming_dataset(split=split).cast_column("image", datasets.Image(decode=False)))
+        assert rows == splits[split].cast_column("image", datasets.Image(decode=False)).to_list(), split
+    with five_m_csv(tmp_path / "data").open("a") as handle:  # a malformed last line: reached only at the end
+        handle.write('P9999,"unterminated\n')
+    stream = Bioscan5M(data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "s2")).as_streaming_dataset(
+        split="pretrain"
+    )
+    assert next(iter(stream))["processid"] == frame.loc[0, "processid"]
+    with pytest.raises(DataIntegrityError, match="BIOSCAN_5M_Insect_Dataset_metadata.csv: not a well-formed"):
+        list(Bioscan5M(data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "s3")).as_streaming_dataset("val"))
+
+
+def test_streaming_refuses_a_duplicate_processid_when_reached(tmp_path, monkeypatch):
+    monkeypatch.setattr(base_module, "_BATCH_ROWS", 2)
+    frame = write_5m(tmp_path / "data")
+    frame.loc[9, "processid"] = "P0001"
+    frame.to_csv(five_m_csv(tmp_path / "data"), index=False)
+    builder = Bioscan5M(data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), image_policy="keep")
+    with pytest.raises(DataIntegrityError, match="duplicate processid 'P0001'"):
+        list(builder.as_streaming_dataset(split="other_heldout"))
+
+
+def test_bioscan1m_streaming_and_metasplit_views_match_the_prepared_records(tmp_path):
+    write_1m(tmp_path / "data", n_species=6)
+    kwargs = {"data_dir": str(tmp_path / "data"), "partition": "rebuild", "seed": 1}
+    builder, splits = _prepare(Bioscan1M, cache_dir=str(tmp_path / "c"), **kwargs)
+    written = {path.name.split("-")[1] for path in (tmp_path / "c").rglob("*.arrow")}
+    assert written and not written & set(builder.METASPLITS)  # metasplits are not stored twice
+    for name, members in builder.METASPLITS.items():
+        view = builder.as_dataset(split=name)
+        assert sorted(view["processid"]) == sorted(p for m in members if m in splits for p in splits[m]["processid"])
+        assert sorted(splits[name]["processid"]) == sorted(view["processid"])
+        assert builder.summary.records[name] == len(view)
+        streamed = Bioscan1M(cache_dir=str(tmp_path / "s"), **kwargs).as_streaming_dataset(split=name)
+        assert sorted(row["processid"] for row in streamed) == sorted(view["processid"])
+
+
+@pytest.mark.parametrize(
+    ("damage", "mode", "refused"),
+    [
+        ("cut_half", "header", True),  # no JPEG end marker: decoded, found truncated
+        ("text", "header", True),
+        ("png_cut", "header", True),  # PNG checksums up to IEND
+        ("cut_half", "decode", True),
+        ("cut_half", "none", False),
+    ],
+)
+def test_image_verification_modes(tmp_path, damage, mode, refused):
+    import io
+
+    from PIL import Image
+
+    frame = write_5m(tmp_path / "data")
+    image = five_m_image(tmp_path / "data", frame, 4)
+    data = image.read_bytes()
+    if damage == "cut_half":
+        image.write_bytes(data[: len(data) // 2])
+    elif damage == "text":
+        image.write_text("processid,sampleid\n")
+    else:
+        buffer = io.BytesIO()
+        Image.open(io.BytesIO(data)).save(buffer, format="PNG")
+        image.write_bytes(buffer.getvalue()[:-30])
+    builder = Bioscan5M(
+        data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"), verify_images=mode, image_policy="keep"
+    )
+    builder.download_and_prepare()
+    assert builder.summary.images_corrupt == int(refused)
+    cell = builder.as_dataset(split="val").cast_column("image", datasets.Image(decode=False))[0]["image"]
+    assert (cell is None) == refused  # "none" keeps the damaged file: it fails later, when decoded
+
+
+def test_header_mode_does_not_decode_a_complete_jpeg(tmp_path, monkeypatch):
+    from modeling_bioscanclip import image_processing_bioscanclip
+
+    write_5m(tmp_path / "data")
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(image_processing_bioscanclip, "load_image_safely", no_decode)
+    builder = Bioscan5M(data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "cache"))
+    builder.download_and_prepare()  # 16 JPEGs accepted by their header and end marker alone
+    assert builder.summary.images_corrupt == 0
+    with pytest.raises(ValueError, match="verify_images must be one of"):
+        Bioscan5M(data_dir=str(tmp_path / "data"), cache_dir=str(tmp_path / "c2"), verify_images="pixels")

@@ -64,6 +64,7 @@ def test_evaluate_writes_tables_plots_and_model_card(tmp_path, trained_tiny, min
         "image->all",
         "dna->all",
         "dna->dna (5-mer profile baseline)",
+        "dna->dna (alignment identity 1-NN)",
     }
     assert set(summary["results"]) == expected
     for metrics in summary["results"].values():
@@ -118,10 +119,16 @@ def test_evaluate_on_real_barcodes_only(tmp_path, trained_tiny, realdata, capsys
     )
     results = json.loads((out / "results.json").read_text())
     assert results["modalities"] == ["dna", "text"]
-    assert set(results["results"]) == {"dna->dna", "dna->text", "dna->dna (5-mer profile baseline)"}
+    assert set(results["results"]) == {
+        "dna->dna", "dna->text", "dna->dna (5-mer profile baseline)", "dna->dna (alignment identity 1-NN)",
+    }  # fmt: skip
     baseline = results["results"]["dna->dna (5-mer profile baseline)"]
     # Real COI: the alignment-free baseline identifies genera well (a sanity check of the data path).
     assert baseline["unseen/genus/micro/top1"] > 0.7
+    # The alignment baseline is top-1 only, and at least as good at species as the 5-mer one on real barcodes.
+    identity = results["results"]["dna->dna (alignment identity 1-NN)"]
+    assert "unseen/species/micro/top3" not in identity
+    assert identity["unseen/species/micro/top1"] >= baseline["unseen/species/micro/top1"]
     assert not (out / "retrieval_examples.png").exists()
 
 

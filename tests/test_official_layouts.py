@@ -118,3 +118,24 @@ def test_cli_indexes_a_metadata_only_dataset_with_an_image_dna_text_model(tmp_pa
         "--cache_dir", str(tmp_path / "cache2"), "--image_package", "none", "--out", str(tmp_path / "k2"),
     ])  # fmt: skip
     assert code == 0 and "features ['dna', 'text']" in capsys.readouterr().out
+
+
+def test_data_options_reach_the_builder(tmp_path):
+    import argparse
+
+    from fixtures_data import five_m_image, write_5m
+
+    from bioscan_clip.commands import add_data_arguments, data_spec
+
+    frame = write_5m(tmp_path / "data")
+    five_m_image(tmp_path / "data", frame, 4).write_text("not an image")
+    parser = argparse.ArgumentParser()
+    add_data_arguments(parser)
+    base = ["--source", "bioscan5m", "--data_dir", str(tmp_path / "data")]
+    spec = data_spec(parser.parse_args([*base, "--cache_dir", str(tmp_path / "c1"), "--verify_images", "none"]))
+    assert spec.builder_options() == {"verify_images": "none"}
+    splits, _ = spec.load()  # not checked: the text file is kept as the record's image
+    assert len(splits["val"]) == 2
+    strict = data_spec(parser.parse_args([*base, "--cache_dir", str(tmp_path / "c2"), "--num_proc", "2"]))
+    with pytest.raises(DataIntegrityError, match="processid 'P0004' is corrupt"):
+        strict.load()

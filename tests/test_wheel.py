@@ -11,12 +11,8 @@ repository with ``PYTHONPATH`` unset, and the first check asserts where each of 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import socket
 import subprocess
-import sys
-import sysconfig
 import time
 import urllib.error
 import urllib.request
@@ -24,17 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from wheel_build import REPO_ROOT, build_wheel, expose_test_dependencies, isolated_env, make_venv, pip_install
+from wheel_build import check as _check
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# Not part of a distribution; everything else in the tree is copied, as a fresh clone would have it.
-NOT_COPIED = shutil.ignore_patterns(
-    ".git", ".venv", "runs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis"
-)
 OUR_MODULES = ("bioscan_clip", "modeling_bioscanclip", "dataset_scripts")
 DEMO_START_TIMEOUT_S = 120
-_TEXT = {"capture_output": True, "text": True, "timeout": 300, "check": False}
 
 
 @dataclass
@@ -53,14 +45,6 @@ class FreshInstall:
         )
 
 
-def _check(completed: subprocess.CompletedProcess) -> str:
-    assert completed.returncode == 0, (
-        f"{completed.args} exited {completed.returncode}\n"
-        f"--- stdout (end) ---\n{completed.stdout[-4000:]}\n--- stderr (end) ---\n{completed.stderr[-4000:]}"
-    )
-    return completed.stdout
-
-
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -70,44 +54,17 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def fresh_install(tmp_path_factory) -> FreshInstall:
     root = tmp_path_factory.mktemp("wheel")
-    # 1. Build from a copy, so the build leaves no build/ or *.egg-info in the checkout and stale files there cannot
-    # leak into the wheel. No build isolation: setuptools comes from the test venv (torch requires setuptools>=77,
-    # which builds wheels by itself), so this works offline.
-    source = root / "source"
-    shutil.copytree(REPO_ROOT, source, ignore=NOT_COPIED)
-    dist = root / "dist"
-    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", dist]
-    _check(subprocess.run([*pip_wheel, "."], cwd=source, **_TEXT))
-    [wheel] = dist.glob("bioscan_clip-*.whl")
-
-    # 2. A fresh venv holding the wheel alone (no pip or setuptools of its own: the test venv's pip installs into
-    # it). Installed before the .pth below exists, so pip never sees, nor tries to uninstall, the editable install.
+    wheel = build_wheel(root)  # 1. from a copy of the tree (tests/wheel_build.py)
+    # 2. A fresh venv holding the wheel alone, installed before the .pth below exists, so pip never sees, nor tries
+    # to uninstall, the editable install.
     venv = root / "venv"
-    _check(subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], **_TEXT))
-    python = venv / "bin" / "python"
-    pip_install = [sys.executable, "-m", "pip", "--python", python, "install", "--no-deps", "--no-index", "-q"]
-    _check(subprocess.run([*pip_install, wheel], **_TEXT))
-    site_packages = Path(
-        _check(
-            subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], **_TEXT)
-        ).strip()
-    )
+    python = make_venv(venv)
+    pip_install(python, wheel)
     # 3. The test venv's dependencies, visible without their .pth files (see the module docstring).
-    dependency_dirs = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
-    (site_packages / "_bioscan_clip_test_dependencies.pth").write_text("\n".join(sorted(dependency_dirs)) + "\n")
-
+    site_packages, dependency_dirs = expose_test_dependencies(python)
     work_dir = root / "cwd"
     work_dir.mkdir()
-    (root / "tmp").mkdir()
-    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    env.update(
-        PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
-        HF_HOME=str(root / "hf-home"),  # evaluate's module cache and datasets' cache, private to this install
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        GRADIO_ANALYTICS_ENABLED="False",
-        TMPDIR=str(root / "tmp"),  # the demo's examples and gradio's cache land here
-    )
+    env = isolated_env(venv, root)
     return FreshInstall(venv, python, venv / "bin", site_packages, dependency_dirs, work_dir, env)
 
 

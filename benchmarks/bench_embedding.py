@@ -66,6 +66,7 @@ def _embedding_figures(preset: str, count: int, batch: int, repeats: int) -> lis
     if len(paths) < count:
         raise FileNotFoundError(f"{PHOTOS}: expected {count} photos, found {len(paths)} (the real data is absent)")
     model, processor = _model_and_processor(preset)
+    processor.image_processor.jpeg_draft = True  # opt-in: the project's path is measured with draft decoding
     records = image_file_records(paths, [Path(p).stem for p in paths])
     dataset = SpecimenDataset(records, processor, [IMAGE])
     full_processor = type(processor.image_processor)(**{**processor.image_processor.to_dict(), "jpeg_draft": False})

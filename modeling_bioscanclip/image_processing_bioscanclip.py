@@ -232,9 +232,10 @@ class BioscanClipImageProcessor(BaseImageProcessor):
         max_pixels (`int`, *optional*, defaults to 40 million):
         max_aspect_ratio (`float`, *optional*, defaults to 20):
             Caps enforced by :func:`load_image_safely` on every input.
-        jpeg_draft (`bool`, *optional*, defaults to `True`):
+        jpeg_draft (`bool`, *optional*, defaults to `False`):
             Decode a large JPEG at the smallest 1/2, 1/4 or 1/8 DCT scale still at least ``resize_shortest_edge``
-            (several times faster; the embedding differs from a full decode by little, see benchmarks/RESULTS.md).
+            (several times faster; the pixels differ from a full decode, so it is opt-in until measured on real
+            photos; off in reference mode for converted CLIBD weights).
 
     Example:
 
@@ -258,7 +259,7 @@ class BioscanClipImageProcessor(BaseImageProcessor):
         image_std: Sequence[float] = (0.5, 0.5, 0.5),
         max_pixels: int = MAX_IMAGE_PIXELS,
         max_aspect_ratio: float = MAX_IMAGE_ASPECT_RATIO,
-        jpeg_draft: bool = True,
+        jpeg_draft: bool = False,
         **kwargs: Any,
     ) -> None:
         if crop_size < 1 or resize_shortest_edge < crop_size:

@@ -42,7 +42,7 @@ def test_jpeg_draft_decodes_at_the_smallest_scale_that_still_covers_the_resize(r
 def test_jpeg_draft_pixels_stay_close_to_a_full_decode(realdata):
     paths = photos(realdata, 8)
     for resize, crop in ((72, 64), (256, 224)):
-        draft = BioscanClipImageProcessor(resize_shortest_edge=resize, crop_size=crop)
+        draft = BioscanClipImageProcessor(resize_shortest_edge=resize, crop_size=crop, jpeg_draft=True)
         full = BioscanClipImageProcessor(resize_shortest_edge=resize, crop_size=crop, jpeg_draft=False)
         a = np.stack([draft.process_one(p) for p in paths])
         b = np.stack([full.process_one(p) for p in paths])

@@ -11,9 +11,7 @@ the draft-mode difference is measured on the same photos through the same model.
 
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import os
 import sys
 from pathlib import Path
@@ -22,7 +20,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SIZES, Figure, interleaved_best  # noqa: E402
+from common import Figure, interleaved_best, standalone  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("BIOSCAN_REALDATA", REPO_ROOT.parent / "shared" / "realdata"))
@@ -180,14 +178,5 @@ def measure(size: str) -> list[Figure]:
     return figures
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=SIZES, default="default")
-    args = parser.parse_args()
-    for figure in measure(args.size):
-        print(json.dumps(figure.as_dict()))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(standalone(measure, __doc__.split("\n\n")[0]))

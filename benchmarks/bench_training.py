@@ -12,7 +12,6 @@ with the bare loop, best of N.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SIZES, Figure  # noqa: E402
+from common import Figure, standalone  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SECTION = "Training (tiny preset, mini-BIOSCAN)"
@@ -209,14 +208,5 @@ def measure(size: str) -> list[Figure]:
     return figures
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=SIZES, default="default")
-    args = parser.parse_args()
-    for figure in measure(args.size):
-        print(json.dumps(figure.as_dict()))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(standalone(measure, __doc__.split("\n\n")[0]))

@@ -86,3 +86,16 @@ def blas_kernels() -> list[dict[str, Any]]:
 
     keys = ("user_api", "internal_api", "version", "architecture", "num_threads", "filepath")
     return [{key: info.get(key) for key in keys} for info in threadpool_info()]
+
+
+def standalone(measure: Callable[[str], list[Figure]], description: str) -> int:
+    """`python benchmarks/bench_x.py [--size S]`: one benchmark on its own, its figures printed as JSON lines."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--size", choices=SIZES, default="default")
+    args = parser.parse_args()
+    for figure in measure(args.size):
+        print(json.dumps(figure.as_dict()))
+    return 0

@@ -737,16 +737,20 @@ def _load_text_tokenizer(text_tokenizer: Any, report: ClibdConversionReport) -> 
 
 
 def _image_processor(image_size: int) -> BioscanClipImageProcessor:
-    # The original evaluation transform: shorter side to 256, centre crop 224, pixels left in [0, 1].
+    # The original evaluation transform (torchvision on float tensors): shorter side to 256, centre crop 224,
+    # pixels left in [0, 1].
     resize = IMAGE_RESIZE if image_size == IMAGE_CROP else round(image_size * IMAGE_RESIZE / IMAGE_CROP)
-    return BioscanClipImageProcessor(resize_shortest_edge=resize, crop_size=image_size, do_normalize=False)
+    return BioscanClipImageProcessor(
+        resize_shortest_edge=resize, crop_size=image_size, do_normalize=False, reference_mode=True
+    )
 
 
 CARD_BEHAVIOUR = {
     "image": (
         "- Image: timm ViT-B/16 as a transformers ViT (LayerNorm eps 1e-6, biased qkv, exact GELU), CLS token of the\n"
         "  final norm, linear head. Pixels are **not normalised** (the original feeds [0, 1]): shorter side resized to\n"
-        "  256, centre crop 224 (`do_normalize=False`)."
+        "  256 on float pixels, centre crop 224 as torchvision rounds it\n"
+        "  (`do_normalize=False`, `reference_mode=True`)."
     ),
     "dna": (
         "- DNA: the original k-mer ids (5-mers, stride 5, 660 nt padded with `N`, id 0 prepended, 133 ids;\n"

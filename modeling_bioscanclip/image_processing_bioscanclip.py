@@ -235,7 +235,13 @@ class BioscanClipImageProcessor(BaseImageProcessor):
         jpeg_draft (`bool`, *optional*, defaults to `False`):
             Decode a large JPEG at the smallest 1/2, 1/4 or 1/8 DCT scale still at least ``resize_shortest_edge``
             (several times faster; the pixels differ from a full decode, so it is opt-in until measured on real
-            photos; off in reference mode for converted CLIBD weights).
+            photos; refused in reference mode).
+        reference_mode (`bool`, *optional*, defaults to `False`):
+            Reproduce the original's torchvision transform exactly, for converted CLIBD weights: ``ToTensor``, then
+            ``Resize`` on the float tensor (the longer side truncated, ``int(256 * long / short)``, bilinear with
+            antialiasing, no rounding back to 8 bits), then ``CenterCrop`` with its offsets rounded
+            (``round((H - 224) / 2)``, half to even). The default mode resizes with Pillow in 8 bits, rounds the
+            longer side and floors the offsets; the two differ by up to one pixel of shift and the 8-bit rounding.
 
     Example:
 
@@ -260,8 +266,11 @@ class BioscanClipImageProcessor(BaseImageProcessor):
         max_pixels: int = MAX_IMAGE_PIXELS,
         max_aspect_ratio: float = MAX_IMAGE_ASPECT_RATIO,
         jpeg_draft: bool = False,
+        reference_mode: bool = False,
         **kwargs: Any,
     ) -> None:
+        if reference_mode and jpeg_draft:
+            raise ValueError("jpeg_draft changes the decoded pixels, so reference mode cannot use it")
         if crop_size < 1 or resize_shortest_edge < crop_size:
             raise ValueError(
                 f"expected 1 <= crop_size <= resize_shortest_edge, got crop_size={crop_size}, "
@@ -278,6 +287,7 @@ class BioscanClipImageProcessor(BaseImageProcessor):
         self.max_pixels = int(max_pixels)
         self.max_aspect_ratio = float(max_aspect_ratio)
         self.jpeg_draft = bool(jpeg_draft)
+        self.reference_mode = bool(reference_mode)
 
     def load(self, source: ImageSource, name: str | None = None) -> Image.Image:
         """Decodes one input with this processor's caps (see :func:`load_image_safely`)."""
@@ -294,9 +304,30 @@ class BioscanClipImageProcessor(BaseImageProcessor):
         top = (image.height - self.crop_size) // 2
         return image.crop((left, top, left + self.crop_size, top + self.crop_size))
 
-    def to_array(self, image: Image.Image) -> np.ndarray:
-        """An RGB image of the crop size as a float32 (3, H, W) array, rescaled and optionally normalised."""
-        array = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
+    def reference_resize_and_crop(self, image: Image.Image) -> np.ndarray:
+        """The original's ``ToTensor -> Resize -> CenterCrop`` on float pixels: a float32 (3, crop, crop) array."""
+        import torch  # only reference mode needs it; the default path stays on Pillow and numpy
+
+        pixels = torch.from_numpy(np.asarray(to_rgb(image), dtype=np.float32).transpose(2, 0, 1) / 255.0)
+        height, width = pixels.shape[1:]
+        short, long = min(width, height), max(width, height)
+        new_short, new_long = self.resize_shortest_edge, int(self.resize_shortest_edge * long / short)
+        size = (new_long, new_short) if height > width else (new_short, new_long)
+        if size != (height, width):
+            pixels = torch.nn.functional.interpolate(
+                pixels[None], size=size, mode="bilinear", align_corners=False, antialias=True
+            )[0]
+        top = int(round((size[0] - self.crop_size) / 2.0))
+        left = int(round((size[1] - self.crop_size) / 2.0))
+        return pixels[:, top : top + self.crop_size, left : left + self.crop_size].numpy()
+
+    def to_array(self, image: Image.Image | np.ndarray) -> np.ndarray:
+        """A crop-size RGB image (or its float (3, H, W) pixels in [0, 1]) as a float32 (3, H, W) array,
+        rescaled and optionally normalised."""
+        if isinstance(image, np.ndarray):
+            array = image
+        else:
+            array = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
         if self.do_normalize:
             mean = np.asarray(self.image_mean, dtype=np.float32)[:, None, None]
             std = np.asarray(self.image_std, dtype=np.float32)[:, None, None]
@@ -329,8 +360,11 @@ class BioscanClipImageProcessor(BaseImageProcessor):
             )
         else:
             image = self.load(source, name)
-        image = self.resize_and_crop(image) if augmentation is None else self.augment(image, augmentation)
-        return self.to_array(image)
+        if augmentation is not None:
+            return self.to_array(self.augment(image, augmentation))
+        if self.reference_mode:
+            return self.to_array(self.reference_resize_and_crop(image))
+        return self.to_array(self.resize_and_crop(image))
 
     def preprocess(
         self,

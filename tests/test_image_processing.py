@@ -176,3 +176,41 @@ def test_image_names_in_errors():
     processor = BioscanClipImageProcessor(resize_shortest_edge=40, crop_size=32)
     with pytest.raises(BioscanImageError, match=r"record BIOUG7 \(image\): not a decodable image"):
         processor([encode(Image.new("RGB", (8, 8))), b"junk"], names=["BIOUG6", "BIOUG7"])
+
+
+# torchvision's CenterCrop offset is int(round((W - 224) / 2)), half to even; these are the real cropped_resized
+# BIOSCAN-1M photos (256 px high), with the left offset worked out by hand from their widths.
+REFERENCE_LEFT_OFFSETS = {"BIOUG68001-C12": (291, 34), "BIOUG68020-A01": (375, 76), "BIOUG68021-F12": (279, 28),
+                          "BIOUG68104-C02": (354, 65), "BIOUG68134-F03": (345, 60)}  # fmt: skip
+
+
+def test_reference_mode_crops_real_photos_as_torchvision_does(realdata):
+    processor = BioscanClipImageProcessor(do_normalize=False, reference_mode=True)
+    default = BioscanClipImageProcessor(do_normalize=False)
+    shifted = 0
+    for name, (width, left) in REFERENCE_LEFT_OFFSETS.items():
+        path = realdata / f"zahrag__BIOSCAN-1M/cropped_images/cropped_resized_{name}.jpg"
+        image = Image.open(path).convert("RGB")
+        assert image.size == (width, 256)  # already 256 high: ToTensor then the crop, no resampling
+        expected = np.asarray(image, dtype=np.float32).transpose(2, 0, 1)[:, 16:240, left : left + 224] / 255.0
+        np.testing.assert_array_equal(processor(str(path), return_tensors="np")["pixel_values"][0], expected)
+        floor_left = (width - 224) // 2
+        if floor_left != left:
+            shifted += 1
+            assert not np.array_equal(default(str(path), return_tensors="np")["pixel_values"][0], expected)
+    assert shifted == 3  # 291, 375 and 279 px round up where the default mode floors
+
+
+def test_reference_mode_resizes_float_pixels_with_a_truncated_long_side():
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (768, 1022, 3), dtype=np.uint8))
+    processor = BioscanClipImageProcessor(do_normalize=False, reference_mode=True)
+    pixels = processor(image)["pixel_values"][0]
+    # torchvision: long side int(256 * 1022 / 768) = 340 (Pillow's round would give 341), float, antialiased.
+    tensor = torch.from_numpy(np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0)[None]
+    resized = torch.nn.functional.interpolate(tensor, size=(256, 340), mode="bilinear", antialias=True)[0]
+    torch.testing.assert_close(pixels, resized[:, 16:240, 58:282], rtol=0, atol=0)
+    assert pixels.dtype == torch.float32 and len(torch.unique(pixels)) > 256  # not rounded back to 8 bits
+    with pytest.raises(ValueError, match="jpeg_draft"):
+        BioscanClipImageProcessor(reference_mode=True, jpeg_draft=True)
+    assert BioscanClipImageProcessor.from_dict(processor.to_dict()).reference_mode  # saved with the processor

@@ -194,6 +194,33 @@ def test_matches_a_naive_loop_on_random_labels():
             assert result[f"{group}/species/macro/top{k}"] == pytest.approx(macro)
 
 
+def test_missing_labels_count_is_the_originals_not_classified_class():
+    # The original writes every missing rank as the literal "not_classified" and scores it as a class: a naive
+    # loop over those strings is the reference. Missing labels here come in every spelling the metric accepts.
+    rng = np.random.default_rng(5)
+    n, k_max = 200, 3
+    labels = ["c0", "c1", "c2", None, "", "not_classified"]
+    predictions = {"genus": rng.choice(labels, size=(n, k_max)).tolist()}
+    truth = rng.choice(labels, size=n).tolist()
+    unseen = (rng.random(n) < 0.5).tolist()
+
+    def original(label):
+        return "not_classified" if label in (None, "", "not_classified") else label
+
+    counted = compute(predictions, {"genus": truth}, unseen, k_list=[1, 3], ranks=["genus"], missing_labels="count")
+    skipped = compute(predictions, {"genus": truth}, unseen, k_list=[1, 3], ranks=["genus"])
+    for group, flag in (("seen", False), ("unseen", True)):
+        rows = [i for i in range(n) if unseen[i] == flag]
+        assert counted[f"{group}/genus/n_queries"] == len(rows)
+        assert skipped[f"{group}/genus/n_queries"] == sum(original(truth[i]) != "not_classified" for i in rows)
+        for k in (1, 3):
+            hits = [original(truth[i]) in [original(label) for label in predictions["genus"][i][:k]] for i in rows]
+            assert counted[f"{group}/genus/micro/top{k}"] == pytest.approx(np.mean(hits))
+    assert counted["seen/genus/micro/top1"] != skipped["seen/genus/micro/top1"]
+    with pytest.raises(MetricInputError, match="missing_labels"):
+        compute(predictions, {"genus": truth}, unseen, ranks=["genus"], missing_labels="zero")
+
+
 @pytest.fixture(scope="module")
 def loaded_metric():
     evaluate = pytest.importorskip("evaluate")
@@ -206,6 +233,12 @@ def test_evaluate_load_offline_equals_direct_function(loaded_metric):
         predictions=predictions, references=references, is_unseen=is_unseen, k_list=[1, 2, 3]
     )
     assert via_evaluate == compute(predictions, references, is_unseen, k_list=[1, 2, 3])
+    references[2]["species"] = "not_classified"
+    counted = loaded_metric.compute(
+        predictions=predictions, references=references, is_unseen=is_unseen, k_list=[1], missing_labels="count"
+    )
+    assert counted == compute(predictions, references, is_unseen, k_list=[1], missing_labels="count")
+    assert counted["seen/species/n_queries"] == 4
 
 
 def test_evaluate_add_batch_and_none_references(loaded_metric):

@@ -24,6 +24,9 @@ import numpy as np
 TAXONOMIC_RANKS = ("order", "family", "genus", "species")
 # Literal strings the sources use for "unknown"; read as missing.
 MISSING_TAXON_STRINGS = frozenset({"", "not_classified", "None", "NA", "N/A", "nan", "NaN"})
+# missing_labels="count": the original code's label for a missing rank, counted as one more class.
+NOT_CLASSIFIED = "not_classified"
+MISSING_LABEL_MODES = ("skip", "count")
 DEFAULT_K_LIST = (1, 3, 5)
 GROUPS = ("seen", "unseen")
 AVERAGES = ("micro", "macro")
@@ -56,6 +59,8 @@ separately for *seen* and *unseen* queries, the metric reports
 
 Queries whose true label at a rank is missing (``None`` or one of the "unknown" strings such as ``""`` or
 ``"not_classified"``) are left out of that rank only. A missing *predicted* label never counts as a hit.
+``missing_labels="count"`` scores as the original code does instead: every missing label is the class
+``"not_classified"``, so such a query counts, and is right when its neighbour's label is missing too.
 """
 
 _KWARGS_DESCRIPTION = """
@@ -72,6 +77,9 @@ Args:
         For each query, whether its species is unseen (absent from training). Must be real booleans.
     k_list (`Sequence[int]`, *optional*, defaults to `(1, 3, 5)`):
         The k values of top-k accuracy.
+    missing_labels (`str`, *optional*, defaults to `"skip"`):
+        ``"skip"``: a query with a missing true label is left out of that rank. ``"count"``: the original's
+        counting, every missing label (true or predicted) is the one class ``"not_classified"``.
 
 Returns:
     `dict[str, float | int | None]` with flat keys:
@@ -247,6 +255,7 @@ def compute_taxonomic_accuracy(
     *,
     k_list: Sequence[int] = DEFAULT_K_LIST,
     ranks: Sequence[str] = TAXONOMIC_RANKS,
+    missing_labels: str = "skip",
 ) -> dict[str, float | int | None]:
     """Top-k micro and macro accuracy per rank for seen and unseen queries, plus their harmonic mean.
 
@@ -265,6 +274,10 @@ def compute_taxonomic_accuracy(
             The k values of top-k accuracy.
         ranks (`Sequence[str]`, *optional*, defaults to `TAXONOMIC_RANKS`):
             The ranks to score.
+        missing_labels (`str`, *optional*, defaults to `"skip"`):
+            ``"skip"`` leaves a query with a missing true label out of that rank; ``"count"`` reproduces the original
+            code, where every missing label is the class ``"not_classified"`` (scored, and a hit when the
+            neighbour's label is missing too).
 
     Returns:
         `dict[str, float | int | None]`: keys ``"{seen|unseen|hm}/{rank}/{micro|macro}/top{k}"`` and
@@ -288,6 +301,11 @@ def compute_taxonomic_accuracy(
     """
     k_values = _validate_k_list(k_list)
     max_k = max(k_values)
+    if missing_labels not in MISSING_LABEL_MODES:
+        raise TaxonomicRetrievalInputError(
+            f"missing_labels must be one of {MISSING_LABEL_MODES}, got {missing_labels!r}"
+        )
+    counted = missing_labels == "count"
     if isinstance(ranks, str) or len(ranks) == 0:
         raise TaxonomicRetrievalInputError(f"ranks must be a non-empty sequence of rank names, got {ranks!r}")
     prediction_columns, reference_columns = _columns(predictions, references, ranks)
@@ -298,12 +316,17 @@ def compute_taxonomic_accuracy(
     result: dict[str, float | int | None] = {}
     for rank in ranks:
         # Integer-code the true labels so the hit test is a vectorised comparison; missing labels get -1 and
-        # predicted labels that no query holds get -2, so neither can ever match.
+        # predicted labels that no query holds get -2, so neither can ever match (when missing labels are
+        # counted, they are all the one class NOT_CLASSIFIED instead).
         truth = reference_columns[rank]
         class_codes: dict[str, int] = {}
         true_codes = np.empty(n_queries, dtype=np.int64)
         for index, label in enumerate(truth):
-            true_codes[index] = -1 if _is_missing(label) else class_codes.setdefault(label, len(class_codes))
+            if _is_missing(label):
+                true_codes[index] = class_codes.setdefault(NOT_CLASSIFIED, len(class_codes)) if counted else -1
+            else:
+                true_codes[index] = class_codes.setdefault(label, len(class_codes))
+        missing_code = class_codes.get(NOT_CLASSIFIED, -2) if counted else -2
         predicted_codes = np.empty((n_queries, max_k), dtype=np.int64)
         for index, labels in enumerate(prediction_columns[rank]):
             if len(labels) < max_k:
@@ -313,7 +336,7 @@ def compute_taxonomic_accuracy(
                 )
             for position in range(max_k):
                 label = labels[position]
-                predicted_codes[index, position] = -2 if _is_missing(label) else class_codes.get(label, -2)
+                predicted_codes[index, position] = missing_code if _is_missing(label) else class_codes.get(label, -2)
         hits = predicted_codes == true_codes[:, None]  # (queries, max_k); rows with a missing truth are all False
         first_hit = np.where(hits.any(axis=1), hits.argmax(axis=1), max_k)  # position of the first hit, or max_k
         scored = true_codes >= 0
@@ -404,5 +427,8 @@ class TaxonomicRetrieval(evaluate.Metric):
         references: list[dict[str, str]],
         is_unseen: list[bool],
         k_list: Sequence[int] = DEFAULT_K_LIST,
+        missing_labels: str = "skip",
     ) -> dict[str, float | int | None]:
-        return compute_taxonomic_accuracy(predictions, references, is_unseen, k_list=k_list)
+        return compute_taxonomic_accuracy(
+            predictions, references, is_unseen, k_list=k_list, missing_labels=missing_labels
+        )

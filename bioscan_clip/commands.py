@@ -12,13 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
-import torch
 
 from bioscan_clip.data import DataSpec, SpecimenDataset, available_modalities, image_file_records, with_modalities
-from bioscan_clip.features import DNA, IMAGE, KEY_FEATURES, embed_dataset, labels_of
+from bioscan_clip.features import DNA, IMAGE, KEY_FEATURES, embed_dataset, embed_inputs, labels_of, loader_workers
 from bioscan_clip.identification import DEFAULT_PRECISION, Identifier, build_index
-from bioscan_clip.retrieval import INDEX_TYPES
+from bioscan_clip.retrieval import AUTO_FLAT_MAX_KEYS, BUILD_INDEX_TYPES
 from bioscan_clip.safe_io import atomic_output_file
 from dataset_scripts import RETRIEVAL_SPLITS
 from dataset_scripts.images import VERIFY_MODES
@@ -140,11 +140,22 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "Evaluate a trained model with the paper's protocol: seen and unseen queries of a split against all keys, "
         "top-1/3/5 micro and macro accuracy per rank with the seen/unseen harmonic mean, for every query -> key "
         "combination the model and data allow. Prints the tables; writes results.json, accuracy.png, "
-        "retrieval_examples.png and, with --model_card, the model card's results."
+        "retrieval_examples.png and, with --model_card, the model card's results. With --protocol species_held_out "
+        "(for a CLIBD partition, e.g. `--source bold --partition clibd` on your own BOLD export), the other split's "
+        "unseen species are also taken out of the keys and queried as novel species, and the DNA identifiers "
+        "(model, alignment identity, model + alignment re-ranking) are compared on the precision of their confident "
+        "calls, the novel-species AUROC and their 'unknown species' flags."
     )
     parser.add_argument("--model", required=True, help="a saved model folder (e.g. runs/quickstart/model)")
     add_data_arguments(parser)
     parser.add_argument("--split", choices=("val", "test"), default="test", help="which query splits (default: test)")
+    parser.add_argument(
+        "--protocol",
+        choices=("open_set", "species_held_out"),
+        default="open_set",
+        help="open_set: the paper's (every species has keys); species_held_out: adds novel species, absent from "
+        "the keys and from training (the other split's unseen species), and the identifiers' comparison",
+    )
     parser.add_argument("--out", help="output folder (default: <model>/../evaluation-<split>)")
     parser.add_argument("--model_card", help="write model-index metadata and the results table into this card")
     parser.add_argument(
@@ -162,7 +173,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from bioscan_clip.evaluation import evaluate, format_table
+    from bioscan_clip.evaluation import evaluate, format_identification, format_table
 
     report = evaluate(
         args.model,
@@ -174,10 +185,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
         identity_baseline=not args.no_identity_baseline,
         batch_size=args.batch_size,
         examples=args.examples,
+        protocol=args.protocol,
     )
     print(format_table(report.results, average="macro"))
     print()
     print(format_table(report.results, average="micro"))
+    if "identification" in report.summary:
+        print()
+        print(format_identification(report.summary["identification"]))
     written = [
         report.out / "results.json",
         report.out / "accuracy.png",
@@ -191,27 +206,53 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def add_index_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Embed the key records of a dataset once and save a key folder: one faiss index per feature (image, DNA, "
-        "text, averaged image+DNA) with the records' taxonomy and images, and confidence thresholds calibrated on "
-        "the validation queries. `predict` and the demo read it without re-embedding."
+        "text, averaged image+DNA) with the records' taxonomy and images, and per-rank confidence thresholds "
+        "calibrated on the validation queries (or, without them, leave-one-out over the keys) with a share of the "
+        "labels held out of the keys, so that the thresholds see queries whose answer is not in the library; "
+        "calibration.json reports the precision and coverage of confident calls and the novel-species detection "
+        "AUROC, calibration.png the reliability diagram. `predict` and the demo read it without re-embedding."
     )
     parser.add_argument("--model", required=True, help="a saved model folder")
     add_data_arguments(parser)
     parser.add_argument("--out", required=True, help="the key folder to write (replaced if it is one)")
     parser.add_argument(
         "--index_type",
-        default="flat",
-        choices=INDEX_TYPES,
-        help="flat = exact (default); ivf/hnsw/ivfpq are approximate, for millions of keys",
+        default="auto",
+        choices=BUILD_INDEX_TYPES,
+        help=f"auto (default) = exact flat below {AUTO_FLAT_MAX_KEYS:,} keys, else IVF-PQ fast scan re-ranked exactly; "
+        "flat = exact; ivf/hnsw/ivfpq are approximate, for millions of keys",
     )
+    index = parser.add_argument_group("index settings (approximate indexes; defaults chosen by key count)")
+    index.add_argument("--nlist", type=int, help="IVF lists (default about sqrt(keys))")
+    index.add_argument("--nprobe", type=int, help="IVF lists searched per query (default 16)")
+    index.add_argument("--pq_m", type=int, help="IVF-PQ sub-quantisers; must divide the dimension")
+    index.add_argument("--pq_nbits", type=int, help="bits per IVF-PQ code (8, or 4 with fast scan)")
+    index.add_argument(
+        "--pq_fast_scan",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="IVF-PQ as faiss IndexIVFPQFastScan (4-bit codes; on by default for auto)",
+    )
+    index.add_argument("--rerank", type=int, help="candidates re-scored exactly per query (default 64 for IVF-PQ)")
+    index.add_argument("--hnsw_m", type=int, help="HNSW graph degree (default 32)")
+    index.add_argument("--ef_search", type=int, help="HNSW search beam width (default 64)")
+    index.add_argument("--train_size", type=int, help="keys IVF/PQ k-means trains on (default 64 per list)")
     parser.add_argument(
         "--precision",
         type=float,
         default=DEFAULT_PRECISION,
-        help="precision that confident predictions must reach on the validation queries (default 0.9)",
+        help="precision that confident predictions must reach on the calibration queries (default 0.9)",
     )
-    parser.add_argument("--no_calibration", action="store_true", help="do not calibrate (no rank is then confident)")
+    parser.add_argument(
+        "--no_calibration",
+        action="store_true",
+        help="do not calibrate (no rank is then confident and every query is flagged unknown species)",
+    )
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--overwrite", action="store_true", help="replace --out even if it is not a key folder")
+
+
+INDEX_OPTIONS = ("nlist", "nprobe", "pq_m", "pq_nbits", "pq_fast_scan", "rerank", "hnsw_m", "ef_search", "train_size")
 
 
 def run_index(args: argparse.Namespace) -> int:
@@ -220,6 +261,7 @@ def run_index(args: argparse.Namespace) -> int:
         data_spec(args),
         args.out,
         index_type=args.index_type,
+        index_options={name: getattr(args, name) for name in INDEX_OPTIONS if getattr(args, name) is not None},
         precision=args.precision,
         calibrate=not args.no_calibration,
         batch_size=args.batch_size,
@@ -227,11 +269,39 @@ def run_index(args: argparse.Namespace) -> int:
     )
     report = json.loads((out / "calibration.json").read_text())
     print(f"wrote key folder {out}: features {sorted(p.name for p in out.iterdir() if p.name in KEY_FEATURES)}")
-    for pair, thresholds in report.get("thresholds", {}).items():
-        print(f"  {pair}: similarity thresholds " + ", ".join(f"{r} {t:.3f}" for r, t in thresholds.items()))
+    print_calibration(report, out)
     for name, recall in report.get("recall_at_5", {}).items():
         print(f"  {name}: recall@5 of the {args.index_type} index against exact search {recall:.3f}")
     return 0
+
+
+def print_calibration(report: dict[str, Any], out: Path) -> None:
+    """The calibration of a key folder as a person reads it: per pair and rank the threshold, the precision and
+    coverage of confident calls, the novel-species AUROC, then every warning."""
+    print(f"  calibration: {report.get('method', 'none')} ({report.get('calibration_queries', 0)} queries)")
+
+    def percent(value: float | None) -> str:
+        return "  n/a" if value is None else f"{100 * value:5.1f}"
+
+    for pair, thresholds in report.get("thresholds", {}).items():
+        pair_report = report.get("report", {}).get(pair, {})
+        print(f"  {pair}: similarity thresholds " + ", ".join(f"{r} {t:.3f}" for r, t in thresholds.items()))
+        for rank, entry in pair_report.get("ranks", {}).items():
+            print(
+                f"    {rank:<8} confident calls: precision {percent(entry['precision'])} %, coverage "
+                f"{percent(entry['coverage'])} % of {entry['queries']} ({entry['absent_queries']} with the {rank} "
+                f"absent from the keys; {entry['method']})"
+            )
+        if pair_report.get("novelty_auroc") is not None:
+            print(
+                f"    novel-species detection AUROC {pair_report['novelty_auroc']:.3f}; unknown-species flag on "
+                f"{percent(pair_report['novel_flagged'])} % of novel, {percent(pair_report['known_flagged'])} % of "
+                "known species"
+            )
+    if report.get("plot"):
+        print(f"  reliability diagram: {out / report['plot']}")
+    for warning in report.get("warnings", []):
+        print(f"  warning: {warning}")
 
 
 # ---- query inputs ---------------------------------------------------------------------------------------------------
@@ -398,7 +468,9 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Export unit-length embeddings to Parquet: of image files, FASTA/CSV barcodes, or the records of a dataset "
         "split (--split, with the data options). One row per item: id, feature, embedding, and the taxonomy for "
-        "dataset records."
+        "dataset records. Under `accelerate launch --num_processes N` (on CPU add --multi_gpu: without it Accelerate "
+        "starts one process) each process embeds a contiguous shard of the items on its own device and the main "
+        "process writes the one output, the same rows in the same order as one process writes."
     )
     parser.add_argument("--model", required=True, help="a saved model folder")
     add_query_arguments(parser)
@@ -408,72 +480,106 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=int, default=64)
 
 
-def _launched_accelerator() -> Any:
-    """An Accelerator when this command runs in several processes (`accelerate launch --num_processes N`), else None:
-    each process then embeds its shard of the records and the main process writes the one output."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    from accelerate import Accelerator
-
-    return Accelerator(cpu=not torch.cuda.is_available())
+# One shard's result: feature -> (columns, embeddings); the columns hold "id" and, for dataset records, the taxonomy.
+EmbeddedShard = dict[str, tuple[dict[str, list[Any]], Any]]
 
 
-def run_embed(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    queries = None if args.split else collect_queries(args)  # the inputs are checked before the model is loaded
-    model, processor = load_model(args.model)
-    accelerator = _launched_accelerator()
-    if accelerator is not None:
-        model.to(accelerator.device)
-    rows: list[dict[str, Any]] = []
-    if args.split:
+def _embed_split_shard(args: argparse.Namespace, model: Any, processor: Any, shard: Any) -> EmbeddedShard:
+    """This process's contiguous shard of the split's records (after dropping those that lack a modality)."""
+    with shard.main_first():  # one process prepares a builder's cache; the others then read it
         splits, _ = data_spec(args).load()
         if args.split not in splits:
             raise BioscanInputError(f"--split {args.split!r}: the dataset has {sorted(splits)}")
-        records = splits[args.split]
-        if "image" in records.column_names:
-            import datasets
+    records = splits[args.split]
+    if "image" in records.column_names:
+        import datasets
 
-            records = records.cast_column("image", datasets.Image(decode=False))
-        modalities = available_modalities(records, model.config.modalities, what=f"split {args.split}")
-        dataset = SpecimenDataset(with_modalities(records, modalities), processor, modalities)
-        features = embed_dataset(model, dataset, batch_size=args.batch_size, accelerator=accelerator)
-        labels = labels_of(dataset)
-        for name, matrix in features.items():
-            for i, vector in enumerate(matrix):
-                rows.append(
-                    {
-                        "id": labels["processid"][i],
-                        "feature": name,
-                        "embedding": vector.tolist(),
-                        **{rank: labels[rank][i] for rank in labels if rank != "processid"},
-                    }
-                )
+        records = records.cast_column("image", datasets.Image(decode=False))
+    modalities = available_modalities(records, model.config.modalities, what=f"split {args.split}")
+    records = with_modalities(records, modalities)
+    shard.announce({"records": len(records)})
+    dataset = SpecimenDataset(records.select(range(*shard.bounds(len(records)))), processor, modalities)
+    workers = loader_workers(dataset, args.batch_size, shard.local_size)  # this machine's processes share its cores
+    features = embed_dataset(
+        model, dataset, batch_size=args.batch_size, num_workers=workers, show_progress=shard.is_main
+    )
+    labels = labels_of(dataset)
+    columns = {"id": labels.pop("processid"), **labels}
+    return {name: (columns, matrix) for name, matrix in features.items()}
+
+
+def _embed_query_shard(
+    queries: list[dict[str, Any]], model: Any, processor: Any, shard: Any, batch_size: int
+) -> EmbeddedShard:
+    """This process's contiguous shards of the image queries and of the barcode queries."""
+    from tqdm.auto import tqdm
+
+    result: EmbeddedShard = {}
+    images = [q for q in queries if q.get("image") is not None]
+    barcodes = [q for q in queries if q.get("barcode") is not None]
+    shard.announce({"images": len(images), "barcodes": len(barcodes)})
+    images, barcodes = shard.take(images), shard.take(barcodes)
+    if images:  # decoded and resized in loader workers, overlapped with the forward
+        dataset = SpecimenDataset(
+            image_file_records([q["image"] for q in images], [query_name(q) for q in images]), processor, [IMAGE]
+        )
+        workers = loader_workers(dataset, batch_size, shard.local_size)
+        embeds = embed_dataset(
+            model, dataset, batch_size=batch_size, num_workers=workers, description="images", combined=False,
+            show_progress=shard.is_main,
+        )[IMAGE]  # fmt: skip
+        result[IMAGE] = ({"id": [q["id"] for q in images]}, embeds)
+    parts = []
+    for batch in tqdm(list(_batches(barcodes, batch_size)), desc="barcodes", leave=False, disable=not shard.is_main):
+        barcode_batch, batch_names = [q["barcode"] for q in batch], [str(q["id"]) for q in batch]
+        # As embed_dataset embeds keys: the model's DNA reading frames averaged.
+        parts.append(embed_inputs(model, processor, barcodes=barcode_batch, names=batch_names)[DNA].numpy())
+    if parts:
+        result[DNA] = ({"id": [q["id"] for q in barcodes]}, np.concatenate(parts))
+    return result
+
+
+def _merge_shards(shards: list[EmbeddedShard]) -> list[dict[str, Any]]:
+    """The output rows: feature by feature (in the order they first appear), each feature's shards in rank order."""
+    rows: list[dict[str, Any]] = []
+    names = list(dict.fromkeys(name for part in shards for name in part))
+    for name in names:
+        pieces = [part[name] for part in shards if name in part]
+        matrix = np.concatenate([embeds for _, embeds in pieces])
+        columns = {column: [v for values, _ in pieces for v in values[column]] for column in pieces[0][0]}
+        others = [column for column in columns if column != "id"]
+        for i, vector in enumerate(matrix):
+            rows.append(
+                {"id": columns["id"][i], "feature": name, "embedding": vector.tolist(),
+                 **{column: columns[column][i] for column in others}}
+            )  # fmt: skip
+    return rows
+
+
+def run_embed(args: argparse.Namespace) -> int:
+    from bioscan_clip.sharding import ShardFailedError, process_shard
+
+    # Inputs are checked before the model loads and before any split: a bad input fails every process the same way.
+    queries = None if args.split else collect_queries(args)
+    shard = process_shard()
+    model, processor = load_model(args.model)
+    model.to(shard.device)
+    if args.split:
+        result = _embed_split_shard(args, model, processor, shard)
     else:
-        images = [q for q in queries if q.get("image") is not None]
-        if images:  # decoded and resized in loader workers, overlapped with the forward (and sharded when launched)
-            records = image_file_records([q["image"] for q in images], [query_name(q) for q in images])
-            embeds = embed_dataset(
-                model, SpecimenDataset(records, processor, [IMAGE]), batch_size=args.batch_size,
-                accelerator=accelerator, description="images", combined=False,
-            )[IMAGE]  # fmt: skip
-            rows += [{"id": q["id"], "feature": IMAGE, "embedding": v.tolist()} for q, v in zip(images, embeds, strict=True)]
-        barcodes = [q for q in queries if q.get("barcode") is not None]
-        for batch in tqdm(list(_batches(barcodes, args.batch_size)), desc="barcodes", leave=False):
-            inputs = processor(dna=[q["barcode"] for q in batch], names=[str(q["id"]) for q in batch])
-            with torch.inference_mode():
-                embeds = model.embed(**inputs.to(model.device))[DNA].float().cpu().numpy()
-            rows += [{"id": q["id"], "feature": DNA, "embedding": v.tolist()} for q, v in zip(batch, embeds, strict=True)]
-    if accelerator is not None and not accelerator.is_main_process:
-        return 0  # every process holds the gathered result; the main one writes it
+        result = _embed_query_shard(queries, model, processor, shard, args.batch_size)
+    try:
+        shards = shard.gather(result)  # the only collective, once every shard is done
+    except ShardFailedError as error:  # one line, not a traceback: the failed process has printed the cause
+        raise SystemExit(f"bioscan-clip embed: {error}; nothing was written") from None
+    if not shard.is_main:
+        return 0  # the main process writes the one output
+    rows = _merge_shards(shards)
     out = Path(args.out)
     _write_rows(rows, out)
     dims = {row["feature"]: len(row["embedding"]) for row in rows}
-    shards = f" ({accelerator.num_processes} processes)" if accelerator is not None else ""
-    print(f"wrote {len(rows)} embeddings ({', '.join(f'{k}: {v}-d' for k, v in dims.items())}) to {out}{shards}")
+    processes = f" ({shard.world_size} processes)" if shard.world_size > 1 else ""
+    print(f"wrote {len(rows)} embeddings ({', '.join(f'{k}: {v}-d' for k, v in dims.items())}) to {out}{processes}")
     return 0
 
 

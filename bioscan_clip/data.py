@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import torch
 from PIL import Image
 
+from bioscan_clip.dna_augmentation import DNA_STREAM, DnaAugmentation, clean_barcodes, frame_shifted_barcodes
 from dataset_scripts import RETRIEVAL_SPLITS, load_bioscan
 from modeling_bioscanclip import BioscanClipProcessor, BioscanInputError
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
@@ -258,6 +259,9 @@ class SpecimenDataset(torch.utils.data.Dataset):
         modalities (`Sequence[str]`): which inputs to produce.
         augmentation ([`ImageAugmentation`], *optional*): train-time image transform, applied by the processor in
             place of its resize and centre crop.
+        dna_augmentation ([`~bioscan_clip.dna_augmentation.DnaAugmentation`], *optional*): train-time barcode
+            transform (random reading frame, end trimming, a few ``N``); each epoch's augmented barcodes are
+            tokenised by the processor at :meth:`set_epoch`, in one call.
         seed (`int`, defaults to 0): augmentation randomness is drawn from (seed, epoch, index), so it is the same
             whatever the number of workers and after a resume.
 
@@ -272,10 +276,12 @@ class SpecimenDataset(torch.utils.data.Dataset):
         modalities: Sequence[str],
         augmentation: ImageAugmentation | None = None,
         seed: int = 0,
+        dna_augmentation: DnaAugmentation | None = None,
     ) -> None:
         self.modalities = list(modalities)
         self.processor = processor
         self.augmentation = augmentation
+        self.dna_augmentation = dna_augmentation if "dna" in self.modalities else None
         self.seed = seed
         self.epoch = 0
         self.dropped = 0
@@ -298,6 +304,14 @@ class SpecimenDataset(torch.utils.data.Dataset):
                 records = records.select(kept)
                 metadata = {column: [values[i] for i in kept] for column, values in metadata.items()}
             self.tokens = {name: torch.from_numpy(np.asarray(value, dtype=np.int64)) for name, value in encoded.items()}
+        # Augmented barcodes are cut from the whole cleaned barcode, not from its tokenised (660-nt) prefix.
+        self.barcodes = (
+            clean_barcodes(metadata["dna_barcode"], metadata.get("processid", range(len(records))))
+            if self.dna_augmentation is not None and self.tokens
+            else None
+        )
+        self._augmented: dict[str, torch.Tensor] = {}
+        self._augmented_epoch: int | None = None
         metadata.pop("dna_barcode", None)
         self.records = records
         self.metadata = metadata
@@ -313,12 +327,27 @@ class SpecimenDataset(torch.utils.data.Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        if self.barcodes is not None:  # here, in the main process, so that loader workers receive them made
+            self._augment_barcodes()
 
     def _stored_image(self, index: int) -> Any:
         if self.images is None:
             raise BioscanInputError("this dataset was built without the image modality")
         stored = self.images[index].as_py()
         return stored["bytes"] or stored["path"]
+
+    def dna_inputs(self, indices: Sequence[int], shift: int = 0) -> dict[str, torch.Tensor]:
+        """``dna_input_ids`` and ``dna_attention_mask`` of the records at ``indices``, each barcode read from base
+        ``shift`` of its cleaned sequence on (the reading frames that inference averages; see
+        :func:`~bioscan_clip.dna_augmentation.frame_shifted_barcodes`)."""
+        if "dna_input_ids" not in self.tokens:
+            raise BioscanInputError("this dataset was built without the DNA modality")
+        indices = [int(i) for i in indices]
+        names = [str(self.metadata["processid"][i]) if "processid" in self.metadata else str(i) for i in indices]
+        raw = self.records.select_columns(["dna_barcode"])[indices]["dna_barcode"]
+        shifted = frame_shifted_barcodes(clean_barcodes(raw, names), shift)
+        encoded = self.processor(dna=shifted, names=names, return_tensors="pt")
+        return {"dna_input_ids": encoded["dna_input_ids"], "dna_attention_mask": encoded["dna_attention_mask"]}
 
     def image(self, index: int) -> Image.Image:
         """The record's image, decoded by the processor's safe loader (not augmented, not resized)."""
@@ -340,7 +369,27 @@ class SpecimenDataset(torch.utils.data.Dataset):
             item["pixel_values"] = torch.from_numpy(pixels[0])
         for name, values in self.tokens.items():
             item[name] = values[index]
+        if self.barcodes is not None:
+            if self._augmented_epoch != self.epoch:
+                self._augment_barcodes()
+            item.update({name: values[index] for name, values in self._augmented.items()})
         return item
+
+    def _augment_barcodes(self) -> None:
+        """This epoch's augmented barcodes of every record, tokenised in one processor call: item ``i`` is drawn from
+        (seed, epoch, i, DNA_STREAM) alone, and one batch call is several times cheaper than one call per item
+        (0.6 s against 4.5 s for an epoch of 4,767 real barcodes, measured)."""
+        names = [str(name) for name in self.metadata.get("processid", range(len(self.barcodes)))]
+        augmented = [
+            self.dna_augmentation(barcode, np.random.default_rng([self.seed, self.epoch, index, DNA_STREAM]))
+            for index, barcode in enumerate(self.barcodes)
+        ]
+        encoded = self.processor(dna=augmented, names=names, return_tensors="np")
+        self._augmented = {
+            name: torch.from_numpy(np.asarray(encoded[name], dtype=np.int64))
+            for name in ("dna_input_ids", "dna_attention_mask")
+        }
+        self._augmented_epoch = self.epoch
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bioscan_clip.data import SpecimenDataset, model_inputs
+from bioscan_clip.dna_augmentation import clean_barcodes, frame_shifted_barcodes
 from modeling_bioscanclip import BioscanInputError
 from modeling_bioscanclip.configuration_bioscanclip import MODALITIES
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
@@ -137,6 +138,54 @@ def loader_workers(dataset: SpecimenDataset, batch_size: int, processes: int = 1
     return min(8, max(1, cores // max(1, processes) // 2))
 
 
+def dna_frames_of(model: Any) -> int:
+    """The reading frames a model's DNA embedding averages at inference: its config's ``dna_frames`` (1 when
+    absent, as in converted CLIBD weights, whose embeddings stay exactly the original's)."""
+    return int(getattr(getattr(model, "config", None), "dna_frames", 1) or 1)
+
+
+def _frame_averaged(
+    model: Any, dataset: SpecimenDataset, indices: torch.Tensor, first: torch.Tensor, frames: int
+) -> torch.Tensor:
+    """The mean of the unit DNA embeddings of frames 0 (``first``, already computed) to ``frames - 1``, unit length
+    again."""
+    total = first.clone()
+    for shift in range(1, frames):
+        inputs = {name: value.to(first.device) for name, value in dataset.dna_inputs(indices.tolist(), shift).items()}
+        total += model.embed(**inputs)[DNA]
+    return torch.nn.functional.normalize(total, dim=-1)
+
+
+@torch.inference_mode()
+def embed_inputs(
+    model: Any,
+    processor: Any,
+    *,
+    images: Sequence[Any] | None = None,
+    barcodes: Sequence[str] | None = None,
+    names: Sequence[Any] | None = None,
+    dna_frames: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Unit-length ``image`` and ``dna`` embeddings of raw queries (CPU, float32), made as :func:`embed_dataset`
+    makes a dataset's: with the model's reading frames averaged for DNA (see ``dna_frames`` there), so that queries
+    and keys embedded either way compare. Errors name a query by ``names`` when given, else by its position."""
+    names = list(names) if names is not None else None
+    inputs = processor(images=list(images) if images else None, dna=list(barcodes) if barcodes else None, names=names)
+    device = next(model.parameters()).device
+    embeds = model.embed(**{name: value.to(device) for name, value in inputs.items()})
+    frames = dna_frames_of(model) if dna_frames is None else int(dna_frames)
+    if frames < 1:
+        raise ValueError(f"dna_frames: expected >= 1, got {frames}")
+    if frames > 1 and DNA in embeds:
+        cleaned = clean_barcodes(barcodes, names)
+        total = embeds[DNA].clone()
+        for shift in range(1, frames):
+            shifted = processor(dna=frame_shifted_barcodes(cleaned, shift), names=names)
+            total += model.embed(**{name: value.to(device) for name, value in shifted.items()})[DNA]
+        embeds[DNA] = torch.nn.functional.normalize(total, dim=-1)
+    return {name: value.float().cpu() for name, value in embeds.items()}
+
+
 @torch.inference_mode()
 def embed_dataset(
     model: Any,
@@ -148,6 +197,7 @@ def embed_dataset(
     description: str = "embedding",
     show_progress: bool = True,
     combined: bool = True,
+    dna_frames: int | None = None,
 ) -> dict[str, np.ndarray]:
     """Unit-length embeddings of every modality of ``dataset`` (and, with ``combined``, the combined features),
     in dataset order.
@@ -155,6 +205,11 @@ def embed_dataset(
     With an ``accelerator``, the work is sharded over processes and gathered (``gather_for_metrics`` drops the
     duplicates that pad the last batch); every process gets the full result. ``num_workers`` None: see
     :func:`loader_workers`.
+
+    ``dna_frames`` (None: the model's :func:`dna_frames_of`): with F > 1, a barcode's DNA embedding is the mean of
+    the embeddings of the barcode read from each of its first F bases (``barcode[s:]``, s = 0..F-1), unit length
+    again: the non-overlapping 5-mers then see every reading frame, so where a barcode starts matters much less.
+    It costs F DNA forwards per record.
     """
     if num_workers is None:
         num_workers = loader_workers(dataset, batch_size, 1 if accelerator is None else accelerator.num_processes)
@@ -171,13 +226,19 @@ def embed_dataset(
         loader = accelerator.prepare(loader)
         core = accelerator.unwrap_model(model)
         show_progress = show_progress and accelerator.is_local_main_process
+    frames = dna_frames_of(core) if dna_frames is None else int(dna_frames)
+    if frames < 1:
+        raise ValueError(f"dna_frames: expected >= 1, got {frames}")
     was_training = core.training
     core.eval()
     parts: dict[str, list[torch.Tensor]] = {}
     for batch in tqdm(loader, desc=description, disable=not show_progress, leave=False):
         if isinstance(batch, _Failed):
             raise batch.error
-        embeds = core.embed(**model_inputs(batch))
+        device = next(core.parameters()).device  # a prepared loader has moved the batch there already
+        embeds = core.embed(**{name: value.to(device) for name, value in model_inputs(batch).items()})
+        if frames > 1 and DNA in embeds:
+            embeds[DNA] = _frame_averaged(core, dataset, batch["index"], embeds[DNA], frames)
         embeds["index"] = batch["index"]
         if accelerator is not None:
             embeds = accelerator.gather_for_metrics(embeds)

@@ -9,9 +9,13 @@ verifies the manifest first and refuses a partial, mixed or corrupted folder by 
 
 Prediction at each rank is the label of the nearest key (1-NN, as the paper). Its *confidence* is the
 similarity-weighted share of the k nearest keys that agree with it. A rank is *confident* when the nearest key's
-cosine similarity reaches that rank's threshold, calibrated on validation queries so that confident predictions
-reach a target precision (default 90 %). The *unknown species* flag is raised when the species rank is not
-confident: the query is probably from a species absent from the keys.
+cosine similarity reaches that rank's threshold, calibrated so that confident predictions reach a target precision
+(default 90 %) on queries whose answer at that rank is in the keys as well as absent from them (labels held out of
+the keys; on validation queries, or leave-one-out over the keys without them: :mod:`bioscan_clip.calibration`).
+The *unknown species* flag is raised when the species rank is not confident: the query is probably from a species
+absent from the keys. ``calibration.json`` holds the thresholds and their report (precision and coverage of the
+confident calls, novel-species detection AUROC, warnings where calibration had to fall back) and
+``calibration.png`` the reliability diagram.
 """
 
 from __future__ import annotations
@@ -30,6 +34,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bioscan_clip.calibration import (
+    CALIBRATION_SEED,
+    DEFAULT_PRECISION,
+    HELD_OUT_FRACTION,
+    METHOD_NONE,
+    calibrate_pair,
+    plot_reliability,
+    sample_rows,
+)
 from bioscan_clip.data import (
     DataSpec,
     SpecimenDataset,
@@ -43,6 +56,7 @@ from bioscan_clip.features import (
     KEY_FEATURES,
     add_combined_features,
     embed_dataset,
+    embed_inputs,
     labels_of,
     pair_name,
     query_feature,
@@ -65,6 +79,7 @@ logger = logging.getLogger(__name__)
 
 RECORDS_DIRNAME = "records"
 CALIBRATION_FILE = "calibration.json"
+CALIBRATION_PLOT = "calibration.png"
 KEY_MANIFEST = "key_folder.json"
 KEY_FOLDER_FORMAT = "bioscan-clip-key-folder"
 KEY_FOLDER_VERSION = 1
@@ -73,7 +88,6 @@ KEY_FOLDER_VERSION = 1
 _UNHASHED_CONFIG_KEYS = (
     "_name_or_path", "transformers_version", "_commit_hash", "architectures", "auto_map", "dtype", "torch_dtype",
 )  # fmt: skip
-DEFAULT_PRECISION = 0.9
 DEFAULT_VOTE_TEMPERATURE = 0.05  # cosine differences of a few hundredths decide between neighbours
 
 
@@ -128,34 +142,6 @@ def vote_confidence(similarities: np.ndarray, labels: Sequence[str | None], temp
     weights = np.exp((similarities - similarities.max()) / temperature)
     agree = np.array([label == labels[0] and label is not None for label in labels])
     return float(weights[agree].sum() / weights.sum())
-
-
-def calibrate_thresholds(
-    similarities: np.ndarray,
-    correct: Mapping[str, np.ndarray],
-    precision: float = DEFAULT_PRECISION,
-) -> dict[str, float]:
-    """Per rank, the smallest top-1 similarity above which 1-NN predictions reach ``precision`` on these queries.
-
-    Args:
-        similarities (`np.ndarray`): top-1 cosine similarity of each validation query.
-        correct (`dict[str, np.ndarray]`): per rank, whether each query's 1-NN label was right (True/False), or
-            None for a query without a true label at that rank (left out of that rank).
-        precision (`float`): the precision confident predictions must reach.
-
-    Returns:
-        rank -> threshold (``inf`` when no threshold reaches the precision: that rank is never confident).
-    """
-    thresholds = {}
-    for rank, outcome in correct.items():
-        known = np.array([value is not None for value in outcome], dtype=bool)
-        order = np.argsort(-similarities[known])
-        hits = np.asarray(outcome[known], dtype=float)[order]
-        running = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-        # The largest prefix (lowest threshold) whose precision still reaches the target.
-        passing = np.flatnonzero(running >= precision)
-        thresholds[rank] = float(similarities[known][order][passing[-1]]) if passing.size else float("inf")
-    return thresholds
 
 
 def config_hash(model: BioscanClipModel) -> str:
@@ -321,13 +307,9 @@ class Identifier:
             raise BioscanInputError(
                 f"paired queries need as many images as barcodes, got {len(images)} and {len(barcodes)}"
             )
-        inputs = self.processor(
-            images=list(images) if images else None,
-            dna=list(barcodes) if barcodes else None,
-            names=list(names) if names is not None else None,
-        )
-        embeds = {name: value.numpy() for name, value in self.model.embed(**inputs).items()}
-        return add_combined_features(embeds)
+        # As the keys were embedded: the model's DNA reading frames averaged (features.embed_inputs).
+        embedded = embed_inputs(self.model, self.processor, images=images, barcodes=barcodes, names=names)
+        return add_combined_features({name: value.numpy() for name, value in embedded.items()})
 
     def identify(
         self,
@@ -413,7 +395,9 @@ def build_key_folder(
     *,
     calibration_queries: datasets.Dataset | None = None,
     precision: float = DEFAULT_PRECISION,
+    calibrate: bool = True,
     index_type: str = "flat",
+    index_options: Mapping[str, Any] | None = None,
     batch_size: int = 128,
     show_progress: bool = True,
     overwrite: bool = False,
@@ -428,9 +412,15 @@ def build_key_folder(
         keys (`datasets.Dataset`): labelled key records (the package's record schema).
         out_dir: the folder to write (replaced if it is a key folder or empty; anything else is refused).
         calibration_queries (`datasets.Dataset`, *optional*): validation queries whose 1-NN correctness sets the
-            confidence thresholds; without them no rank is ever confident.
+            confidence thresholds, searched against the keys with a share of the labels held out at each rank;
+            without them the keys calibrate themselves, leave-one-out (see :mod:`bioscan_clip.calibration`).
         precision (`float`, defaults to 0.9): precision the confident predictions must reach on those queries.
-        index_type (`str`, defaults to ``"flat"``): ``flat`` (exact) or an approximate faiss index (see KeyIndex).
+        calibrate (`bool`, defaults to True): False writes no thresholds (no rank is ever confident, every query is
+            flagged unknown species), with a warning in ``calibration.json``.
+        index_type (`str`, defaults to ``"flat"``): ``flat`` (exact), an approximate faiss index or ``auto`` (chosen
+            by key count; see :meth:`KeyIndex.build`).
+        index_options (`dict`, *optional*): further :meth:`KeyIndex.build` index settings (``nlist``, ``nprobe``,
+            ``pq_m``, ``rerank``, ...), the same for every feature.
         overwrite (`bool`, defaults to False): replace ``out_dir`` even when it is not a key folder.
     """
     out_dir = Path(out_dir)
@@ -449,7 +439,8 @@ def build_key_folder(
     final_dir, staging = out_dir, staging_dir(out_dir)
     try:
         _write_key_folder(model, processor, modalities, key_set, features, labels, staging, calibration_queries,
-                          precision, index_type, batch_size, show_progress)  # fmt: skip
+                          precision, index_type, batch_size, show_progress, calibrate=calibrate,
+                          index_options=index_options)  # fmt: skip
         refuse_foreign_output(final_dir, overwrite)  # nothing foreign appeared there while we embedded
         swap_in(staging, final_dir, stage_prefix="index:")
     except BaseException:
@@ -472,43 +463,18 @@ def _write_key_folder(
     index_type: str,
     batch_size: int,
     show_progress: bool,
+    *,
+    calibrate: bool = True,
+    index_options: Mapping[str, Any] | None = None,
 ) -> None:
     """The parts of a key folder, written into ``out_dir`` (a fresh staging folder), manifest last."""
+    options = dict(index_options or {})
     for name, matrix in features.items():
         if name in KEY_FEATURES:
-            KeyIndex.build(matrix, labels, index_type=index_type, modality=name).save(out_dir / name)
+            KeyIndex.build(matrix, labels, index_type=index_type, modality=name, **options).save(out_dir / name)
             kill_point(f"index:{name}")
-    calibration: dict[str, Any] = {
-        "precision": precision,
-        "vote_temperature": DEFAULT_VOTE_TEMPERATURE,
-        "thresholds": {},
-    }
-    if calibration_queries is not None:
-        query_set = SpecimenDataset(with_modalities(calibration_queries, modalities), processor, modalities)
-        query_features = embed_dataset(
-            model, query_set, batch_size=batch_size, description="calibration queries", show_progress=show_progress
-        )
-        truth = labels_of(query_set)
-        for query_name, key_name in CALIBRATED_PAIRS:
-            if query_name not in query_features or key_name not in features:
-                continue
-            index = KeyIndex.load(out_dir / key_name)
-            found = index.search_labels(query_features[query_name], 1)
-            correct = {
-                rank: np.array(
-                    [None if t is None else p[0] == t for p, t in zip(found.labels[rank], truth[rank], strict=True)]
-                )
-                for rank in TAXONOMIC_RANKS
-            }
-            thresholds = calibrate_thresholds(found.scores[:, 0], correct, precision)
-            calibration["thresholds"][pair_name((query_name, key_name))] = thresholds
-        calibration["calibration_queries"] = len(query_set)
-        if index_type != "flat":  # what the approximation costs, measured on real queries
-            calibration["recall_at_5"] = {
-                name: KeyIndex.load(out_dir / name).recall_at_k(query_features[name], min(5, len(key_set)))
-                for name in features
-                if name in KEY_FEATURES and name in query_features
-            }
+    calibration = _calibrate(model, processor, modalities, key_set, features, labels, out_dir, calibration_queries,
+                             precision, index_type, batch_size, show_progress, calibrate)  # fmt: skip
     (out_dir / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2))
     kill_point("index:calibration")
     stored = key_set.records
@@ -533,20 +499,101 @@ def _write_key_folder(
     kill_point("index:manifest")
 
 
+def _calibrate(
+    model: BioscanClipModel,
+    processor: BioscanClipProcessor,
+    modalities: list[str],
+    key_set: SpecimenDataset,
+    features: dict[str, np.ndarray],
+    labels: dict[str, list],
+    out_dir: Path,
+    calibration_queries: datasets.Dataset | None,
+    precision: float,
+    index_type: str,
+    batch_size: int,
+    show_progress: bool,
+    calibrate: bool,
+) -> dict[str, Any]:
+    """The confidence thresholds of every calibrated pair and their report, and the reliability diagram in
+    ``out_dir``; every fallback is logged and listed in ``warnings``."""
+    calibration: dict[str, Any] = {
+        "precision": precision,
+        "vote_temperature": DEFAULT_VOTE_TEMPERATURE,
+        "thresholds": {},
+        "held_out_fraction": HELD_OUT_FRACTION,
+        "seed": CALIBRATION_SEED,
+        "warnings": [],
+    }
+    if not calibrate:
+        calibration["method"] = METHOD_NONE
+        calibration["warnings"].append(
+            "calibration turned off: no rank is ever confident and every query is flagged unknown species"
+        )
+        logger.warning(calibration["warnings"][-1])
+        return calibration
+    if calibration_queries is not None and len(calibration_queries):
+        query_set = SpecimenDataset(with_modalities(calibration_queries, modalities), processor, modalities)
+        rows = sample_rows(len(query_set))
+        query_features = embed_dataset(
+            model, query_set, batch_size=batch_size, description="calibration queries", show_progress=show_progress
+        )
+        query_features = {name: matrix[rows] for name, matrix in query_features.items()}
+        query_labels = labels_of(query_set)
+        truth = {rank: [query_labels[rank][r] for r in rows] for rank in TAXONOMIC_RANKS}
+        own_rows = None
+        calibration["method"] = "validation queries, labels held out of the keys per rank"
+    else:
+        # No validation queries (e.g. a BOLD library with every record a key): the keys calibrate themselves,
+        # each searched against the others, with a share of the species (and of each rank's labels) held out.
+        rows = sample_rows(len(key_set))
+        query_features = {name: matrix[rows] for name, matrix in features.items()}
+        truth = {rank: [labels[rank][r] for r in rows] for rank in TAXONOMIC_RANKS}
+        own_rows = rows
+        calibration["method"] = "leave-one-out over the keys, labels held out per rank (no validation queries)"
+    calibration["calibration_queries"] = int(len(rows))
+    calibration["report"], curves = {}, {}
+    for query_name, key_name in CALIBRATED_PAIRS:
+        if query_name not in query_features or key_name not in features:
+            continue
+        name = pair_name((query_name, key_name))
+        result = calibrate_pair(
+            query_features[query_name], truth, features[key_name], labels,
+            own_rows=own_rows, precision=precision, name=name,
+        )  # fmt: skip
+        calibration["thresholds"][name] = result["thresholds"]
+        calibration["report"][name] = result["report"]
+        calibration["warnings"].extend(result["warnings"])
+        curves[name] = result["curves"]
+    for warning in calibration["warnings"]:
+        logger.warning(warning)
+    if curves:
+        plot_reliability(curves, calibration["thresholds"], out_dir / CALIBRATION_PLOT, precision=precision)
+        calibration["plot"] = CALIBRATION_PLOT
+    if index_type != "flat":  # what the approximation costs, measured on the calibration queries
+        calibration["recall_at_5"] = {
+            name: KeyIndex.load(out_dir / name).recall_at_k(query_features[name], min(5, len(key_set)))
+            for name in features
+            if name in KEY_FEATURES and name in query_features
+        }
+    return calibration
+
+
 def build_index(
     model: str | Path,
     data: DataSpec,
     out: str | Path,
     *,
     index_type: str = "flat",
+    index_options: Mapping[str, Any] | None = None,
     precision: float = DEFAULT_PRECISION,
     calibrate: bool = True,
     batch_size: int = 128,
     overwrite: bool = False,
 ) -> Path:
     """Embeds the keys of a dataset with a saved model and writes a key folder (see :func:`build_key_folder`),
-    calibrated on the dataset's validation queries when it has them. The output and the data are checked before
-    the model is loaded."""
+    calibrated on the dataset's validation queries when it has them, else leave-one-out over the keys (a BOLD
+    library with ``partition="none"``); ``calibrate=False`` writes no thresholds. The output and the data are
+    checked before the model is loaded."""
     refuse_foreign_output(Path(out), overwrite)
     splits, roles = data.load()
     calibration = None
@@ -567,7 +614,9 @@ def build_index(
         out,
         calibration_queries=calibration,
         precision=precision,
+        calibrate=calibrate,
         index_type=index_type,
+        index_options=index_options,
         batch_size=batch_size,
         overwrite=overwrite,
     )

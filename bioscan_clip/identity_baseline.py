@@ -110,6 +110,7 @@ def identity_nearest(
     candidates: int = DEFAULT_CANDIDATES,
     thresholds: Mapping[str, float] = IDENTITY_THRESHOLDS,
     min_overlap: int = MIN_OVERLAP,
+    candidate_rows: np.ndarray | None = None,
 ) -> IdentityResult:
     """Names each query by its most identical key among its ``candidates`` nearest keys by 5-mer profile.
 
@@ -118,12 +119,19 @@ def identity_nearest(
         key_labels: ``processid`` and the ranks of each key, as for :meth:`KeyIndex.build`.
         candidates: how many 5-mer nearest keys are aligned per query.
         thresholds: per rank, the identity at which a call is confident (:data:`IDENTITY_THRESHOLDS`).
+        candidate_rows: instead of the 5-mer search, the key rows to align per query, best first (-1 = none),
+            e.g. a learned embedding's nearest keys: alignment re-ranking of the model's candidates.
     """
     keys = clean_barcodes(key_barcodes, "keys")
     queries = clean_barcodes(query_barcodes, "queries")
-    index = build_kmer_key_index(keys, {"processid": list(key_labels["processid"]),
-                                        **{r: list(key_labels[r]) for r in TAXONOMIC_RANKS}})  # fmt: skip
-    _, found = index.search(kmer_profile(queries), min(candidates, len(index)))
+    if candidate_rows is None:
+        index = build_kmer_key_index(keys, {"processid": list(key_labels["processid"]),
+                                            **{r: list(key_labels[r]) for r in TAXONOMIC_RANKS}})  # fmt: skip
+        _, found = index.search(kmer_profile(queries), min(candidates, len(index)))
+    else:
+        found = np.asarray(candidate_rows)
+        if found.shape[0] != len(queries):
+            raise ValueError(f"candidate_rows has {found.shape[0]} rows for {len(queries)} queries")
     identity, rows = best_identity(queries, keys, found, min_overlap=min_overlap)
     labels = {rank: [key_labels[rank][r] if r >= 0 else None for r in rows] for rank in TAXONOMIC_RANKS}
     confident = {

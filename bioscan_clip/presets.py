@@ -110,6 +110,10 @@ PRESETS: MappingProxyType[str, Preset] = MappingProxyType(
                     "mixed_precision": "no",
                     "max_grad_norm": 1.0,
                     "eval_every_epochs": 4,
+                    # Real barcodes start anywhere: train on every reading frame and average the 5 frames at
+                    # inference (bioscan_clip/dna_augmentation.py; the paper's recipe, below, does neither).
+                    "dna_augmentation": True,
+                    "dna_frames": 5,
                 },
             ),
             Preset(

@@ -9,22 +9,33 @@ faiss pads results with id -1 when it finds fewer than k neighbours, and ``label
 last key's label (the original ``make_prediction`` did exactly that). This module never lets a -1 through: k larger
 than the searchable key count is refused up front, and any padding left by an approximate index raises.
 
+Memory at BIOSCAN-5M scale (5.15M keys of 768 floats = 15.8 GB per feature): :meth:`KeyIndex.build` validates and
+normalises the caller's vectors in float32 chunks, never as a whole-array float64 or float32 copy. A flat index is
+normalised straight into faiss's own storage (about 1x the raw bytes in all); an approximate index streams the
+normalised vectors to an unlinked temporary ``.npy`` file and keeps only its compressed codes in RAM. Saved vectors
+are a plain ``vectors.npy`` that :meth:`KeyIndex.load` memory-maps, so an IVF-PQ index needs its codes in RAM and
+reads from disk only the rows it re-ranks: each query's ``rerank`` best PQ candidates are re-scored exactly from
+those vectors, which recovers exact recall@1 at a fraction of flat search's memory.
+
 On disk a key index is a folder::
 
     manifest.json   # format version, dim, count, index type and parameters, normalisation, modality, extra,
                     # and the size and sha256 of every other file (checked on load: a corrupted or mixed folder
                     # is refused by name)
-    index.faiss     # faiss.write_index
-    keys/           # datasets.Dataset.save_to_disk: id, taxonomy, metadata and "embedding" columns
+    index.faiss     # faiss.write_index (a flat index is memory-mapped on load)
+    vectors.npy     # (count, dim) float32, the indexed (normalised) vectors; memory-mapped on load
+    keys/           # datasets.Dataset.save_to_disk: id, taxonomy and metadata columns
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -52,16 +63,107 @@ logger = get_logger(__name__)
 
 IndexType = Literal["flat", "ivf", "hnsw", "ivfpq"]
 INDEX_TYPES: tuple[str, ...] = ("flat", "ivf", "hnsw", "ivfpq")
+# What build accepts: "auto" picks exact flat search below AUTO_FLAT_MAX_KEYS keys and IVF-PQ (fast scan) with exact
+# re-ranking from there up, where a flat index's RAM and per-query time grow past what a user can hold.
+BUILD_INDEX_TYPES: tuple[str, ...] = ("auto", *INDEX_TYPES)
+AUTO_FLAT_MAX_KEYS = 200_000
 EMBEDDING_COLUMN = "embedding"
 DEFAULT_ID_COLUMN = "processid"
 MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "index.faiss"
+VECTORS_NAME = "vectors.npy"
 KEYS_DIRNAME = "keys"
-FORMAT_VERSION = 2  # 2: the manifest lists every file's size and sha256
+# 2: the manifest lists every file's size and sha256; 3: vectors in vectors.npy (memory-mapped), not an Arrow column.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)
 # Keys are added to faiss in chunks of this many rows so a progress bar can follow large builds.
 ADD_BATCH_SIZE = 65_536
+# Rows validated / normalised at a time: the only full-width temporaries a build makes are this many rows.
+NORMALIZE_CHUNK_ROWS = 16_384
 # Builds of at least this many keys show a progress bar unless told otherwise.
 PROGRESS_MIN_KEYS = 100_000
+# IVF-PQ candidates re-scored exactly per query when the caller does not say (benchmarks/bench_index.py measures
+# what this buys on clustered 768-d keys).
+DEFAULT_RERANK = 64
+# Queries re-ranked at a time: bounds the gathered candidate block to RERANK_QUERY_BLOCK * rerank * dim floats.
+RERANK_QUERY_BLOCK = 256
+# faiss's exhaustive search multiplies 4096 queries by 1024 keys at a time: at 768-d that small key block runs sgemm
+# at ~0.6x of its large-block rate. 1024 x 16384 blocks (a 64 MiB score block) measured 1.7x faster on 2 cores.
+BLAS_QUERY_BLOCK, BLAS_KEY_BLOCK = 1024, 16_384
+
+
+@contextlib.contextmanager
+def _large_blas_blocks() -> Iterator[None]:
+    """faiss's (process-wide) sgemm block sizes raised for the duration of one search, then put back."""
+    previous = (faiss.cvar.distance_compute_blas_query_bs, faiss.cvar.distance_compute_blas_database_bs)
+    faiss.cvar.distance_compute_blas_query_bs, faiss.cvar.distance_compute_blas_database_bs = (
+        BLAS_QUERY_BLOCK,
+        BLAS_KEY_BLOCK,
+    )
+    try:
+        yield
+    finally:
+        faiss.cvar.distance_compute_blas_query_bs, faiss.cvar.distance_compute_blas_database_bs = previous
+
+
+def _checked_matrix(values: Any, name: str) -> np.ndarray:
+    """The shape and dtype checks of :func:`as_embedding_matrix`, without converting or copying anything."""
+    array = values if isinstance(values, np.ndarray) else np.asarray(values)
+    if array.ndim != 2:
+        raise BioscanInputError(f"{name} must be a 2-D (rows, dim) array, got shape {array.shape}")
+    if array.shape[0] == 0:
+        raise BioscanInputError(f"{name} is empty (shape {array.shape}): there is nothing to index or search")
+    if array.shape[1] == 0:
+        raise BioscanInputError(f"{name} has dimension 0 (shape {array.shape})")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise BioscanInputError(f"{name} must be floating point, got dtype {array.dtype}")
+    return array
+
+
+def _prepared_chunks(
+    matrix: np.ndarray, name: str, normalize: bool, out: np.ndarray | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yields ``(first row, float32 chunk)``: rows checked finite and (with ``normalize``) scaled to unit length.
+
+    With ``out`` (a ``(rows, dim)`` float32 array, which may be ``matrix`` itself) the chunks are slices of it, written
+    in place; without it they share one reusable buffer, so a caller must use each chunk before asking for the next.
+    Norms are summed in float64 one chunk at a time (no float64 copy of the matrix): float32 squares of very large or
+    tiny values would overflow or underflow.
+    """
+    count, dim = matrix.shape
+    buffer = None if out is not None else np.empty((min(count, NORMALIZE_CHUNK_ROWS), dim), dtype=np.float32)
+    for start in range(0, count, NORMALIZE_CHUNK_ROWS):
+        stop = min(count, start + NORMALIZE_CHUNK_ROWS)
+        chunk = out[start:stop] if out is not None else buffer[: stop - start]
+        if out is not matrix:
+            with np.errstate(over="ignore"):  # float64 values beyond float32 range become inf, refused below
+                chunk[...] = matrix[start:stop]
+        finite = np.isfinite(chunk).all(axis=1)
+        if not finite.all():
+            bad = start + int(np.flatnonzero(~finite)[0])
+            raise BioscanInputError(
+                f"{name} row {bad} contains NaN or inf ({_count_rows(matrix, 'bad')} bad rows in all)"
+            )
+        if normalize:
+            norms = np.sqrt(np.einsum("ij,ij->i", chunk, chunk, dtype=np.float64))
+            zero = norms == 0
+            if zero.any():
+                bad = start + int(np.flatnonzero(zero)[0])
+                raise BioscanInputError(
+                    f"{name} row {bad} is a zero vector and has no direction ({_count_rows(matrix, 'zero')} in all)"
+                )
+            chunk /= norms.astype(np.float32)[:, None]
+        yield start, chunk
+
+
+def _count_rows(matrix: np.ndarray, kind: str) -> int:
+    # Only on the error path: one more chunked pass for the message's total of non-finite or all-zero rows.
+    total = 0
+    for start in range(0, matrix.shape[0], NORMALIZE_CHUNK_ROWS):
+        chunk = matrix[start : start + NORMALIZE_CHUNK_ROWS]
+        bad = ~np.isfinite(chunk).all(axis=1) if kind == "bad" else ~(chunk != 0).any(axis=1)
+        total += int(bad.sum())
+    return total
 
 
 def as_embedding_matrix(values: Any, name: str = "embeddings") -> np.ndarray:
@@ -72,45 +174,55 @@ def as_embedding_matrix(values: Any, name: str = "embeddings") -> np.ndarray:
         name (`str`, *optional*, defaults to `"embeddings"`): Used in error messages.
 
     Returns:
-        `np.ndarray`: ``(rows, dim)`` float32, C-contiguous (faiss needs both).
+        `np.ndarray`: ``(rows, dim)`` float32, C-contiguous (faiss needs both); ``values`` itself when it already is.
 
     Raises:
         `BioscanInputError`: not 2-D, no rows or no columns, not floating point, or any NaN / inf (the first bad row is
         named).
     """
-    array = np.asarray(values)
-    if array.ndim != 2:
-        raise BioscanInputError(f"{name} must be a 2-D (rows, dim) array, got shape {array.shape}")
-    if array.shape[0] == 0:
-        raise BioscanInputError(f"{name} is empty (shape {array.shape}): there is nothing to index or search")
-    if array.shape[1] == 0:
-        raise BioscanInputError(f"{name} has dimension 0 (shape {array.shape})")
-    if not np.issubdtype(array.dtype, np.floating):
-        raise BioscanInputError(f"{name} must be floating point, got dtype {array.dtype}")
-    finite = np.isfinite(array).all(axis=1)
-    if not finite.all():
-        bad = int(np.flatnonzero(~finite)[0])
-        raise BioscanInputError(f"{name} row {bad} contains NaN or inf ({int((~finite).sum())} bad rows in all)")
-    return np.ascontiguousarray(array, dtype=np.float32)
+    matrix = np.ascontiguousarray(_checked_matrix(values, name), dtype=np.float32)
+    for _ in _prepared_chunks(matrix, name, normalize=False, out=matrix):
+        pass  # checks finiteness chunk by chunk (no full-size boolean temporary)
+    return matrix
 
 
-def l2_normalize(embeddings: np.ndarray, name: str = "embeddings") -> np.ndarray:
-    """Returns a float32 copy of ``embeddings`` with unit-length rows; zero rows are an error, not a silent 0 score.
+def l2_normalize(embeddings: np.ndarray, name: str = "embeddings", *, inplace: bool = False) -> np.ndarray:
+    """Returns ``embeddings`` as float32 with unit-length rows; zero rows are an error, not a silent 0 score.
+
+    Normalises in float32 chunks (norms summed in float64 per chunk), so the only full-size array is the result.
 
     Args:
         embeddings (`np.ndarray`): ``(rows, dim)`` finite floats.
         name (`str`, *optional*, defaults to `"embeddings"`): Used in error messages.
+        inplace (`bool`, *optional*, defaults to `False`): Normalise ``embeddings`` itself and return it when it is a
+            writable C-contiguous float32 array (no copy at all); any other input gets a new array either way.
 
     Raises:
         `BioscanInputError`: a row with zero norm (named), or anything :func:`as_embedding_matrix` refuses.
     """
-    matrix = as_embedding_matrix(embeddings, name)
-    norms = np.linalg.norm(matrix.astype(np.float64), axis=1)
-    zero = norms == 0
-    if zero.any():
-        bad = int(np.flatnonzero(zero)[0])
-        raise BioscanInputError(f"{name} row {bad} is a zero vector and has no direction ({int(zero.sum())} in all)")
-    return np.ascontiguousarray(matrix / norms[:, None].astype(np.float32), dtype=np.float32)
+    matrix = _checked_matrix(embeddings, name)
+    writable = inplace and matrix.dtype == np.float32 and matrix.flags["C_CONTIGUOUS"] and matrix.flags["WRITEABLE"]
+    out = matrix if writable else np.empty(matrix.shape, dtype=np.float32)
+    for _ in _prepared_chunks(matrix, name, normalize=True, out=out):
+        pass
+    return out
+
+
+def _int_param(value: Any, name: str, low: int, high: int | None = None) -> int:
+    """``value`` as an int in ``[low, high]``, or one error naming the parameter and the value."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or value < low
+        or (high is not None and value > high)
+    ):
+        span = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise BioscanInputError(f"{name} must be an int {span}, got {value!r}")
+    return int(value)
+
+
+def _largest_divisor(dim: int, at_most: int) -> int:
+    return max(m for m in range(1, max(1, at_most) + 1) if dim % m == 0)
 
 
 @dataclass
@@ -135,26 +247,203 @@ def _default_nlist(count: int) -> int:
     return max(1, min(int(round(math.sqrt(count))), count // 39))
 
 
+def resolve_index_params(
+    index_type: str,
+    count: int,
+    dim: int,
+    *,
+    nlist: int | None = None,
+    nprobe: int = 16,
+    hnsw_m: int = 32,
+    ef_construction: int = 80,
+    ef_search: int = 64,
+    pq_m: int | None = None,
+    pq_nbits: int | None = None,
+    pq_fast_scan: bool | None = None,
+    rerank: int | None = None,
+    train_size: int | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """The index type and parameters :meth:`KeyIndex.build` uses for ``count`` keys of ``dim``, every one validated.
+
+    ``"auto"`` becomes ``"flat"`` (exact) below :data:`AUTO_FLAT_MAX_KEYS` keys and ``"ivfpq"`` from there up, with
+    4-bit fast-scan codes of ``dim / 8`` sub-quantisers and :data:`DEFAULT_RERANK` candidates re-ranked exactly.
+
+    Returns:
+        `tuple[str, dict]`: the concrete index type and its parameters (what the manifest's ``index_params`` holds).
+
+    Raises:
+        `BioscanInputError`: an unknown type or a parameter out of range, naming the parameter and the value.
+    """
+    if index_type not in BUILD_INDEX_TYPES:
+        raise BioscanInputError(f"index_type must be one of {BUILD_INDEX_TYPES}, got {index_type!r}")
+    params: dict[str, Any] = {}
+    if index_type == "auto":
+        index_type = "flat" if count < AUTO_FLAT_MAX_KEYS else "ivfpq"
+        params["auto"] = True
+        if index_type == "ivfpq" and pq_fast_scan is None:
+            pq_fast_scan = True
+    if index_type == "flat":
+        if rerank:
+            raise BioscanInputError(
+                f"rerank applies to approximate indexes; a flat index is exact, got rerank={rerank!r}"
+            )
+        return index_type, params
+    rerank = (DEFAULT_RERANK if index_type == "ivfpq" else 0) if rerank is None else rerank
+    params["rerank"] = min(_int_param(rerank, "rerank", 0), count)
+    if index_type == "hnsw":
+        params["hnsw_m"] = _int_param(hnsw_m, "hnsw_m", 2, 1024)
+        params["ef_construction"] = _int_param(ef_construction, "ef_construction", 1)
+        params["ef_search"] = _int_param(ef_search, "ef_search", 1)
+        return index_type, params
+    nlist = _default_nlist(count) if nlist is None else nlist
+    if isinstance(nlist, bool) or not isinstance(nlist, (int, np.integer)) or not 1 <= nlist <= count:
+        raise BioscanInputError(f"nlist must be in [1, {count}] (the key count), got {nlist!r}")
+    params["nlist"] = int(nlist)
+    params["nprobe"] = min(_int_param(nprobe, "nprobe", 1), params["nlist"])
+    minimum_train = params["nlist"]
+    if index_type == "ivfpq":
+        fast_scan = bool(pq_fast_scan)
+        if pq_nbits is None:
+            pq_nbits = 4 if fast_scan else 8
+        pq_nbits = _int_param(pq_nbits, "pq_nbits", 1, 16)
+        if fast_scan and pq_nbits != 4:
+            raise BioscanInputError(f"pq_fast_scan codes are 4-bit: pq_nbits must be 4, got {pq_nbits}")
+        if pq_m is None:
+            pq_m = _largest_divisor(dim, dim // (8 if fast_scan else 4))
+        pq_m = _int_param(pq_m, "pq_m", 1, dim)
+        if dim % pq_m != 0:
+            raise BioscanInputError(f"pq_m must divide the dimension {dim}, got {pq_m}")
+        if count < 2**pq_nbits:
+            raise BioscanInputError(
+                f"IVF-PQ with pq_nbits={pq_nbits} needs at least {2**pq_nbits} keys to train, got {count}"
+            )
+        params.update({"pq_m": pq_m, "pq_nbits": pq_nbits, "pq_fast_scan": fast_scan})
+        minimum_train = max(minimum_train, 2**pq_nbits)
+    elif pq_fast_scan:
+        raise BioscanInputError(f"pq_fast_scan applies to index_type 'ivfpq', got index_type {index_type!r}")
+    # k-means gains little past ~64 points per list; training on a sample keeps build time and memory bounded.
+    train_size = min(count, max(64 * params["nlist"], 16_384)) if train_size is None else train_size
+    params["train_size"] = _int_param(train_size, "train_size", minimum_train, count)
+    return index_type, params
+
+
+def _new_faiss_index(index_type: str, dim: int, params: Mapping[str, Any], seed: int) -> faiss.Index:
+    if index_type == "flat":
+        return faiss.IndexFlatIP(dim)
+    if index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, params["hnsw_m"], faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = params["ef_construction"]
+        index.hnsw.efSearch = params["ef_search"]
+        return index
+    quantizer = faiss.IndexFlatIP(dim)
+    if index_type == "ivf":
+        index = faiss.IndexIVFFlat(quantizer, dim, params["nlist"], faiss.METRIC_INNER_PRODUCT)
+    elif params["pq_fast_scan"]:
+        index = faiss.IndexIVFPQFastScan(
+            quantizer, dim, params["nlist"], params["pq_m"], params["pq_nbits"], faiss.METRIC_INNER_PRODUCT
+        )
+        index.pq.cp.seed = seed
+    else:
+        index = faiss.IndexIVFPQ(
+            quantizer, dim, params["nlist"], params["pq_m"], params["pq_nbits"], faiss.METRIC_INNER_PRODUCT
+        )
+        index.pq.cp.seed = seed
+    index.cp.seed = seed
+    index.nprobe = params["nprobe"]
+    return index
+
+
+def _flat_storage(index: faiss.IndexFlat, count: int) -> np.ndarray:
+    """Sizes a flat index for ``count`` vectors at once and returns its storage as a ``(count, dim)`` float32 view.
+
+    Filling the view is adding the keys: no second copy, and no growth of faiss's vector by doubling on repeated add
+    (which briefly holds old and new buffers, up to 3x the bytes).
+    """
+    index.codes.resize(count * index.code_size)
+    index.ntotal = count
+    return faiss.rev_swig_ptr(index.get_xb(), count * index.d).reshape(count, index.d)
+
+
+class _VectorFile:
+    """An unlinked temporary ``.npy`` of ``(count, dim)`` float32, written in order, read back by rows or mapped.
+
+    The build of an approximate index streams the normalised keys here instead of holding them in RAM; reads go
+    through the file (not a mapping) so that they do not count as the process's resident memory.
+    """
+
+    def __init__(self, count: int, dim: int, directory: str | os.PathLike[str] | None) -> None:
+        self.count, self.dim = count, dim
+        # Unlinked at once on POSIX (a crash leaves nothing); open for as long as the index that maps it.
+        self.file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": (count, dim)}
+        np.lib.format.write_array_header_1_0(self.file, header)
+        self.offset = self.file.tell()
+
+    def write(self, chunk: np.ndarray) -> None:
+        self.file.write(memoryview(np.ascontiguousarray(chunk, dtype="<f4")).cast("B"))
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        rows = np.empty((stop - start, self.dim), dtype=np.float32)
+        self.file.seek(self.offset + start * self.dim * 4)
+        self.file.readinto(memoryview(rows).cast("B"))
+        return rows
+
+    def mapped(self) -> np.ndarray:
+        self.file.flush()
+        return np.memmap(self.file, dtype="<f4", mode="r", offset=self.offset, shape=(self.count, self.dim))
+
+    def copy_to(self, path: Path) -> None:
+        self.file.flush()
+        self.file.seek(0)
+        with path.open("wb") as out:
+            shutil.copyfileobj(self.file, out, 16 << 20)
+
+
 class KeyIndex:
     """Labelled key embeddings with a faiss index, saved and loaded as one folder.
 
     Build with :meth:`build`, reopen with :meth:`load`; the constructor is for those two.
 
     Args:
-        keys (`datasets.Dataset`): One row per key: the id column, the taxonomy columns, any string metadata and the
-            ``"embedding"`` column (the vectors that are in the index, already normalised when ``normalize`` is set).
+        keys (`datasets.Dataset`): One row per key: the id column, the taxonomy columns and any string metadata.
         index (`faiss.Index`): The faiss index over the same rows, in the same order.
         manifest (`dict`): The JSON manifest (see :meth:`save`).
+        vectors (`np.ndarray`, *optional*): ``(keys, dim)`` float32, the indexed vectors (normalised when
+            ``normalize`` is set), usually a ``np.memmap``; defaults to the ``"embedding"`` column of ``keys``
+            (format version 2 folders).
     """
 
-    def __init__(self, keys: datasets.Dataset, index: faiss.Index, manifest: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        keys: datasets.Dataset,
+        index: faiss.Index,
+        manifest: dict[str, Any],
+        vectors: np.ndarray | None = None,
+        *,
+        _vector_file: _VectorFile | None = None,
+    ) -> None:
         if index.ntotal != len(keys):
             raise BioscanInputError(f"the faiss index holds {index.ntotal} vectors but the key table {len(keys)} rows")
         if index.d != manifest["dim"]:
             raise BioscanInputError(f"the faiss index has dimension {index.d} but the manifest says {manifest['dim']}")
+        if vectors is None:
+            if EMBEDDING_COLUMN not in keys.column_names:
+                raise BioscanInputError(
+                    f"no key vectors: pass vectors or a key table with an {EMBEDDING_COLUMN!r} column"
+                )
+            # Zero-copy from the memory-mapped Arrow file when it is one chunk without nulls.
+            column = keys.with_format("arrow", columns=[EMBEDDING_COLUMN])[:][EMBEDDING_COLUMN].combine_chunks()
+            vectors = column.values.to_numpy(zero_copy_only=False).reshape(len(keys), manifest["dim"])
+        if vectors.shape != (len(keys), manifest["dim"]) or vectors.dtype != np.float32:
+            raise BioscanInputError(
+                f"the key vectors are {vectors.dtype} of shape {vectors.shape}, expected float32 of shape "
+                f"({len(keys)}, {manifest['dim']})"
+            )
         self.keys = keys
         self.index = index
         self.manifest = manifest
+        self.vectors = vectors
+        self._vector_file = _vector_file  # the build's temporary .npy behind `vectors`, copied by save
         self._column_cache: dict[str, np.ndarray] = {}
 
     # ------------------------------------------------------------------ properties
@@ -196,7 +485,7 @@ class KeyIndex:
         embeddings: np.ndarray,
         metadata: Mapping[str, Sequence[Any]] | datasets.Dataset,
         *,
-        index_type: IndexType = "flat",
+        index_type: IndexType | Literal["auto"] = "flat",
         normalize: bool = True,
         id_column: str = DEFAULT_ID_COLUMN,
         required_columns: Sequence[str] = TAXONOMIC_RANKS,
@@ -209,19 +498,30 @@ class KeyIndex:
         ef_construction: int = 80,
         ef_search: int = 64,
         pq_m: int | None = None,
-        pq_nbits: int = 8,
+        pq_nbits: int | None = None,
+        pq_fast_scan: bool | None = None,
+        rerank: int | None = None,
+        train_size: int | None = None,
         seed: int = 0,
         show_progress: bool | None = None,
+        vectors_dir: str | os.PathLike[str] | None = None,
     ) -> KeyIndex:
         """Embeds nothing: indexes the given key embeddings with their ids and taxonomy.
 
+        Memory: besides the caller's ``embeddings``, a flat build holds the index (1x the float32 bytes) and an
+        approximate build its codes plus a training sample; the normalised vectors of an approximate index go to an
+        unlinked temporary file in ``vectors_dir`` (memory-mapped afterwards), never to a full copy in RAM.
+
         Args:
-            embeddings (`np.ndarray`): ``(keys, dim)`` floats, finite and (with ``normalize``) non-zero.
+            embeddings (`np.ndarray`): ``(keys, dim)`` floats, finite and (with ``normalize``) non-zero; a
+                ``np.memmap`` is read in chunks.
             metadata (`dict[str, list]` or `datasets.Dataset`): One row per key, in the order of ``embeddings``; must
                 hold ``id_column`` and ``required_columns`` as strings (``None`` allowed for a missing taxon). Must not
                 hold an ``"embedding"`` column.
             index_type (`str`, *optional*, defaults to `"flat"`): ``"flat"`` (exact ``IndexFlatIP``), ``"ivf"``
-                (IVF-Flat), ``"hnsw"`` (HNSW-Flat) or ``"ivfpq"`` (IVF-PQ, compressed for memory).
+                (IVF-Flat), ``"hnsw"`` (HNSW-Flat), ``"ivfpq"`` (IVF-PQ, compressed for memory, re-ranked exactly) or
+                ``"auto"`` (flat below 200 000 keys, else IVF-PQ fast scan with re-ranking; see
+                :func:`resolve_index_params`).
             normalize (`bool`, *optional*, defaults to `True`): L2-normalise keys (and later queries) so the inner
                 product is cosine similarity, as the original does.
             id_column (`str`, *optional*, defaults to `"processid"`): The key id column. Ids are not required to be
@@ -236,17 +536,28 @@ class KeyIndex:
             ef_construction (`int`, *optional*, defaults to 80): HNSW build-time beam width.
             ef_search (`int`, *optional*, defaults to 64): HNSW search-time beam width.
             pq_m (`int`, *optional*): IVF-PQ sub-quantisers; must divide ``dim``; defaults to the largest divisor of
-                ``dim`` that is at most ``dim / 4``.
-            pq_nbits (`int`, *optional*, defaults to 8): Bits per IVF-PQ code; training needs ``2**pq_nbits`` keys.
-            seed (`int`, *optional*, defaults to 0): k-means seed for IVF / PQ training.
+                ``dim`` that is at most ``dim / 4`` (``dim / 8`` with fast scan).
+            pq_nbits (`int`, *optional*): Bits per IVF-PQ code: 8 by default, 4 (the only choice) with fast scan;
+                training needs ``2**pq_nbits`` keys.
+            pq_fast_scan (`bool`, *optional*): IVF-PQ as ``faiss.IndexIVFPQFastScan`` (4-bit codes scanned with SIMD
+                lookups: several times faster to build and search); on by default only for ``"auto"``.
+            rerank (`int`, *optional*): Approximate candidates per query re-scored exactly from the stored vectors,
+                the best k of them returned; defaults to 64 for IVF-PQ and 0 (off) for IVF-Flat / HNSW, whose scores
+                are already exact.
+            train_size (`int`, *optional*): Keys (a seeded random sample) that IVF / PQ k-means trains on; defaults to
+                ``64 * nlist``, at least 16 384, at most all keys.
+            seed (`int`, *optional*, defaults to 0): Seed of the training sample and of IVF / PQ k-means.
             show_progress (`bool`, *optional*): Progress bar while adding; defaults to on from 100 000 keys.
+            vectors_dir (`str` or `os.PathLike`, *optional*): Where an approximate build keeps its temporary vector
+                file (as large as the float32 keys); defaults to the system temporary folder (``TMPDIR``).
 
         Returns:
             `KeyIndex`
 
         Raises:
             `BioscanInputError`: bad embeddings (empty, NaN/inf, zero rows, wrong dtype), row-count mismatch, missing or
-            non-string id / taxonomy columns, unknown ``index_type``, or index parameters the data cannot support.
+            non-string id / taxonomy columns, unknown ``index_type``, or index parameters the data cannot support
+            (named with the value).
 
         Example:
 
@@ -261,67 +572,50 @@ class KeyIndex:
         >>> result.labels["processid"], result.indices.tolist()
         ([['K1', 'K3']], [[0, 2]])
         """
-        if index_type not in INDEX_TYPES:
-            raise BioscanInputError(f"index_type must be one of {INDEX_TYPES}, got {index_type!r}")
-        vectors = (
-            l2_normalize(embeddings, "key embeddings")
-            if normalize
-            else as_embedding_matrix(embeddings, "key embeddings")
-        )
-        count, dim = vectors.shape
+        if index_type not in BUILD_INDEX_TYPES:
+            raise BioscanInputError(f"index_type must be one of {BUILD_INDEX_TYPES}, got {index_type!r}")
+        matrix = _checked_matrix(embeddings, "key embeddings")
+        count, dim = matrix.shape
         table = cls._metadata_table(metadata, count, id_column, required_columns)
         extra_dict = dict(extra or {})
         try:
             json.dumps(extra_dict)
         except (TypeError, ValueError) as error:
             raise BioscanInputError(f"extra must be JSON-serialisable: {error}") from None
-
-        params: dict[str, Any] = {}
-        if index_type == "flat":
-            index: faiss.Index = faiss.IndexFlatIP(dim)
-        elif index_type == "hnsw":
-            index = faiss.IndexHNSWFlat(dim, int(hnsw_m), faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = int(ef_construction)
-            index.hnsw.efSearch = int(ef_search)
-            params = {"hnsw_m": int(hnsw_m), "ef_construction": int(ef_construction), "ef_search": int(ef_search)}
-        else:
-            nlist = _default_nlist(count) if nlist is None else int(nlist)
-            if not 1 <= nlist <= count:
-                raise BioscanInputError(f"nlist must be in [1, {count}] (the key count), got {nlist}")
-            quantizer = faiss.IndexFlatIP(dim)
-            if index_type == "ivf":
-                index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            else:
-                if pq_m is None:
-                    pq_m = max(m for m in range(1, max(1, dim // 4) + 1) if dim % m == 0)
-                if dim % pq_m != 0:
-                    raise BioscanInputError(f"pq_m must divide the dimension {dim}, got {pq_m}")
-                if count < 2**pq_nbits:
-                    raise BioscanInputError(
-                        f"IVF-PQ with pq_nbits={pq_nbits} needs at least {2**pq_nbits} keys to train, got {count}"
-                    )
-                index = faiss.IndexIVFPQ(quantizer, dim, nlist, int(pq_m), int(pq_nbits), faiss.METRIC_INNER_PRODUCT)
-                index.pq.cp.seed = seed
-                params = {"pq_m": int(pq_m), "pq_nbits": int(pq_nbits)}
-            index.cp.seed = seed
-            index.train(vectors)
-            index.nprobe = min(int(nprobe), nlist)
-            params.update({"nlist": nlist, "nprobe": int(index.nprobe)})
+        index_type, params = resolve_index_params(
+            index_type, count, dim, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_construction=ef_construction,
+            ef_search=ef_search, pq_m=pq_m, pq_nbits=pq_nbits, pq_fast_scan=pq_fast_scan, rerank=rerank,
+            train_size=train_size,
+        )  # fmt: skip
+        index = _new_faiss_index(index_type, dim, params, seed)
 
         progress = count >= PROGRESS_MIN_KEYS if show_progress is None else show_progress
+        vector_file = None
         with tqdm(total=count, desc=f"Indexing keys ({index_type})", unit="key", disable=not progress) as bar:
-            for start in range(0, count, ADD_BATCH_SIZE):
-                chunk = vectors[start : start + ADD_BATCH_SIZE]
-                index.add(chunk)
-                bar.update(len(chunk))
+            if index_type == "flat":  # normalised straight into faiss's storage, chunk by chunk
+                vectors: np.ndarray = _flat_storage(index, count)
+                for _, chunk in _prepared_chunks(matrix, "key embeddings", normalize, out=vectors):
+                    bar.update(len(chunk))
+            else:
+                vector_file = _VectorFile(count, dim, vectors_dir)
+                train_rows = np.sort(
+                    np.random.default_rng(seed).choice(count, params.get("train_size", 0), replace=False)
+                )
+                sample = np.empty((train_rows.size, dim), dtype=np.float32)
+                for start, chunk in _prepared_chunks(matrix, "key embeddings", normalize):
+                    vector_file.write(chunk)
+                    lo, hi = np.searchsorted(train_rows, [start, start + len(chunk)])
+                    sample[lo:hi] = chunk[train_rows[lo:hi] - start]
+                if sample.size:
+                    index.train(sample)
+                del sample
+                for start in range(0, count, ADD_BATCH_SIZE):
+                    chunk = vector_file.read(start, min(count, start + ADD_BATCH_SIZE))
+                    index.add(chunk)
+                    bar.update(len(chunk))
+                vectors = vector_file.mapped()
 
-        # A fixed-size Arrow list column: zero-copy from numpy here, and a (keys, dim) numpy array when read back.
-        column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim)
-        arrow_table = table.with_format("arrow")[:]  # honours any select/shuffle indices mapping of the input
-        features = table.features.copy()
-        features[EMBEDDING_COLUMN] = datasets.List(datasets.Value("float32"), length=dim)
-        keys = datasets.Dataset(arrow_table.append_column(EMBEDDING_COLUMN, column))
-        keys = keys.cast(features) if keys.features != features else keys
+        keys = datasets.Dataset(table.with_format("arrow")[:])  # honours any select/shuffle indices mapping
         manifest = {
             "format": "bioscan-clip-key-index",
             "format_version": FORMAT_VERSION,
@@ -337,8 +631,10 @@ class KeyIndex:
             "faiss_version": faiss.__version__,
             "extra": extra_dict,
         }
-        logger.info(f"Built a {index_type} key index over {count} keys of dimension {dim}")
-        return cls(keys, index, manifest)
+        if keys.features != table.features:
+            keys = keys.cast(table.features)
+        logger.info(f"Built a {index_type} key index over {count} keys of dimension {dim} ({params})")
+        return cls(keys, index, manifest, vectors, _vector_file=vector_file)
 
     @staticmethod
     def _metadata_table(
@@ -412,7 +708,12 @@ class KeyIndex:
         try:
             self.keys.save_to_disk(str(staging / KEYS_DIRNAME))
             faiss.write_index(self.index, str(staging / INDEX_NAME))
+            if self._vector_file is not None:  # the build's temporary .npy, copied as it is
+                self._vector_file.copy_to(staging / VECTORS_NAME)
+            else:  # a file-backed or in-memory array, written without an intermediate copy
+                np.save(staging / VECTORS_NAME, self.vectors, allow_pickle=False)
             manifest = json.loads(manifest_text)
+            manifest["format_version"] = FORMAT_VERSION  # a version 2 index re-saved now has its vectors.npy
             manifest["checksums"] = file_checksums(staging)
             (staging / MANIFEST_NAME).write_text(sealed_json(manifest))
             swap_in(staging, target)
@@ -423,7 +724,8 @@ class KeyIndex:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], *, verify: bool = True) -> KeyIndex:
-        """Opens a folder written by :meth:`save`; nothing is re-embedded and the key table is memory-mapped.
+        """Opens a folder written by :meth:`save`; nothing is re-embedded, and the key table, the vectors (and a flat
+        index) are memory-mapped: an approximate index reads into RAM only its own (compressed) structure.
 
         Args:
             directory: the folder.
@@ -440,7 +742,8 @@ class KeyIndex:
                 raise BioscanInputError(f"{source} is not a saved key index: {name} is missing")
         manifest = read_json(source / MANIFEST_NAME, "the key index manifest")
         if not isinstance(manifest, dict) or (
-            manifest.get("format") != "bioscan-clip-key-index" or manifest.get("format_version") != FORMAT_VERSION
+            manifest.get("format") != "bioscan-clip-key-index"
+            or manifest.get("format_version") not in READABLE_VERSIONS
         ):
             found = manifest if isinstance(manifest, dict) else {}
             raise BioscanInputError(
@@ -448,12 +751,18 @@ class KeyIndex:
                 f"{found.get('format_version')!r}; expected 'bioscan-clip-key-index' version {FORMAT_VERSION} "
                 "(rebuild it with this version)"
             )
+        has_vectors = manifest["format_version"] >= 3
+        if has_vectors and not (source / VECTORS_NAME).is_file():
+            raise BioscanInputError(f"{source} is not a saved key index: {VECTORS_NAME} is missing")
         if verify:
             check_seal(manifest, source / MANIFEST_NAME, "the key index manifest")
             verify_checksums(source, manifest.get("checksums", {}), "the key index")
         try:
             keys = datasets.load_from_disk(str(source / KEYS_DIRNAME))
-            index = faiss.read_index(str(source / INDEX_NAME))
+            # A flat index is the vectors themselves: mapped, not read (faiss >= 1.11 maps IndexFlat codes).
+            flags = faiss.IO_FLAG_MMAP_IFC if manifest.get("index_type") == "flat" and has_vectors else 0
+            index = faiss.read_index(str(source / INDEX_NAME), flags)
+            vectors = np.load(source / VECTORS_NAME, mmap_mode="r", allow_pickle=False) if has_vectors else None
         except (RuntimeError, OSError, ValueError, KeyError) as error:
             message = " ".join(str(error).split())[:300]
             raise BioscanInputError(f"{source}: the key index cannot be read ({message}); rebuild it") from None
@@ -462,14 +771,18 @@ class KeyIndex:
                 f"{source}: key table has {len(keys)} rows and the faiss index {index.ntotal} vectors of dim {index.d}, "
                 f"but the manifest says {manifest['count']} of dim {manifest['dim']}; rebuild it"
             )
-        return cls(keys, index, manifest)
+        return cls(keys, index, manifest, vectors)
 
     # ------------------------------------------------------------------ search
 
     def embeddings(self) -> np.ndarray:
-        """The indexed key vectors as a ``(keys, dim)`` float32 array (normalised when :attr:`normalize`)."""
-        column = self._arrow_column(EMBEDDING_COLUMN).combine_chunks()
-        return column.values.to_numpy(zero_copy_only=False).reshape(len(self.keys), self.dim).astype(np.float32)
+        """The indexed key vectors as a read-only ``(keys, dim)`` float32 array (normalised when :attr:`normalize`).
+
+        Not a copy: after :meth:`load` it is a ``np.memmap`` of ``vectors.npy``, paged in only where it is read.
+        """
+        view = self.vectors.view()
+        view.flags.writeable = False
+        return view
 
     def _arrow_column(self, name: str) -> pa.ChunkedArray:
         # Through the arrow formatter: whole columns without per-row Python objects, honouring any indices mapping.
@@ -542,6 +855,9 @@ class KeyIndex:
             `BioscanInputError`: bad queries (see :meth:`prepare_queries`), k < 1 or k above the searchable key count,
             a restriction that matches nothing, or an approximate index that found fewer than k neighbours (raise
             ``nprobe`` / ``ef_search`` or lower k).
+
+        With ``rerank`` set (see :meth:`build`), the index is asked for ``max(k, rerank)`` candidates, which are
+        re-scored exactly from the stored vectors; the scores returned are then exact inner products.
         """
         vectors = self.prepare_queries(queries)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -557,7 +873,12 @@ class KeyIndex:
         if k > searchable:
             scope = f"keys matching {dict(restrict)!r}" if restrict is not None else "keys"
             raise BioscanInputError(f"k={k} is larger than the {searchable} searchable {scope}")
-        scores, indices = self.index.search(vectors, k, params=params)
+        rerank = int(self.manifest["index_params"].get("rerank", 0))
+        candidates = min(max(k, rerank), searchable) if rerank else k
+        with _large_blas_blocks():
+            scores, indices = self.index.search(vectors, candidates, params=params)
+        if rerank:
+            scores, indices = self._rerank(vectors, indices, k)
         padded = indices < 0
         if padded.any():
             row = int(np.flatnonzero(padded.any(axis=1))[0])
@@ -566,6 +887,52 @@ class KeyIndex:
                 f"({int(padded.sum())} missing in all); raise nprobe / ef_search or lower k"
             )
         return scores, indices.astype(np.int64, copy=False)
+
+    def _rerank(self, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact scores of each query's candidates from :attr:`vectors`; the best k, best first (-1 stays last)."""
+        scores = np.empty((len(queries), k), dtype=np.float32)
+        indices = np.empty((len(queries), k), dtype=np.int64)
+        for start in range(0, len(queries), RERANK_QUERY_BLOCK):
+            block = candidates[start : start + RERANK_QUERY_BLOCK]
+            valid = block >= 0
+            # Each distinct row read once, in file order (sequential pages of a memory-mapped vectors.npy).
+            rows, position = np.unique(np.where(valid, block, 0), return_inverse=True)
+            gathered = np.asarray(self.vectors[rows], dtype=np.float32)[position.reshape(block.shape)]
+            exact = np.matmul(gathered, queries[start : start + len(block), :, None])[..., 0]
+            exact[~valid] = -np.inf
+            best = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+            scores[start : start + len(block)] = np.take_along_axis(exact, best, axis=1)
+            indices[start : start + len(block)] = np.take_along_axis(block, best, axis=1)
+        return scores, indices
+
+    def set_search_params(
+        self, *, nprobe: int | None = None, ef_search: int | None = None, rerank: int | None = None
+    ) -> None:
+        """Changes how this index searches (not what it holds); saved with it by :meth:`save`.
+
+        Args:
+            nprobe (`int`, *optional*): IVF lists visited per query (``"ivf"`` / ``"ivfpq"``), at most ``nlist``.
+            ef_search (`int`, *optional*): HNSW search beam width (``"hnsw"``).
+            rerank (`int`, *optional*): Candidates re-scored exactly per query; 0 turns re-ranking off.
+
+        Raises:
+            `BioscanInputError`: a parameter this index type does not have, or a value out of range (named).
+        """
+        params = self.manifest["index_params"]
+        if nprobe is not None:
+            if self.index_type not in ("ivf", "ivfpq"):
+                raise BioscanInputError(f"nprobe applies to IVF indexes, not to this {self.index_type} index")
+            params["nprobe"] = _int_param(nprobe, "nprobe", 1, params["nlist"])
+            faiss.extract_index_ivf(self.index).nprobe = params["nprobe"]
+        if ef_search is not None:
+            if self.index_type != "hnsw":
+                raise BioscanInputError(f"ef_search applies to HNSW indexes, not to this {self.index_type} index")
+            params["ef_search"] = _int_param(ef_search, "ef_search", 1)
+            self.index.hnsw.efSearch = params["ef_search"]
+        if rerank is not None:
+            if self.index_type == "flat" and rerank:
+                raise BioscanInputError(f"rerank applies to approximate indexes; a flat index is exact, got {rerank!r}")
+            params["rerank"] = min(_int_param(rerank, "rerank", 0), len(self))
 
     def search_labels(
         self,
@@ -597,9 +964,9 @@ class KeyIndex:
         vectors = self.prepare_queries(queries)
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= len(self.keys):
             raise BioscanInputError(f"k must be an int in [1, {len(self.keys)}], got {k!r}")
-        exact = faiss.IndexFlatIP(self.dim)
-        exact.add(self.embeddings())
-        scores, indices = exact.search(vectors, int(k))
+        # Blocked sgemm + heap over the (memory-mapped) vectors as they are: no copy of the keys into an index.
+        with _large_blas_blocks():
+            scores, indices = faiss.knn(vectors, self.vectors, int(k), metric=faiss.METRIC_INNER_PRODUCT)
         return scores, indices.astype(np.int64, copy=False)
 
     def recall_at_k(self, queries: np.ndarray, k: int) -> float:

@@ -48,6 +48,7 @@ from bioscan_clip.data import (
     role_records,
     with_modalities,
 )
+from bioscan_clip.dna_augmentation import DnaAugmentation
 from bioscan_clip.evaluation import evaluate_retrieval, format_table, selection_score
 from bioscan_clip.features import VALIDATION_PAIRS, embed_dataset, labels_of
 from bioscan_clip.safe_io import DEBUG_ENV, error_boundary
@@ -108,15 +109,23 @@ class TrainConfig:
     mixed_precision: str = _option("no", "fp16/bf16 need a device that supports them", choices=("no", "bf16", "fp16"))
     seed: int = _option(42, "seeds model initialisation, dropout, sample order and augmentation")
     num_workers: int | None = _option(
-        None, "DataLoader worker processes per process (None: 1 per 2 cores, at most 8, with images; 0 without); "
-        "the run is the same with any number"
+        None,
+        "DataLoader worker processes per process (None: 1 per 2 cores, at most 8, with images; 0 without); "
+        "the run is the same with any number",
     )
     num_threads: int | None = _option(
-        None, "torch threads per process (None: every core this process may use, shared among the processes on "
-        "this machine; `accelerate launch` would otherwise leave one, through OMP_NUM_THREADS=1)"
+        None,
+        "torch threads per process (None: every core this process may use, shared among the processes on "
+        "this machine; `accelerate launch` would otherwise leave one, through OMP_NUM_THREADS=1)",
     )
     same_species_positives: bool = _option(False, "treat records of the same species in a batch as positives")
     crop_scale_min: float = _option(0.08, "smallest area fraction of the random resized crop (0.08 in the paper)")
+    dna_augmentation: bool = _option(
+        False, "augment training barcodes: random reading frame, end trimming, a few N (off in the paper's recipe)"
+    )
+    dna_frames: int | None = _option(
+        None, "DNA embeddings at inference average the barcode read from its first N bases (None/1: one frame)"
+    )
     text_vocab_size: int = _option(2000, "size of the taxonomy WordPiece vocabulary built from the training names")
     image_tower: str | None = _option(None, "start the image tower from this pretrained vision model folder")
     dna_tower: str | None = _option(None, "start the DNA tower from this pretrained BERT over 5-mers (BarcodeBERT)")
@@ -149,6 +158,8 @@ class TrainConfig:
             self.max_grad_norm = None
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id")
+        if self.dna_frames is not None and not 1 <= self.dna_frames <= 8:
+            raise ValueError(f"--dna_frames: expected 1 to 8 reading frames, got {self.dna_frames}")
 
     @classmethod
     def from_preset(cls, preset: str = "tiny", **overrides: Any) -> TrainConfig:
@@ -168,6 +179,8 @@ class TrainConfig:
         """The model settings given here, over the preset's architecture."""
         names = ("projection_dim", "image_pooling", "dna_pooling", "text_pooling")
         overrides = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        if self.dna_frames is not None and self.dna_frames > 1:  # kept in config.json, read by embed_dataset
+            overrides["dna_frames"] = self.dna_frames
         return {**overrides, "dna_use_attention_mask": self.dna_use_attention_mask}
 
 
@@ -312,7 +325,15 @@ def _datasets(
         augmentation = ImageAugmentation(
             image_processor.resize_shortest_edge, image_processor.crop_size, scale=(config.crop_scale_min, 1.0)
         )
-    train_set = SpecimenDataset(train_records, processor, modalities, augmentation=augmentation, seed=config.seed)
+    dna_augmentation = DnaAugmentation() if config.dna_augmentation and "dna" in modalities else None
+    train_set = SpecimenDataset(
+        train_records,
+        processor,
+        modalities,
+        augmentation=augmentation,
+        seed=config.seed,
+        dna_augmentation=dna_augmentation,
+    )
     validation: dict[str, SpecimenDataset] = {}
     # A reference library (BOLD, partition none) has keys but no validation queries: nothing to validate.
     if config.eval_every_epochs > 0 and any(has_role(splits, roles, role) for role in VALIDATION_ROLES):

@@ -78,6 +78,10 @@ class BioscanClipConfig(PreTrainedConfig):
         dna_use_attention_mask (`bool`, *optional*, defaults to `True`):
             `False` reproduces the original, which attends to (and pools over) the ``N`` padding.
         text_pooling (`str`, *optional*, defaults to ``"mean"``): ``cls``, masked ``mean`` or ``mean_all``.
+        dna_frames (`int`, *optional*, defaults to 1): reading frames averaged by the package's embedding paths
+            (``embed_dataset``, ``Identifier``, ``bioscan-clip embed``): a barcode's DNA embedding is the mean of
+            those of ``barcode[s:]`` for s = 0..F-1, so that non-overlapping k-mers see every frame. 1 (the original,
+            and converted CLIBD weights) embeds the barcode as given; ``model.embed`` on token ids is always one frame.
         initializer_range (`float`, *optional*, defaults to 0.02): std of the projection initialisation.
 
     Example:
@@ -114,6 +118,7 @@ class BioscanClipConfig(PreTrainedConfig):
         dna_pooling: str = "mean",
         dna_use_attention_mask: bool = True,
         text_pooling: str = "mean",
+        dna_frames: int = 1,
         initializer_range: float = 0.02,
         **kwargs: Any,
     ) -> None:
@@ -129,6 +134,8 @@ class BioscanClipConfig(PreTrainedConfig):
         ):
             if value not in allowed:
                 raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
+        if not isinstance(dna_frames, int) or not 1 <= dna_frames <= 8:
+            raise ValueError(f"dna_frames: expected 1 to 8 reading frames, got {dna_frames!r}")
         if not isinstance(projection_dim, int) or projection_dim < 1:
             raise ValueError(f"projection_dim: expected a positive int, got {projection_dim!r}")
         if not logit_scale_init_value <= logit_scale_max:
@@ -155,6 +162,7 @@ class BioscanClipConfig(PreTrainedConfig):
         self.dna_pooling = dna_pooling
         self.dna_use_attention_mask = bool(dna_use_attention_mask)
         self.text_pooling = text_pooling
+        self.dna_frames = dna_frames
         self.initializer_range = float(initializer_range)
         super().__init__(**kwargs)
 

@@ -1,14 +1,26 @@
 """K-mer tokenizer for DNA barcodes (COI), with a vectorised batch path.
 
-In its reference mode it gives exactly the ids of the original BIOSCAN-CLIP / CLIBD pipeline
-(``shared/reference/CLIBD_REFERENCE.md`` §1.2): non-overlapping 5-mers of the barcode truncated or right-padded
-with ``N`` to 660 nt, vocabulary ``<MASK>``=0, ``<CLS>``=1, ``<UNK>``=2, then the 1024 ACGT 5-mers in
-lexicographic order, and id 0 prepended: 133 ids. Any k-mer holding something other than A/C/G/T is ``<UNK>``.
+Both modes cut non-overlapping 5-mers (by default) from the barcode truncated or right-padded with ``N`` to 660 nt,
+with the original BIOSCAN-CLIP / CLIBD vocabulary (``shared/reference/CLIBD_REFERENCE.md`` §1.2): ``<MASK>``=0,
+``<CLS>``=1, ``<UNK>``=2, then the 1024 ACGT 5-mers in lexicographic order. A k-mer that is not exactly one of them
+is ``<UNK>``, in place (no frame shift). The attention mask is 0 on k-mers that start in the padding.
 
-Normalisation, applied in every mode because it is safe and documented: whitespace (also inside the
-sequence) removed, one optional FASTA header dropped, upper-case, ``U``->``T``, alignment gaps ``-``/``.``
-removed. IUPAC ambiguity codes are kept (their k-mers become ``<UNK>`` and are counted). Anything else raises
-:class:`BioscanInputError` naming the record, the character and its position.
+**Default mode** (cleaning): whitespace (also inside the sequence) removed, one optional FASTA header dropped,
+upper-case, ``U``->``T``, alignment gaps ``-``/``.`` removed; ``<CLS>`` prefix. IUPAC ambiguity codes are kept
+(their k-mers become ``<UNK>`` and are counted). So ``acgu-ACGT`` and ``ACGTACGT`` give the same ids.
+
+**Reference mode** (``reference_mode=True``): the original's ids for the original's inputs, bit for bit. The
+original (``dna_encoder.get_sequence_pipeline``: ``[0, *vocab(KmerTokenizer(PadSequence(660)(x)))]``) takes the
+barcode string as it is stored: no upper-casing, no gap removal, no ``U``->``T``; it cuts or pads that string
+with ``N`` to 660 characters, so a lower-case base, a ``U`` or a gap makes its k-mer ``<UNK>`` in place and a gap
+takes one of the 660 positions. The prefix is ``<MASK>`` (id 0), 133 ids. Two things are still done, since the
+original's inputs (HDF5 strings) never hold them and they are text layout, not sequence: whitespace and one FASTA
+header are removed.
+
+Validation is the same in both modes, with the same messages: a barcode is refused with
+:class:`BioscanInputError` naming the record, the character and its position (counted after the default
+cleaning) when it holds anything but nucleotides (either case, ``U``), IUPAC codes or gaps, when it is empty after
+the default cleaning (e.g. only gaps), over the raw size cap, or several FASTA records.
 """
 
 from __future__ import annotations
@@ -43,23 +55,39 @@ VOCAB_FILES_NAMES = {"vocab_file": "vocab.json"}
 _ALLOWED = set(NUCLEOTIDES + AMBIGUITY_CODES)
 _WHITESPACE = re.compile(r"\s+")
 _DELETE_GAPS = str.maketrans("", "", GAP_CHARACTERS)
+_IUPAC_ANY_CASE = AMBIGUITY_CODES.upper() + AMBIGUITY_CODES.lower()
 
-# The batch path cleans a barcode with one C-level `bytes.translate`: upper case and U->T, whitespace and gaps
-# removed. A second translation of the whole batch gives each byte's base code: A=0, C=1, G=2, T=3, an IUPAC code 4
-# (its k-mer is unknown), anything else 5. A barcode with a 5 (a FASTA header, a character to refuse) goes through
-# `normalize_barcode`, which handles or names it.
-_UPPER_T = bytes.maketrans(b"acgtuU" + AMBIGUITY_CODES.lower().encode(), b"ACGTTT" + AMBIGUITY_CODES.upper().encode())
+# The batch path works on a whole chunk of barcodes joined into one bytes buffer: one C-level `bytes.translate`
+# turns every character into a base code (A=0, C=1, G=2, T=3; 4 = an IUPAC code: its k-mer is <UNK> and it is
+# counted as ambiguous), numpy finds each barcode's start and gathers its k-mers, and a table turns each k-mer's
+# base-8 number into its id. Codes 5-7 are never a base either, so their k-mers are <UNK> too.
+_AMBIGUOUS = 4
+_SEPARATOR, _SEPARATOR_CODE = "\x00", 5  # default mode: between barcodes (a barcode holding it is looked at alone)
+_GAP = 5  # reference mode: a gap, kept in place (its k-mer is <UNK>)
+_NOT_A_BASE = 6  # a barcode holding one is looked at alone (refused, or a FASTA header / whitespace handled)
+_KEPT = 7  # reference mode: lower-case acgt or U/u, kept in place (its k-mer is <UNK>)
 _REMOVED = bytes(byte for byte in range(128) if chr(byte).isspace() or chr(byte) in GAP_CHARACTERS)
-_UNKNOWN, _NOT_A_BASE = 4, 5
-_CODE = bytes(
-    NUCLEOTIDES.index(chr(byte))
-    if chr(byte) in NUCLEOTIDES
-    else _UNKNOWN
-    if chr(byte) in AMBIGUITY_CODES
-    else _NOT_A_BASE
-    for byte in range(256)
+
+
+def _code_table(codes: dict[str, int], default: int) -> bytes:
+    table = bytearray([default]) * 256
+    for characters, code in codes.items():
+        for character in characters:
+            table[ord(character)] = code
+    return bytes(table)
+
+
+# Default mode: case, U and (deleted by the same translate) whitespace and gaps cleaned in one pass.
+_CLEAN_CODES = _code_table(
+    {"Aa": 0, "Cc": 1, "Gg": 2, "TtUu": 3, _IUPAC_ANY_CASE: _AMBIGUOUS, _SEPARATOR: _SEPARATOR_CODE}, _NOT_A_BASE
 )
-_BATCH_CHUNK = 4096  # barcodes cleaned at once: bounded memory, throughput flat in the batch size
+# Reference mode: only upper-case A/C/G/T are bases; lower case, U and gaps stay where they are.
+_REFERENCE_CODES = _code_table(
+    {"A": 0, "C": 1, "G": 2, "T": 3, _IUPAC_ANY_CASE: _AMBIGUOUS, GAP_CHARACTERS: _GAP, "acgtuU": _KEPT}, _NOT_A_BASE
+)
+# Already normalised sequences (`encode_normalized`): anything but A/C/G/T is not a base.
+_SEQUENCE_CODES = _code_table({"A": 0, "C": 1, "G": 2, "T": 3}, _AMBIGUOUS)
+_BATCH_CHUNK = 1024  # barcodes encoded at once: bounded memory, throughput flat in the batch size
 
 
 @dataclass
@@ -86,9 +114,10 @@ class NormalizedBarcode:
     """A cleaned barcode and what cleaning and length fitting found.
 
     Attributes:
-        sequence (`str`): upper-case nucleotides, gaps and whitespace removed, not yet truncated or padded.
-        ambiguous_bases (`int`): IUPAC ambiguity codes (N included) in ``sequence``.
-        truncated_bases (`int`): bases beyond the tokenizer's ``max_nucleotides`` that were dropped.
+        sequence (`str`): upper-case nucleotides, gaps and whitespace removed (with ``keep_case_and_gaps``: as
+            given, only whitespace and a FASTA header removed), cut to ``max_nucleotides`` but not padded.
+        ambiguous_bases (`int`): IUPAC ambiguity codes (N included, either case) in ``sequence``.
+        truncated_bases (`int`): characters beyond the tokenizer's ``max_nucleotides`` that were dropped.
     """
 
     sequence: str
@@ -100,13 +129,18 @@ class NormalizedBarcode:
         return self.ambiguous_bases / max(1, len(self.sequence))
 
 
-def normalize_barcode(text: str, *, record: str = "barcode", max_nucleotides: int | None = None) -> NormalizedBarcode:
+def normalize_barcode(
+    text: str, *, record: str = "barcode", max_nucleotides: int | None = None, keep_case_and_gaps: bool = False
+) -> NormalizedBarcode:
     """Cleans one barcode given as plain text or a single FASTA record.
 
     Args:
         text (`str`): the barcode, possibly with whitespace, a ``>header`` line, lower case, ``U`` or gaps.
         record (`str`, *optional*): how to name this input in error messages (e.g. ``"barcode 3"``).
-        max_nucleotides (`int`, *optional*): length kept; the number of bases cut is reported.
+        max_nucleotides (`int`, *optional*): length kept; the number of characters cut is reported.
+        keep_case_and_gaps (`bool`, *optional*, defaults to `False`): the reference mode's sequence: checked
+            exactly as by default, then returned with its case, ``U`` and gaps as given (only whitespace and a
+            FASTA header removed), as the original tokenises it.
 
     Raises:
         `BioscanInputError`: not a string, over the raw size cap, several FASTA records, empty after cleaning,
@@ -117,6 +151,8 @@ def normalize_barcode(text: str, *, record: str = "barcode", max_nucleotides: in
     ```python
     >>> normalize_barcode(">seq1\\nacgu-\\nNNtA\\n")
     NormalizedBarcode(sequence='ACGTNNTA', ambiguous_bases=2, truncated_bases=0)
+    >>> normalize_barcode(">seq1\\nacgu-\\nNNtA\\n", keep_case_and_gaps=True)
+    NormalizedBarcode(sequence='acgu-NNtA', ambiguous_bases=2, truncated_bases=0)
 
     ```
     """
@@ -133,7 +169,8 @@ def normalize_barcode(text: str, *, record: str = "barcode", max_nucleotides: in
             raise BioscanInputError(f"{record}: expected one FASTA record, got {len(headers)} headers")
         body = [line for line in lines if not line.lstrip().startswith((">", ";"))]
         text = "".join(body)
-    sequence = _WHITESPACE.sub("", text).upper().replace("U", "T").translate(_DELETE_GAPS)
+    as_given = _WHITESPACE.sub("", text)
+    sequence = as_given.upper().replace("U", "T").translate(_DELETE_GAPS)
     if not sequence:
         raise BioscanInputError(f"{record}: no nucleotides after removing whitespace, headers and gaps")
     bad = set(sequence) - _ALLOWED
@@ -143,11 +180,17 @@ def normalize_barcode(text: str, *, record: str = "barcode", max_nucleotides: in
             f"{record}: invalid character {sequence[position]!r} at position {position} (after cleaning); "
             f"expected A, C, G, T, U, IUPAC codes {AMBIGUITY_CODES!r} or gaps; found {''.join(sorted(bad))!r}"
         )
+    if keep_case_and_gaps:
+        sequence = as_given
     truncated = 0
     if max_nucleotides is not None and len(sequence) > max_nucleotides:
         truncated = len(sequence) - max_nucleotides
         sequence = sequence[:max_nucleotides]
-    ambiguous = len(sequence) - sum(sequence.count(base) for base in NUCLEOTIDES)
+    if keep_case_and_gaps:
+        upper = sequence.upper()  # what validation let through that is not a base nor a gap is an IUPAC code
+        ambiguous = len(sequence) - sum(upper.count(kept) for kept in NUCLEOTIDES + "U" + GAP_CHARACTERS)
+    else:
+        ambiguous = len(sequence) - sum(sequence.count(base) for base in NUCLEOTIDES)
     return NormalizedBarcode(sequence, ambiguous, truncated)
 
 
@@ -163,7 +206,10 @@ class BioscanDnaTokenizer(PreTrainedTokenizer):
         prefix_token (`str` or `None`, *optional*, defaults to ``"<CLS>"``):
             Token prepended to every sequence. The original prepends ``<MASK>`` (id 0); ``None`` prepends none.
         reference_mode (`bool`, *optional*, defaults to `False`):
-            Shortcut for the original's settings (k=5, stride 5, 660 nt, ``<MASK>`` prefix).
+            The original's ids, bit for bit: its settings (k=5, stride 5, 660 nt, ``<MASK>`` prefix) and its
+            handling of the string: case, ``U`` and gaps kept where they are, each making its k-mer ``<UNK>``
+            (see the module docstring). By default barcodes are cleaned first (upper case, ``U``->``T``, gaps
+            removed) and prefixed with ``<CLS>``.
 
     The attention mask is 0 on k-mers made only of padding. (The original model attends to them: that is a
     model option, ``dna_use_attention_mask=False``, not a tokenizer one.)
@@ -177,6 +223,10 @@ class BioscanDnaTokenizer(PreTrainedTokenizer):
     ((2, 133), 0, 2)
     >>> tokenizer.convert_ids_to_tokens([3, 1026])
     ['AAAAA', 'TTTTT']
+    >>> tokenizer("ACGTAacgtaAC-GTA")["input_ids"][:4]  # reference mode: lower case and gaps are <UNK> in place
+    [0, 111, 2, 2]
+    >>> BioscanDnaTokenizer()("ACGTAacgtaAC-GTA")["input_ids"][:4]  # default: cleaned first
+    [1, 111, 111, 111]
 
     ```
     """
@@ -263,7 +313,7 @@ class BioscanDnaTokenizer(PreTrainedTokenizer):
         return self.ids_to_tokens.get(index, self.unk_token)
 
     def _tokenize(self, text: str, **kwargs: Any) -> list[str]:
-        sequence = self._fit_length(normalize_barcode(text, max_nucleotides=self.max_nucleotides).sequence)
+        sequence = self._fit_length(self.normalize_one(text).sequence)
         return [sequence[i : i + self.kmer_size] for i in range(0, self.num_kmers * self.stride, self.stride)]
 
     def build_inputs_with_special_tokens(
@@ -286,11 +336,14 @@ class BioscanDnaTokenizer(PreTrainedTokenizer):
         return sequence[: self.max_nucleotides].ljust(self.max_nucleotides, DNA_PAD_NUCLEOTIDE)
 
     def normalize_one(self, text: str, record: str = "barcode") -> NormalizedBarcode:
-        """Cleans one barcode and cuts it to ``max_nucleotides`` (see :func:`normalize_barcode`)."""
-        return normalize_barcode(text, record=record, max_nucleotides=self.max_nucleotides)
+        """Cleans one barcode and cuts it to ``max_nucleotides`` (see :func:`normalize_barcode`); in reference mode
+        its case, ``U`` and gaps are kept, as the original tokenises them."""
+        return normalize_barcode(
+            text, record=record, max_nucleotides=self.max_nucleotides, keep_case_and_gaps=self.reference_mode
+        )
 
     def normalize(self, barcodes: Sequence[str], *, names: Sequence[Any] | None = None) -> list[NormalizedBarcode]:
-        """Cleans every barcode (see :func:`normalize_barcode`), naming a failing one by ``names`` or its index.
+        """Cleans every barcode (see :meth:`normalize_one`), naming a failing one by ``names`` or its index.
 
         Args:
             barcodes (`Sequence[str]`): the barcodes.
@@ -298,58 +351,91 @@ class BioscanDnaTokenizer(PreTrainedTokenizer):
                 ``record BIOUG123-45 (barcode): invalid character ...`` instead of ``barcode 8: ...``.
         """
         check_names(names, len(barcodes), "barcode")
-        return [
-            self.normalize_one(text, f"barcode {index}" if names is None else record_label(names[index], "barcode"))
-            for index, text in enumerate(barcodes)
-        ]
+        return [self.normalize_one(text, self._label(index, names)) for index, text in enumerate(barcodes)]
 
     def encode_normalized(self, barcodes: Sequence[NormalizedBarcode]) -> tuple[np.ndarray, np.ndarray]:
         """Ids and attention mask, both int64 of shape (batch, sequence_length), from cleaned barcodes."""
         if not barcodes:
             raise BioscanInputError("expected at least one barcode, got an empty batch")
-        joined = "".join(self._fit_length(barcode.sequence) for barcode in barcodes).encode("ascii")
-        codes = np.frombuffer(joined.translate(_CODE), dtype=np.uint8).reshape(len(barcodes), self.max_nucleotides)
-        lengths = np.array([min(len(barcode.sequence), self.max_nucleotides) for barcode in barcodes])
-        return self._encode_codes(codes, lengths)
+        width, lead = self.max_nucleotides, self._lead
+        joined = "".join("A" * lead + self._fit_length(barcode.sequence) for barcode in barcodes).encode("ascii")
+        codes = np.frombuffer(joined.translate(_SEQUENCE_CODES), dtype=np.uint8).reshape(len(barcodes), lead + width)
+        lengths = np.array([min(len(barcode.sequence), width) for barcode in barcodes], dtype=np.int64)
+        ids = np.empty((len(barcodes), self.sequence_length), dtype=np.int64)
+        mask = np.empty_like(ids)
+        self._encode_codes(codes, lengths, ids, mask)
+        return ids, mask
+
+    @functools.cached_property
+    def _digit_base(self) -> int:
+        """Base of a k-mer's number: 8 takes every code (0-7) as it is; for k > 5 the table would be too large
+        (8**k entries), so codes are clipped to 4 and written in base 5."""
+        return 8 if self.kmer_size <= 5 else 5
 
     @functools.cached_property
     def _kmer_lookup(self) -> np.ndarray:
-        """Token id of every k-mer written in base 5 (digit 4 = not A/C/G/T, whose k-mer is ``<UNK>``)."""
-        digits = np.indices((5,) * self.kmer_size).reshape(self.kmer_size, -1)  # most significant first
-        weights = 4 ** np.arange(self.kmer_size - 1, -1, -1)
-        ids = (digits * weights[:, None]).sum(0) + len(DNA_SPECIAL_TOKENS)
-        ids[(digits == 4).any(0)] = self.vocab[self.unk_token]
-        return ids.astype(np.int64)
+        """Token id of every k-mer written in base ``_digit_base`` (a digit >= 4 is not A/C/G/T: ``<UNK>``), then
+        one more entry, the prefix's id, for the prefix column."""
+        base, k = self._digit_base, self.kmer_size
+        digits = np.indices((base,) * k).reshape(k, -1)  # most significant first
+        weights = 4 ** np.arange(k - 1, -1, -1)
+        ids = (np.minimum(digits, 3) * weights[:, None]).sum(0) + len(DNA_SPECIAL_TOKENS)
+        ids[(digits >= 4).any(0)] = self.vocab[self.unk_token]
+        prefix = self.vocab[self.prefix_token if self.prefix_token is not None else self.unk_token]
+        return np.append(ids, prefix).astype(np.int64)
 
-    def _encode_codes(
-        self, codes: np.ndarray, lengths: np.ndarray, out: tuple[np.ndarray, np.ndarray] | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Ids and mask from base codes (uint8, (batch, max_nucleotides), 4 = not A/C/G/T, N padding included):
-        each k-mer's base-5 number, built one offset at a time on strided views, then one table look-up."""
-        starts = np.arange(self.num_kmers) * self.stride
-        if self.stride == self.kmer_size:  # non-overlapping: a (batch, kmers, k) view, no copy
-            windows = codes[:, : self.num_kmers * self.kmer_size].reshape(len(codes), self.num_kmers, self.kmer_size)
-            columns = [windows[:, :, offset] for offset in range(self.kmer_size)]
-        else:
-            columns = [codes[:, starts + offset] for offset in range(self.kmer_size)]
-        number = np.zeros((len(codes), self.num_kmers), dtype=np.int16 if 5**self.kmer_size < 2**15 else np.int32)
-        for column in columns:
-            number *= 5
-            number += column
-        prefix = self.prefix_token is not None
-        if out is None:
-            out = (
-                np.empty((len(codes), self.sequence_length), dtype=np.int64),
-                np.empty((len(codes), self.sequence_length), dtype=np.int64),
-            )
-        ids, mask = out
-        if prefix:
-            mask[:, 0] = 1
-            ids[:, 0] = self.vocab[self.prefix_token]
-        np.take(self._kmer_lookup, number, out=ids[:, int(prefix) :])
-        # A k-mer is padding when it starts at or after the end of the real sequence.
-        np.less(starts[None, :], lengths[:, None], out=mask[:, int(prefix) :], casting="unsafe")
-        return ids, mask
+    @property
+    def _lead(self) -> int:
+        """Codes before a barcode's first in its row: the prefix column's (ignored) k-mer, one stride long, so that
+        the row holds a k-mer per output column and numpy runs each step over the whole chunk as one loop."""
+        return self.stride if self.prefix_token is not None else 0
+
+    @functools.cached_property
+    def _row_templates(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per number of k-mers: a row of first digits (0, or ``base - 1`` = not a base from the first k-mer that
+        runs past the barcode's end, which holds N padding in the original too: ``<UNK>``), and an attention-mask
+        row (1 up to the last k-mer that starts inside the barcode). A row each is gathered per barcode."""
+        prefix, columns = int(self.prefix_token is not None), self.sequence_length
+        count = np.arange(self.num_kmers + 1)[:, None]
+        column = np.arange(columns)[None, :] - prefix  # the k-mer of each column (-1: the prefix)
+        digits = np.where(column >= count, self._digit_base - 1, 0)
+        digits[:, :prefix] = 0
+        mask = (column < count).astype(np.int64)
+        return digits.astype(np.uint16 if self._digit_base**self.kmer_size < 2**16 else np.int32), mask
+
+    def _encode_codes(self, codes: np.ndarray, lengths: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> None:
+        """Writes ids and mask (int64, C-contiguous, (batch, sequence_length)) from base codes and the barcodes'
+        lengths: codes are uint8, 0-3 = A/C/G/T and more = not a base, a row per barcode (unit column stride) of
+        ``_lead`` ignored codes then the barcode's, at least up to its last k-mer's end; what follows the barcode
+        in its row is ignored. Each k-mer's number is built one offset at a time on strided views, then one table
+        look-up gives the ids."""
+        k, base, stride, batch = self.kmer_size, self._digit_base, self.stride, len(codes)
+        row_stride, column_stride = codes.strides
+        windows = np.lib.stride_tricks.as_strided(
+            codes,
+            (batch, self.sequence_length, k),
+            (row_stride, stride * column_stride, column_stride),
+            writeable=False,
+        )
+        if base == 5:
+            windows = np.minimum(windows, _AMBIGUOUS)
+        digits, mask_rows = self._row_templates
+        complete = np.clip((lengths - k) // stride + 1, 0, self.num_kmers)  # k-mers that end inside the barcode
+        number = np.take(digits, complete, axis=0)
+        np.maximum(number, windows[:, :, 0], out=number)
+        for offset in range(1, k):
+            if base == 8:
+                number <<= 3
+                number |= windows[:, :, offset]
+            else:
+                number *= base
+                number += windows[:, :, offset]
+        if self.prefix_token is not None:
+            number[:, 0] = base**k  # the table's last entry
+        np.take(self._kmer_lookup, number, out=ids, mode="clip")  # "clip": no bounds check, no buffering
+        # A k-mer is padding when it starts at or after the end of the barcode.
+        started = np.minimum(-(-lengths // stride), self.num_kmers)
+        np.take(mask_rows, started, axis=0, out=mask, mode="clip")
 
     def encode_batch(
         self, barcodes: Sequence[Any], *, names: Sequence[Any] | None = None, on_error: str = "raise"
@@ -358,7 +444,7 @@ class BioscanDnaTokenizer(PreTrainedTokenizer):
         :meth:`encode_normalized`, at numpy speed for the common barcode (ASCII letters, gaps, whitespace).
 
         A barcode with anything else (a FASTA header, a character to refuse) goes through
-        :func:`normalize_barcode`, which names it. With ``on_error="drop"`` refused barcodes are left out and
+        :meth:`normalize_one`, which names it. With ``on_error="drop"`` refused barcodes are left out and
         reported in ``errors``; with ``"raise"`` the first one raises.
         """
         if on_error not in ("raise", "drop"):
@@ -386,6 +472,69 @@ class BioscanDnaTokenizer(PreTrainedTokenizer):
     def _label(self, index: int, names: Sequence[Any] | None) -> str:
         return f"barcode {index}" if names is None else record_label(names[index], "barcode")
 
+    def _chunk_codes(
+        self, chunk: list[Any], alone: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """A chunk joined into one buffer and translated at once, without a Python step per barcode.
+
+        Returns the base codes (uint8; ``_lead`` codes readable before any barcode's start and ``max_nucleotides``
+        after it), each barcode's start and length in them (default mode: after cleaning; reference mode: as
+        given), the barcodes to look at alone (not ASCII text, over the size cap, empty, a character to refuse or
+        to handle: FASTA, whitespace in reference mode) and the IUPAC codes in each barcode's first
+        ``max_nucleotides``.
+        """
+        count, width = len(chunk), self.max_nucleotides
+        strings = chunk if alone is None else ["" if odd else text for odd, text in zip(alone, chunk, strict=True)]
+        separator = "" if self.reference_mode else _SEPARATOR
+        try:
+            # A head and a tail, so that a row can be read from `_lead` before any start to `width` after it.
+            joined = separator.join(["A" * self._lead, *strings, "A" * width]).encode("ascii")
+        except (TypeError, UnicodeEncodeError):
+            joined = None
+        if joined is not None:
+            raw_lengths = np.fromiter(map(len, strings), dtype=np.int64, count=count)
+            if self.reference_mode:
+                translated = joined.translate(_REFERENCE_CODES)
+                codes = np.frombuffer(translated, dtype=np.uint8)
+                starts = np.full(count, self._lead, dtype=np.int64)
+                np.cumsum(raw_lengths[:-1], out=starts[1:])
+                starts[1:] += self._lead
+                lengths = raw_lengths
+                at = np.flatnonzero(codes == _NOT_A_BASE) if bytes([_NOT_A_BASE]) in translated else starts[:0]
+                ambiguous_at = np.flatnonzero(codes == _AMBIGUOUS)
+            else:
+                # Upper case, U->T, and whitespace and gaps deleted, in the same pass.
+                codes = np.frombuffer(joined.translate(_CLEAN_CODES, _REMOVED), dtype=np.uint8)
+                special = np.flatnonzero(codes >= _AMBIGUOUS)  # separators, IUPAC codes, characters to look at
+                kinds = codes[special]
+                separators = special[kinds == _SEPARATOR_CODE]
+                starts = separators[:-1] + 1
+                lengths = separators[1:] - starts
+                at = special[kinds == _NOT_A_BASE]
+                ambiguous_at = special[kinds == _AMBIGUOUS]
+        if joined is None or (separator and len(starts) != count):
+            # Not ASCII text, or a barcode holds the separator: those are looked at alone (an empty string here).
+            alone = np.fromiter(
+                (not (isinstance(text, str) and text.isascii() and _SEPARATOR not in text) for text in chunk),
+                dtype=bool,
+                count=count,
+            )
+            return self._chunk_codes(chunk, alone)
+        alone = np.zeros(count, dtype=bool) if alone is None else alone.copy()
+        alone |= (raw_lengths > MAX_RAW_DNA_CHARACTERS) | (lengths == 0)
+        if len(at):
+            alone[np.searchsorted(starts, at, side="right") - 1] = True
+        if self.reference_mode:
+            # Only gaps is empty after the default cleaning, refused in both modes: a barcode that starts and ends
+            # with a gap is looked at (a C-level strip) before it is encoded.
+            ends = starts + np.maximum(lengths - 1, 0)
+            for row in np.flatnonzero((codes[starts] == _GAP) & (codes[ends] == _GAP) & ~alone):
+                alone[row] = not strings[row].strip(GAP_CHARACTERS)
+        rows = np.searchsorted(starts, ambiguous_at, side="right") - 1
+        within = ambiguous_at - starts[rows] < np.minimum(lengths[rows], width)
+        ambiguous = np.bincount(rows[within], minlength=count)
+        return codes, starts, lengths, alone, ambiguous
+
     def _encode_chunk(
         self,
         chunk: list[Any],
@@ -398,28 +547,19 @@ class BioscanDnaTokenizer(PreTrainedTokenizer):
     ) -> int:
         """Encodes ``chunk`` (input rows from ``offset``) into the rows of ``out`` from ``row_out``; returns the
         number of barcodes kept and adds the refused ones to ``errors``."""
-        width = self.max_nucleotides
-        # Every barcode cleaned by one C-level translation (comprehensions: no Python function call per barcode).
-        cleaned = [
-            text.encode("ascii").translate(_UPPER_T, _REMOVED)
-            if isinstance(text, str) and text.isascii() and len(text) <= MAX_RAW_DNA_CHARACTERS
-            else None
-            for text in chunk
-        ]
-        window = slice(row_out, row_out + len(chunk))
-        ids, mask, kept_out, truncated_out, ambiguous_out = (array[window] for array in out)
-        full_lengths = np.fromiter((len(c) if c else 0 for c in cleaned), dtype=np.int64, count=len(chunk))
-        padded = b"".join([clean[:width].ljust(width, b"N") if clean else b"N" * width for clean in cleaned])
-        codes = np.frombuffer(padded.translate(_CODE), dtype=np.uint8).reshape(len(chunk), width).copy()
-        truncated = np.maximum(full_lengths - width, 0)
-        per_record = (full_lengths == 0) | (codes == _NOT_A_BASE).any(axis=1)
-        long_rows = np.flatnonzero(full_lengths > width)
-        if len(long_rows):  # a character past the cut still makes the barcode invalid: check the tails at once
-            tails = np.frombuffer(b"".join([cleaned[row][width:] for row in long_rows]).translate(_CODE), np.uint8)
-            ends = np.cumsum(full_lengths[long_rows] - width)
-            per_record[long_rows[np.searchsorted(ends, np.flatnonzero(tails == _NOT_A_BASE), side="right")]] = True
+        width, lead = self.max_nucleotides, self._lead
+        row_length = lead + (self.num_kmers - 1) * self.stride + self.kmer_size
+        codes, starts, lengths, alone, ambiguous = self._chunk_codes(chunk)
+        # Every barcode's row (its `lead` codes before, then its k-mers' span): a gather from a strided view.
+        view = np.lib.stride_tricks.as_strided(
+            codes, (len(codes) - row_length + 1, row_length), (1, 1), writeable=False
+        )
+        rows = view[starts - lead]
+        truncated = np.maximum(lengths - width, 0)
+        lengths = np.minimum(lengths, width)
+        table = _REFERENCE_CODES if self.reference_mode else _CLEAN_CODES
         keep = np.ones(len(chunk), dtype=bool)
-        for row in np.flatnonzero(per_record):
+        for row in np.flatnonzero(alone):
             # Empty, a FASTA header, a non-string or a character to name: the per-record path says which.
             try:
                 barcode = self.normalize_one(chunk[row], self._label(offset + row, names))
@@ -429,20 +569,22 @@ class BioscanDnaTokenizer(PreTrainedTokenizer):
                 errors[offset + int(row)] = str(error)
                 keep[row] = False
                 continue
-            sequence = barcode.sequence.encode("ascii").ljust(width, b"N").translate(_CODE)
-            codes[row] = np.frombuffer(sequence, dtype=np.uint8)
-            full_lengths[row], truncated[row] = len(barcode.sequence), barcode.truncated_bases
-        lengths = np.minimum(full_lengths, width)
+            sequence = (b"A" * lead + barcode.sequence.encode("ascii")).ljust(row_length, b"N")[:row_length]
+            sequence = sequence.translate(table)
+            rows[row] = np.frombuffer(sequence, dtype=np.uint8)
+            lengths[row], truncated[row] = len(barcode.sequence), barcode.truncated_bases
+            ambiguous[row] = barcode.ambiguous_bases
         if not keep.all():
-            codes, lengths, truncated = codes[keep], lengths[keep], truncated[keep]
-        count = len(codes)
+            rows, lengths, truncated, ambiguous = rows[keep], lengths[keep], truncated[keep], ambiguous[keep]
+        count = len(rows)
         if not count:
             return 0
-        self._encode_codes(codes, lengths, out=(ids[:count], mask[:count]))
-        # Non-ACGT bases within the kept length: every one in the row, less the N padding after it.
-        ambiguous_out[:count] = np.count_nonzero(codes == _UNKNOWN, axis=1) - (width - lengths)
-        kept_out[:count] = np.flatnonzero(keep) + offset
-        truncated_out[:count] = truncated
+        window = slice(row_out, row_out + count)
+        ids, mask, kept_out, truncated_out, ambiguous_out = (array[window] for array in out)
+        self._encode_codes(rows, lengths, ids, mask)
+        kept_out[:] = np.flatnonzero(keep) + offset
+        truncated_out[:] = truncated
+        ambiguous_out[:] = ambiguous
         return count
 
     def __call__(
@@ -487,4 +629,8 @@ class BioscanDnaTokenizer(PreTrainedTokenizer):
             if single:
                 data = {key: value[0] for key, value in data.items()}
             return BatchEncoding(data)
+        if return_tensors == "pt":  # shared memory: BatchEncoding would copy a numpy array into a new tensor
+            import torch
+
+            data = {key: torch.from_numpy(value) for key, value in data.items()}
         return BatchEncoding(data, tensor_type=return_tensors)

@@ -5,7 +5,9 @@ This is what keeps the benchmarks runnable (the figures themselves are judged in
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -31,3 +33,24 @@ def test_runner_smoke_size_writes_every_section(tmp_path, realdata):
     assert sections and all(f"## {section}" in text for section in sections)
     assert all(entry["figures"] for entry in report["benchmarks"])
     assert "threadpoolctl" in text and "| figure | value | baseline |" in text
+
+
+def test_gpu_check_skips_cleanly_without_cuda_and_is_not_a_runner_benchmark():
+    """benchmarks/gpu_check.py: one line and exit 0 where there is no GPU; the runner never collects it."""
+    script = ROOT / "benchmarks" / "gpu_check.py"
+    modules = {}
+    for name in ("gpu_check", "run"):
+        spec = importlib.util.spec_from_file_location(f"_benchmarks_{name}", ROOT / "benchmarks" / f"{name}.py")
+        modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(modules[name])
+    peak_bf16_flops = modules["gpu_check"].peak_bf16_flops
+    assert not modules["run"].is_benchmark(script) and not script.name.startswith("bench_")
+    # the more specific names win (PCIe/NVL before SXM, L40S/L40 before L4); unknown devices have no peak
+    assert peak_bf16_flops("NVIDIA H200") == peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989.4e12
+    assert peak_bf16_flops("NVIDIA H100 PCIe") == 756e12 and peak_bf16_flops("NVIDIA L40S") == 362.05e12
+    assert peak_bf16_flops("NVIDIA L4") == 121e12 and peak_bf16_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert peak_bf16_flops("Tesla T4") is None
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout == "no CUDA device: skipped\n"

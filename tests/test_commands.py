@@ -95,6 +95,46 @@ def test_evaluate_writes_tables_plots_and_model_card(tmp_path, trained_tiny, min
     assert card.read_text().count("model-index:") == 1 and card.read_text().count("<!-- results:start -->") == 1
 
 
+def test_evaluate_species_held_out_compares_identifiers_on_real_barcodes(tmp_path, trained_tiny, realdata, capsys):
+    from bioscan_clip.data import DataSpec
+    from bioscan_clip.evaluation import COMBINED_IDENTIFIER, IDENTITY_IDENTIFIER, KMER_IDENTIFIER, MODEL_IDENTIFIER
+
+    table = realdata / "coi_fulltax_sample.tsv"
+    out = tmp_path / "held-out"
+    argv = ["evaluate", "--model", str(trained_tiny), "--source", "bold", "--partition", "clibd", "--data_dir",
+            str(table), "--cache_dir", str(tmp_path / "cache"), "--out", str(out), "--protocol", "species_held_out"]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "novelty AUROC" in printed and COMBINED_IDENTIFIER in printed
+    summary = json.loads((out / "results.json").read_text())
+    # The novel queries are the val split's unseen species, all of their records, and no key has those species.
+    splits, roles = DataSpec(source="bold", partition="clibd", data_dir=str(table), cache_dir=str(tmp_path / "cache")).load()
+    held = set(splits["val_unseen"]["species"])
+    novel_count = len(splits["val_unseen"]) + len(splits["val_unseen_keys"])
+    assert summary["queries"]["novel"] == novel_count > 0
+    assert summary["keys"] == len(role_records(splits, roles, "keys")) - len(splits["val_unseen_keys"])
+    assert not held & (set(splits["test_unseen_keys"]["species"]) | set(splits["seen_keys"]["species"]))
+    dna = summary["results"]["dna->dna"]
+    assert dna["novel/species/n_queries"] == novel_count and dna["novel/species/micro/top1"] == 0.0
+    compared = summary["identification"]
+    assert set(compared) == {MODEL_IDENTIFIER, KMER_IDENTIFIER, IDENTITY_IDENTIFIER, COMBINED_IDENTIFIER}
+    for entry in compared.values():
+        confidence = entry["confidence"]
+        assert 0 <= confidence["novel_flagged"] <= 1 and 0 <= confidence["known_flagged"] <= 1
+        assert 0 <= confidence["novelty_auroc"] <= 1
+        assert set(confidence["ranks"]) == set(TAXONOMIC_RANKS)
+    # The model's 1-NN in this table is the evaluation's own dna->dna result.
+    assert compared[MODEL_IDENTIFIER]["scores"]["seen/species/micro/top1"] == dna["seen/species/micro/top1"]
+    # On real COI, alignment identity separates novel species from known ones (the field's own anchor).
+    identity = compared[IDENTITY_IDENTIFIER]["confidence"]
+    assert identity["novelty_auroc"] > 0.9 and identity["novel_flagged"] > identity["known_flagged"]
+    # A BOLD library without the partition has no second split to hold species out of: one clear error.
+    library = ["evaluate", "--model", str(trained_tiny), "--source", "bold", "--data_dir", str(table),
+               "--cache_dir", str(tmp_path / "cache2"), "--out", str(tmp_path / "x"), "--protocol", "species_held_out"]  # fmt: skip
+    assert main(library) == 2
+    assert "--partition clibd" in capsys.readouterr().err
+
+
 def test_evaluate_on_real_barcodes_only(tmp_path, trained_tiny, realdata, capsys):
     out = tmp_path / "real-dna"
     assert (

@@ -1,11 +1,15 @@
 """Embedding at scale: JPEG draft decoding, images decoded in loader workers (errors still one line), and `embed`
-sharded over 2 CPU processes by `accelerate launch` into one output equal to the 1-process one."""
+sharded over 2 CPU processes by `accelerate launch` into one output equal to the 1-process one (dataset records;
+photos and FASTA barcodes), and a shard that fails ends the job instead of leaving the other process waiting."""
 
 from __future__ import annotations
 
+import doctest
 import os
+import re
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -14,9 +18,11 @@ import torch
 from conftest import REPO_ROOT
 from reliability_fixtures import save_tiny_model
 
+from bioscan_clip import sharding
 from bioscan_clip.cli import main
 from bioscan_clip.data import SpecimenDataset, image_file_records
 from bioscan_clip.features import IMAGE, embed_dataset
+from bioscan_clip.sharding import ProcessShard, process_shard, shard_bounds
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanImageError
 from modeling_bioscanclip.image_processing_bioscanclip import BioscanClipImageProcessor, load_image_safely
 
@@ -72,30 +78,105 @@ def test_loader_workers_give_the_same_embeddings_and_one_line_errors(tmp_path, t
     assert "BAD1" in message and "\n" not in message and "Traceback" not in message
 
 
-def _launch_embed(processes: int, model_dir, mini_dir, mini_cache, out) -> subprocess.CompletedProcess:
+def _launch_embed(processes: int, embed_args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    """`accelerate launch ... -m bioscan_clip.cli embed EMBED_ARGS` as a user types it (on CPU, 2 processes need
+    --multi_gpu: without it Accelerate starts one)."""
     flags = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     launcher = ["--multi_gpu", "--num_processes", "2", *flags] if processes == 2 else ["--num_processes", "1", *flags]
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", *launcher, "-m", "bioscan_clip.cli", "embed",
-        "--model", str(model_dir), "--source", "mini", "--data_dir", str(mini_dir), "--cache_dir", str(mini_cache),
-        "--split", "val", "--batch_size", "16", "--out", str(out),
-    ]  # fmt: skip
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "-m", "bioscan_clip.cli", "embed"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=REPO_ROOT)
+    return subprocess.run(
+        [*command, *embed_args], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO_ROOT
+    )
+
+
+def _assert_same_output(sharded, single) -> pd.DataFrame:
+    a, b = pd.read_parquet(single), pd.read_parquet(sharded)
+    assert list(b.columns) == list(a.columns)
+    assert len(b) == len(a) and list(b["id"]) == list(a["id"]) and list(b["feature"]) == list(a["feature"])
+    for column in a.columns.drop(["embedding"]):
+        assert list(b[column]) == list(a[column]), column
+    for left, right in zip(b["embedding"], a["embedding"], strict=True):  # features differ in width (concatenated)
+        np.testing.assert_allclose(left, right, atol=1e-5)
+    return a
+
+
+def test_shards_are_contiguous_equal_and_cover_every_item_in_order():
+    for total in (0, 1, 5, 16, 17, 1001):
+        for world in (1, 2, 3, 8):
+            bounds = [shard_bounds(total, rank, world) for rank in range(world)]
+            assert bounds[0][0] == 0 and bounds[-1][1] == total
+            assert all(bounds[r][1] == bounds[r + 1][0] for r in range(world - 1))  # contiguous, in rank order
+            sizes = [stop - start for start, stop in bounds]
+            assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
+    items = list(range(11))
+    shards = [ProcessShard(rank=r, world_size=3).take(items) for r in range(3)]
+    assert [x for shard in shards for x in shard] == items and shards[0] == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="rank 2 of 2"):
+        shard_bounds(4, 2, 2)
+    assert doctest.testmod(sharding).failed == 0
+    assert ProcessShard().gather("x") == ["x"]  # not launched: no process group, the one result
+
+
+def test_a_one_process_accelerate_launch_embeds_with_every_core(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # what `accelerate launch` exports, with OMP_NUM_THREADS=1
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        shard = process_shard()
+        assert shard.world_size == 1 and shard.is_main and torch.get_num_threads() == len(os.sched_getaffinity(0))
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.slow
 def test_embed_shards_over_two_processes_into_one_output(tmp_path, tiny_processor, mini_dir, mini_cache):
     model_dir = save_tiny_model(tmp_path / "model", tiny_processor, seed=3)
     single, sharded = tmp_path / "one.parquet", tmp_path / "two.parquet"
-    assert main(["embed", "--model", str(model_dir), "--source", "mini", "--data_dir", str(mini_dir),
-                 "--cache_dir", str(mini_cache), "--split", "val", "--batch_size", "16", "--out", str(single)]) == 0  # fmt: skip
-    result = _launch_embed(2, model_dir, mini_dir, mini_cache, sharded)
+    data = ["--model", str(model_dir), "--source", "mini", "--data_dir", str(mini_dir), "--cache_dir", str(mini_cache),
+            "--split", "val", "--batch_size", "4"]  # fmt: skip
+    assert main(["embed", *data, "--out", str(single)]) == 0
+    result = _launch_embed(2, [*data, "--out", str(sharded)])
     assert result.returncode == 0, result.stderr[-4000:]
     assert "(2 processes)" in result.stdout, result.stdout[-2000:]
-    a, b = pd.read_parquet(single), pd.read_parquet(sharded)
-    assert len(b) == len(a) and list(b["id"]) == list(a["id"]) and list(b["feature"]) == list(a["feature"])
-    for left, right in zip(b["embedding"], a["embedding"], strict=True):
-        np.testing.assert_allclose(left, right, atol=1e-5)
-    assert len(set(a["id"])) > 16  # more records than one batch: both processes had a shard
+    assert "process 1 of 2: records " in result.stderr, result.stderr[-4000:]
+    a = _assert_same_output(sharded, single)
+    assert {"order", "species"} <= set(a.columns)  # the records' taxonomy travels with each shard
+    assert len(set(a["id"])) > 8  # more records than two batches: each process had a shard of several batches
     assert not list(tmp_path.glob(".two.parquet.tmp-*"))  # one writer, nothing half-written left
+
+
+@pytest.mark.slow
+def test_embed_shards_photos_and_fasta_and_a_failing_shard_ends_the_job(tmp_path, tiny_processor, realdata):
+    """Real photos and real barcodes, 2 processes = 1 process; a bad photo in the second shard ends every process
+    (no process left waiting for it) with the one-line error, and writes nothing."""
+    paths = photos(realdata, 7)
+    barcodes = pd.read_csv(realdata / "coi_fulltax_sample.tsv", sep="\t", dtype=str).dropna(subset=["nuc"]).head(21)
+    fasta = tmp_path / "barcodes.fasta"
+    fasta.write_text("".join(f">{row.processid}\n{row.nuc}\n" for row in barcodes.itertuples()))
+    model_dir = save_tiny_model(tmp_path / "model", tiny_processor, seed=5)
+    inputs = ["--model", str(model_dir), "--images", *paths, "--fasta", str(fasta), "--batch_size", "3"]
+    single, sharded = tmp_path / "one.parquet", tmp_path / "two.parquet"
+    assert main(["embed", *inputs, "--out", str(single)]) == 0
+    result = _launch_embed(2, [*inputs, "--out", str(sharded)])
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "(2 processes)" in result.stdout, result.stdout[-2000:]
+    a = _assert_same_output(sharded, single)
+    assert list(a["feature"]) == [IMAGE] * 7 + ["dna"] * 21 and list(a["id"][7:]) == list(barcodes["processid"])
+    for shard in ("process 0 of 2: images 0-4 of 7, barcodes 0-11 of 21", "process 1 of 2: images 4-7 of 7, "
+                  "barcodes 11-21 of 21"):  # fmt: skip
+        assert shard in result.stderr, result.stderr[-4000:]  # each process embedded its own contiguous shard
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    failed_out = tmp_path / "failed.parquet"
+    started = time.monotonic()
+    failed = _launch_embed(2, ["--model", str(model_dir), "--images", *paths[:3], str(broken),
+                               "--out", str(failed_out)], timeout=300)  # fmt: skip
+    assert failed.returncode != 0 and time.monotonic() - started < 240
+    # (the main process's progress bar may precede the line on the same terminal line: stderr is shared)
+    errors = re.findall(r"bioscan-clip embed: error: [^\r\n]*", failed.stderr)
+    assert errors and "broken.jpg" in errors[0], failed.stderr[-4000:]
+    assert "[rank0]" not in failed.stderr and "[rank1]" not in failed.stderr  # no worker traceback, only one-liners
+    assert not failed_out.exists() and not list(tmp_path.glob(".failed.parquet.tmp-*"))

@@ -133,7 +133,7 @@ def test_key_folder_with_parts_of_two_builds_is_refused_by_name(dna_models, tmp_
 
 
 CORRUPTIONS = ["flip", "truncate", "delete", "append"]
-TARGETS = ["dna/index.faiss", "dna/manifest.json", "text/keys/data-00000-of-00001.arrow", "calibration.json",
+TARGETS = ["dna/index.faiss", "dna/vectors.npy", "dna/manifest.json", "text/keys/data-00000-of-00001.arrow", "calibration.json",
            "records/data-00000-of-00001.arrow", "records/state.json", KEY_MANIFEST]  # fmt: skip
 
 

@@ -277,7 +277,8 @@ RECALL_FLOORS = {"ivf": 0.9, "hnsw": 0.9, "ivfpq": 0.25}
 
 def test_approximate_recall_against_exact(clustered_data):
     keys, queries = clustered_data
-    recalls = compare_index_types(keys, queries, k=10, **APPROXIMATE_KWARGS)
+    # Without re-ranking: what the index types themselves find (IVF-PQ re-ranks 64 candidates by default).
+    recalls = compare_index_types(keys, queries, k=10, **APPROXIMATE_KWARGS, rerank=0)
     print(f"recall@10 vs exact: {recalls}")
     for index_type, floor in RECALL_FLOORS.items():
         assert recalls[index_type] >= floor, (index_type, recalls)
@@ -314,3 +315,140 @@ def test_docstring_examples_run():
 
     results = doctest.testmod(bioscan_clip.retrieval)
     assert results.failed == 0 and results.attempted >= 3
+
+
+# ---------------------------------------------------------------------------- scale: memory, re-ranking, parameters
+
+
+def test_saved_vectors_are_memory_mapped_not_read(clustered_data, tmp_path):
+    keys, queries = clustered_data
+    index = KeyIndex.build(keys, _metadata(len(keys)), index_type="ivfpq", nlist=16, pq_m=8, pq_nbits=4)
+    folder = index.save(tmp_path / "keys")
+    assert "vectors.npy" in json.loads((folder / "manifest.json").read_text())["checksums"]  # verified on load
+    loaded = KeyIndex.load(folder)
+    assert isinstance(loaded.vectors, np.memmap) and Path(loaded.vectors.filename) == (folder / "vectors.npy").resolve()
+    assert loaded.vectors.dtype == np.float32 and loaded.vectors.shape == (len(keys), 32)
+    np.testing.assert_allclose(np.linalg.norm(loaded.embeddings(), axis=1), 1.0, rtol=1e-5)
+    assert not loaded.embeddings().flags["WRITEABLE"]
+    np.testing.assert_array_equal(loaded.search(queries, 3)[1], index.search(queries, 3)[1])
+    # The vectors file is verified like every other file.
+    data = bytearray((folder / "vectors.npy").read_bytes())
+    data[-5] ^= 0x01
+    (folder / "vectors.npy").write_bytes(bytes(data))
+    with pytest.raises(BioscanInputError, match=r"corrupted or mixed: vectors.npy fails its sha256"):
+        KeyIndex.load(folder)
+
+
+def test_flat_index_is_mapped_on_load_and_exact(flat_index, random_data, tmp_path):
+    keys, queries = random_data
+    blocks = (faiss.cvar.distance_compute_blas_query_bs, faiss.cvar.distance_compute_blas_database_bs)
+    loaded = KeyIndex.load(flat_index.save(tmp_path / "keys"))
+    assert isinstance(loaded.vectors, np.memmap)
+    assert not loaded.index.codes.is_owned  # faiss maps index.faiss instead of reading it
+    _, expected = _brute_force(keys, queries, 7)
+    np.testing.assert_array_equal(loaded.search(queries, 7)[1], expected)
+    np.testing.assert_array_equal(loaded.exact_search(queries, 7)[1], expected)
+    # Searches raise faiss's process-wide sgemm block sizes only while they run.
+    assert (faiss.cvar.distance_compute_blas_query_bs, faiss.cvar.distance_compute_blas_database_bs) == blocks
+
+
+def test_build_normalises_in_float32_without_a_full_copy():
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    keys = rng.standard_normal((20_000, 64)).astype(np.float32)  # 5.1 MB
+    metadata = {"processid": [str(row) for row in range(len(keys))]}
+    tracemalloc.start()
+    KeyIndex.build(keys, metadata, required_columns=())
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    # faiss's own storage is not traced; numpy temporaries are: chunks only, not a (float64) copy of the matrix.
+    assert peak < 0.5 * keys.nbytes, peak
+    unit = l2_normalize(keys, inplace=True)
+    assert unit is keys and np.allclose(np.linalg.norm(keys, axis=1), 1.0, rtol=1e-5)
+    doubles = rng.standard_normal((5, 8))
+    assert l2_normalize(doubles, inplace=True) is not doubles  # a float64 array cannot hold the float32 result
+
+
+def test_ivfpq_rerank_recovers_exact_recall(clustered_data):
+    keys, queries = clustered_data
+    kwargs = {"index_type": "ivfpq", "nlist": 16, "nprobe": 4, "pq_m": 8, "pq_nbits": 4, "pq_fast_scan": True}
+    plain = KeyIndex.build(keys, _metadata(len(keys)), rerank=0, **kwargs)
+    reranked = KeyIndex.build(keys, _metadata(len(keys)), rerank=64, **kwargs)
+    assert isinstance(reranked.index, faiss.IndexIVFPQFastScan)
+    exact_scores, exact_rows = reranked.exact_search(queries, 1)
+    plain_recall = float(np.mean(plain.search(queries, 1)[1][:, 0] == exact_rows[:, 0]))
+    scores, rows = reranked.search(queries, 1)
+    recall = float(np.mean(rows[:, 0] == exact_rows[:, 0]))
+    print(f"recall@1 vs exact: PQ alone {plain_recall:.2f}, re-ranked {recall:.2f}")
+    assert recall >= 0.95 and plain_recall < 0.9
+    # Re-ranked scores are exact inner products of the stored vectors, not PQ estimates.
+    np.testing.assert_allclose(scores[:, 0], np.sum(reranked.embeddings()[rows[:, 0]] * l2_normalize(queries), 1), 1e-5)
+    # Re-ranking honours restrict: candidates come from the restricted search.
+    _, rows = reranked.search(queries, 5, restrict={"order": ["Odonata"]})
+    assert all(_metadata(len(keys))["order"][row] == "Odonata" for row in rows.ravel())
+    reranked.set_search_params(rerank=0, nprobe=16)
+    assert reranked.manifest["index_params"]["rerank"] == 0 and reranked.index.nprobe == 16
+
+
+def test_index_params_round_trip_through_save_and_load(clustered_data, tmp_path):
+    keys, queries = clustered_data
+    index = KeyIndex.build(
+        keys, _metadata(len(keys)), index_type="ivfpq", nlist=20, nprobe=5, pq_m=4, pq_fast_scan=True, rerank=30,
+        train_size=1000, vectors_dir=tmp_path,
+    )  # fmt: skip
+    assert list(tmp_path.iterdir()) == []  # the build's vector file is unlinked, not left in vectors_dir
+    expected = {"nlist": 20, "nprobe": 5, "pq_m": 4, "pq_nbits": 4, "pq_fast_scan": True, "rerank": 30}
+    assert {name: index.manifest["index_params"][name] for name in expected} == expected
+    loaded = KeyIndex.load(index.save(tmp_path / "keys"))
+    assert loaded.manifest["index_params"] == index.manifest["index_params"]
+    assert faiss.extract_index_ivf(loaded.index).nprobe == 5 and faiss.extract_index_ivf(loaded.index).nlist == 20
+    np.testing.assert_array_equal(loaded.search(queries, 4)[1], index.search(queries, 4)[1])
+    loaded.set_search_params(nprobe=8, rerank=10)
+    again = KeyIndex.load(loaded.save(tmp_path / "keys", overwrite=True))
+    assert again.manifest["index_params"]["nprobe"] == 8 and again.manifest["index_params"]["rerank"] == 10
+    assert faiss.extract_index_ivf(again.index).nprobe == 8
+
+
+def test_auto_index_type_is_chosen_by_key_count(monkeypatch):
+    import bioscan_clip.retrieval as retrieval
+
+    keys = np.random.default_rng(5).standard_normal((600, 16))
+    assert KeyIndex.build(keys, _metadata(600), index_type="auto").index_type == "flat"
+    monkeypatch.setattr(retrieval, "AUTO_FLAT_MAX_KEYS", 500)
+    index = KeyIndex.build(keys, _metadata(600), index_type="auto")
+    assert index.index_type == "ivfpq" and isinstance(index.index, faiss.IndexIVFPQFastScan)
+    params = index.manifest["index_params"]
+    assert params["auto"] and params["rerank"] == 64 and params["pq_nbits"] == 4 and params["pq_m"] == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"index_type": "ivf", "nlist": 0}, r"nlist must be in \[1, 600\] \(the key count\), got 0"),
+        ({"index_type": "ivf", "nprobe": -3}, r"nprobe must be an int >= 1, got -3"),
+        ({"index_type": "ivf", "nprobe": 2.5}, r"nprobe must be an int >= 1, got 2.5"),
+        ({"index_type": "ivfpq", "pq_m": 5}, "pq_m must divide the dimension 24, got 5"),
+        ({"index_type": "ivfpq", "pq_nbits": 0}, r"pq_nbits must be an int in \[1, 16\], got 0"),
+        ({"index_type": "ivfpq", "pq_fast_scan": True, "pq_nbits": 8}, "pq_nbits must be 4, got 8"),
+        ({"index_type": "ivf", "pq_fast_scan": True}, "pq_fast_scan applies to index_type 'ivfpq'"),
+        ({"index_type": "ivfpq", "rerank": -1}, r"rerank must be an int >= 0, got -1"),
+        ({"index_type": "flat", "rerank": 10}, "a flat index is exact, got rerank=10"),
+        ({"index_type": "hnsw", "hnsw_m": 1}, r"hnsw_m must be an int in \[2, 1024\], got 1"),
+        ({"index_type": "hnsw", "ef_search": 0}, r"ef_search must be an int >= 1, got 0"),
+        ({"index_type": "ivf", "nlist": 10, "train_size": 5}, r"train_size must be an int in \[10, 600\], got 5"),
+        ({"index_type": "ivfqp"}, "index_type must be one of .*'auto'.* got 'ivfqp'"),
+    ],
+)
+def test_bad_index_params_give_one_clear_error(random_data, kwargs, message):
+    keys, _ = random_data
+    with pytest.raises(BioscanInputError, match=message) as caught:
+        KeyIndex.build(keys, _metadata(len(keys)), **kwargs)
+    assert "\n" not in str(caught.value)
+
+
+def test_bad_search_params_are_refused(flat_index):
+    with pytest.raises(BioscanInputError, match="nprobe applies to IVF indexes, not to this flat index"):
+        flat_index.set_search_params(nprobe=4)
+    with pytest.raises(BioscanInputError, match="a flat index is exact"):
+        flat_index.set_search_params(rerank=5)

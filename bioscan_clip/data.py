@@ -260,8 +260,8 @@ class SpecimenDataset(torch.utils.data.Dataset):
         augmentation ([`ImageAugmentation`], *optional*): train-time image transform, applied by the processor in
             place of its resize and centre crop.
         dna_augmentation ([`~bioscan_clip.dna_augmentation.DnaAugmentation`], *optional*): train-time barcode
-            transform (random reading frame, end trimming, a few ``N``); each epoch's augmented barcodes are
-            tokenised by the processor at :meth:`set_epoch`, in one call.
+            transform (random reading frame, end trimming, a few ``N``); a batch's augmented barcodes are
+            tokenised together, in one processor call, where the batch is made (a loader worker when there is one).
         seed (`int`, defaults to 0): augmentation randomness is drawn from (seed, epoch, index), so it is the same
             whatever the number of workers and after a resume.
 
@@ -310,8 +310,6 @@ class SpecimenDataset(torch.utils.data.Dataset):
             if self.dna_augmentation is not None and self.tokens
             else None
         )
-        self._augmented: dict[str, torch.Tensor] = {}
-        self._augmented_epoch: int | None = None
         metadata.pop("dna_barcode", None)
         self.records = records
         self.metadata = metadata
@@ -327,8 +325,6 @@ class SpecimenDataset(torch.utils.data.Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
-        if self.barcodes is not None:  # here, in the main process, so that loader workers receive them made
-            self._augment_barcodes()
 
     def _stored_image(self, index: int) -> Any:
         if self.images is None:
@@ -354,6 +350,20 @@ class SpecimenDataset(torch.utils.data.Dataset):
         return self.processor.image_processor.load(self._stored_image(index))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+        """The items at ``indices``; ``DataLoader`` asks for a whole batch at once, so that the batch's augmented
+        barcodes are tokenised in one processor call, in the worker that makes the batch (one call per batch is
+        several times cheaper than one per item, and nothing runs in the main process between steps)."""
+        indices = [int(index) for index in indices]
+        items = [self._item(index) for index in indices]
+        if self.barcodes is not None:
+            for item, augmented in zip(items, self._augmented_tokens(indices), strict=True):
+                item.update(augmented)
+        return items
+
+    def _item(self, index: int) -> dict[str, torch.Tensor]:
         item: dict[str, torch.Tensor] = {"index": torch.tensor(index), "species_id": self.species_ids[index]}
         if self.images is not None:
             augmentation = None
@@ -369,27 +379,19 @@ class SpecimenDataset(torch.utils.data.Dataset):
             item["pixel_values"] = torch.from_numpy(pixels[0])
         for name, values in self.tokens.items():
             item[name] = values[index]
-        if self.barcodes is not None:
-            if self._augmented_epoch != self.epoch:
-                self._augment_barcodes()
-            item.update({name: values[index] for name, values in self._augmented.items()})
         return item
 
-    def _augment_barcodes(self) -> None:
-        """This epoch's augmented barcodes of every record, tokenised in one processor call: item ``i`` is drawn from
-        (seed, epoch, i, DNA_STREAM) alone, and one batch call is several times cheaper than one call per item
-        (0.6 s against 4.5 s for an epoch of 4,767 real barcodes, measured)."""
-        names = [str(name) for name in self.metadata.get("processid", range(len(self.barcodes)))]
+    def _augmented_tokens(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
+        """This epoch's augmented barcodes of the records at ``indices``, tokenised: record ``i``'s is drawn from
+        (seed, epoch, i, DNA_STREAM) alone, so it is the same whatever the batch, the workers or a resume."""
         augmented = [
-            self.dna_augmentation(barcode, np.random.default_rng([self.seed, self.epoch, index, DNA_STREAM]))
-            for index, barcode in enumerate(self.barcodes)
+            self.dna_augmentation(self.barcodes[i], np.random.default_rng([self.seed, self.epoch, i, DNA_STREAM]))
+            for i in indices
         ]
-        encoded = self.processor(dna=augmented, names=names, return_tensors="np")
-        self._augmented = {
-            name: torch.from_numpy(np.asarray(encoded[name], dtype=np.int64))
-            for name in ("dna_input_ids", "dna_attention_mask")
-        }
-        self._augmented_epoch = self.epoch
+        names = [str(self.metadata["processid"][i]) if "processid" in self.metadata else str(i) for i in indices]
+        encoded = self.processor(dna=augmented, names=names, return_tensors="pt")
+        ids, mask = encoded["dna_input_ids"], encoded["dna_attention_mask"]
+        return [{"dna_input_ids": ids[row], "dna_attention_mask": mask[row]} for row in range(len(indices))]
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

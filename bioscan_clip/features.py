@@ -198,9 +198,16 @@ def embed_dataset(
     show_progress: bool = True,
     combined: bool = True,
     dna_frames: int | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    features: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Unit-length embeddings of every modality of ``dataset`` (and, with ``combined``, the combined features),
     in dataset order.
+
+    ``out_dir``: each feature is written, batch by batch, to ``out_dir/<feature>.npy`` and returned memory-mapped
+    (read-only), so that memory stays one batch whatever the number of records (a BIOSCAN-5M key set's four 768-d
+    features are about 60 GB); without it they are gathered in memory. ``features``: only these are kept (None:
+    all). ``out_dir`` does not combine with an ``accelerator``.
 
     With an ``accelerator``, the work is sharded over processes and gathered (``gather_for_metrics`` drops the
     duplicates that pad the last batch); every process gets the full result. ``num_workers`` None: see
@@ -211,6 +218,8 @@ def embed_dataset(
     again: the non-overlapping 5-mers then see every reading frame, so where a barcode starts matters much less.
     It costs F DNA forwards per record.
     """
+    if out_dir is not None and accelerator is not None:
+        raise ValueError("embed_dataset: out_dir does not combine with an accelerator (one writer per file)")
     if num_workers is None:
         num_workers = loader_workers(dataset, batch_size, 1 if accelerator is None else accelerator.num_processes)
     loader = torch.utils.data.DataLoader(
@@ -232,6 +241,7 @@ def embed_dataset(
     was_training = core.training
     core.eval()
     parts: dict[str, list[torch.Tensor]] = {}
+    files: dict[str, np.ndarray] = {}
     for batch in tqdm(loader, desc=description, disable=not show_progress, leave=False):
         if isinstance(batch, _Failed):
             raise batch.error
@@ -242,11 +252,32 @@ def embed_dataset(
         embeds["index"] = batch["index"]
         if accelerator is not None:
             embeds = accelerator.gather_for_metrics(embeds)
-        for name, value in embeds.items():
-            parts.setdefault(name, []).append(value.float().cpu())
+        if out_dir is None:
+            for name, value in embeds.items():
+                parts.setdefault(name, []).append(value.float().cpu())
+            continue
+        rows = embeds.pop("index").cpu().numpy()
+        batch_features = {name: value.float().cpu().numpy() for name, value in embeds.items()}
+        for name, matrix in _kept(add_combined_features(batch_features) if combined else batch_features, features):
+            if name not in files:
+                files[name] = np.lib.format.open_memmap(
+                    os.path.join(out_dir, f"{name}.npy"),
+                    mode="w+",
+                    dtype=np.float32,
+                    shape=(len(dataset), matrix.shape[1]),
+                )
+            files[name][rows] = matrix
     core.train(was_training)
+    if out_dir is not None:
+        for matrix in files.values():
+            matrix.flush()
+        return {name: np.load(os.path.join(out_dir, f"{name}.npy"), mmap_mode="r") for name in files}
     if not parts:
         return {}
     order = torch.argsort(torch.cat(parts.pop("index")))
     embeds = {name: torch.cat(values)[order].numpy() for name, values in parts.items()}
-    return add_combined_features(embeds) if combined else embeds
+    return dict(_kept(add_combined_features(embeds) if combined else embeds, features))
+
+
+def _kept(embeds: Mapping[str, np.ndarray], features: Sequence[str] | None) -> list[tuple[str, np.ndarray]]:
+    return [(name, matrix) for name, matrix in embeds.items() if features is None or name in features]

@@ -431,13 +431,18 @@ def build_key_folder(
     if len(keys) == 0:
         raise BioscanInputError(f"no key record has every modality the index needs ({', '.join(modalities)})")
     key_set = SpecimenDataset(keys, processor, modalities)
-    features = embed_dataset(
-        model, key_set, batch_size=batch_size, description="embedding keys", show_progress=show_progress
-    )
-    labels = labels_of(key_set)
-    kill_point("index:embedded")
     final_dir, staging = out_dir, staging_dir(out_dir)
+    # The key embeddings go to disk batch by batch and are indexed one feature at a time from there, so memory
+    # stays about one feature's index whatever the library's size. The scratch folder is a second staging folder:
+    # removed here, or, after a kill, by the next build (stale staging folders of dead processes).
+    scratch = staging_dir(out_dir)
     try:
+        features = embed_dataset(
+            model, key_set, batch_size=batch_size, description="embedding keys", show_progress=show_progress,
+            out_dir=scratch, features=KEY_FEATURES,
+        )  # fmt: skip
+        labels = labels_of(key_set)
+        kill_point("index:embedded")
         _write_key_folder(model, processor, modalities, key_set, features, labels, staging, calibration_queries,
                           precision, index_type, batch_size, show_progress, calibrate=calibrate,
                           index_options=index_options)  # fmt: skip
@@ -446,6 +451,8 @@ def build_key_folder(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     kill_point("index:swapped")
     return final_dir
 

@@ -78,6 +78,27 @@ def test_loader_workers_give_the_same_embeddings_and_one_line_errors(tmp_path, t
     assert "BAD1" in message and "\n" not in message and "Traceback" not in message
 
 
+def test_embedding_to_disk_gives_the_in_memory_features_memory_mapped(tmp_path, tiny_processor, mini_dir, mini_cache):
+    from bioscan_clip.data import load_splits
+    from bioscan_clip.features import AVERAGED, CONCATENATED, DNA, KEY_FEATURES
+
+    model = BioscanClipModel.from_pretrained(save_tiny_model(tmp_path / "model", tiny_processor, seed=1)).eval()
+    splits, _ = load_splits("mini", str(mini_dir), cache_dir=str(mini_cache))
+    dataset = SpecimenDataset(splits["val"].select(range(10)), tiny_processor, ["image", "dna", "text"])
+    in_memory = embed_dataset(model, dataset, batch_size=4, num_workers=0, show_progress=False)
+    (tmp_path / "scratch").mkdir()
+    on_disk = embed_dataset(
+        model, dataset, batch_size=4, num_workers=0, show_progress=False, out_dir=tmp_path / "scratch",
+        features=KEY_FEATURES,
+    )  # fmt: skip
+    assert set(on_disk) == set(KEY_FEATURES) and CONCATENATED in in_memory  # only the features asked for
+    for name in KEY_FEATURES:
+        assert isinstance(on_disk[name], np.memmap) and not on_disk[name].flags.writeable
+        np.testing.assert_array_equal(on_disk[name], in_memory[name])
+    assert sorted(p.name for p in (tmp_path / "scratch").iterdir()) == sorted(f"{n}.npy" for n in KEY_FEATURES)
+    assert np.allclose(np.linalg.norm(on_disk[AVERAGED], axis=1), 1, atol=1e-5) and on_disk[DNA].shape[0] == 10
+
+
 def _launch_embed(processes: int, embed_args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     """`accelerate launch ... -m bioscan_clip.cli embed EMBED_ARGS` as a user types it (on CPU, 2 processes need
     --multi_gpu: without it Accelerate starts one)."""

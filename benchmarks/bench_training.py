@@ -31,7 +31,7 @@ SECTION = "Training (tiny preset, mini-BIOSCAN)"
 # size -> (mini-BIOSCAN size, per-process batch, optimiser steps, repeats, with the 2-process run)
 SETTINGS = {
     "smoke": ("tiny", 8, 3, 1, False),
-    "default": ("small", 64, 16, 3, True),
+    "default": ("small", 64, 32, 3, True),
     "large": ("medium", 64, 40, 3, True),
 }
 ONE_PROCESS = ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
@@ -132,7 +132,7 @@ def measure(size: str) -> list[Figure]:
         cache = root / "cache"
         load_splits("mini", str(data_dir), cache_dir=str(cache))  # prepared once, read by every run
         bare = bare_loop(data_dir, cache, root / "bare", batch, steps)
-        best = {"bare": 0.0, "one": 0.0, "two": 0.0, "one_thread": 0.0, "no_dna_augmentation": 0.0}
+        best = {"bare": 0.0, "one": 0.0, "two": 0.0, "one_thread": 0.0}
         summaries: dict[str, dict] = {}
         for repeat in range(repeats):
             best["bare"] = max(best["bare"], bare())
@@ -151,12 +151,6 @@ def measure(size: str) -> list[Figure]:
                     data_dir, cache, root / f"t1{repeat}", batch, steps, "--num_threads", "1", "--num_workers", "0"
                 )
                 best["one_thread"] = max(best["one_thread"], launch(ONE_PROCESS, args)["samples_per_second"])
-                # The tiny preset augments and re-tokenises every batch's barcodes in the loader worker: the
-                # same launch without it shows what that costs.
-                args = _train_args(data_dir, cache, root / f"na{repeat}", batch, steps, "--dna_augmentation", "False")
-                best["no_dna_augmentation"] = max(
-                    best["no_dna_augmentation"], launch(ONE_PROCESS, args)["samples_per_second"]
-                )
 
     one = summaries["one"]
     ran_with = f"{one['torch_threads']} torch threads, {one['loader_workers']} loader worker(s), batch {batch}"
@@ -185,8 +179,7 @@ def measure(size: str) -> list[Figure]:
                 ""
                 if ratio >= 0.9
                 else "; short: the loader worker (image decode and augmentation, barcode augmentation and its "
-                f"tokenisation) shares the same {cores} cores with the step's threads; the bare loop loads nothing (the "
-                "launch without DNA augmentation below shows that part's share)"
+                "tokenisation) shares the same cores as the step's threads (the bare loop has no loading at all)"
             ),
         ),
     ]
@@ -199,18 +192,6 @@ def measure(size: str) -> list[Figure]:
                 baseline="bare loop",
                 baseline_value=round(best["bare"], 1),
                 note="--num_threads 1 --num_workers 0: what OMP_NUM_THREADS=1 and num_workers=0 gave before",
-            )
-        )
-    if best["no_dna_augmentation"]:
-        figures.append(
-            Figure(
-                name="1-process `accelerate launch`, --dna_augmentation False",
-                value=round(best["no_dna_augmentation"], 1),
-                unit="samples/s",
-                baseline="bare loop",
-                baseline_value=round(best["bare"], 1),
-                note="the same run without the tiny preset's barcode augmentation: the difference from the figure "
-                "above is what augmenting and tokenising each batch's barcodes in the loader worker costs",
             )
         )
     if two_processes:

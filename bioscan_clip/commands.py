@@ -233,7 +233,7 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="IVF-PQ as faiss IndexIVFPQFastScan (4-bit codes; on by default for auto)",
     )
-    index.add_argument("--rerank", type=int, help="candidates re-scored exactly per query (default 64 for IVF-PQ)")
+    index.add_argument("--rerank", type=int, help="candidates re-scored exactly per query (IVF-PQ default: 64 per million keys, at least 64)")
     index.add_argument("--hnsw_m", type=int, help="HNSW graph degree (default 32)")
     index.add_argument("--ef_search", type=int, help="HNSW search beam width (default 64)")
     index.add_argument("--train_size", type=int, help="keys IVF/PQ k-means trains on (default 64 per list)")

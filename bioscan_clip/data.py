@@ -283,7 +283,8 @@ class SpecimenDataset(torch.utils.data.Dataset):
         self.augmentation = augmentation
         self.dna_augmentation = dna_augmentation if "dna" in self.modalities else None
         self.seed = seed
-        self.epoch = 0
+        # In shared memory: persistent loader workers see each set_epoch without being restarted.
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()
         self.dropped = 0
         columns = [c for c in ("processid", "dna_barcode", *TAXONOMIC_RANKS) if c in records.column_names]
         metadata: dict[str, list[Any]] = records.select_columns(columns).to_dict()
@@ -323,8 +324,12 @@ class SpecimenDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch[0])
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch[0] = epoch
 
     def _stored_image(self, index: int) -> Any:
         if self.images is None:

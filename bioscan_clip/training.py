@@ -390,8 +390,10 @@ def train(config: TrainConfig) -> TrainResult:
         batch_size=config.batch_size,
         shuffle=True,
         drop_last=True,  # equal slices on every process, as the gathered loss needs
-        # Workers decode and augment ahead of the step. Not persistent: each epoch's workers must see set_epoch.
+        # Workers decode and augment ahead of the step; persistent (not restarted each epoch), they read the
+        # epoch that set_epoch writes to shared memory.
         num_workers=workers,
+        persistent_workers=workers > 0,
         prefetch_factor=4 if workers else None,
         pin_memory=accelerator.device.type == "cuda",
         generator=torch.Generator().manual_seed(config.seed),

@@ -141,6 +141,24 @@ def test_dataset_draws_barcodes_from_seed_epoch_and_index(dna_processor):
     assert not torch.equal(epochs[0], epochs[1])
 
 
+def test_persistent_loader_workers_follow_set_epoch(dna_processor):
+    # Training keeps its loader workers across epochs: the epoch they augment with is the one set_epoch last wrote.
+    rng = np.random.default_rng(2)
+    records = [{"processid": f"R{i}", "dna_barcode": "".join(rng.choice(list("ACGT"), size=600))} for i in range(8)]
+    for record in records:
+        record.update({rank: None for rank in TAXONOMIC_RANKS})
+    dataset = SpecimenDataset(_dataset(records), dna_processor, ["dna"], seed=3, dna_augmentation=DnaAugmentation())
+    loader = torch.utils.data.DataLoader(dataset, batch_size=8, num_workers=1, persistent_workers=True)
+    seen = []
+    for epoch in (0, 1, 2):
+        dataset.set_epoch(epoch)
+        [batch] = list(loader)
+        expected = torch.stack([item["dna_input_ids"] for item in dataset.__getitems__(range(8))])
+        assert torch.equal(batch["dna_input_ids"], expected), epoch  # the worker drew this epoch's barcodes
+        seen.append(batch["dna_input_ids"])
+    assert not torch.equal(seen[0], seen[1]) and not torch.equal(seen[1], seen[2])
+
+
 def test_presets_turn_the_augmentation_on_except_in_the_papers_recipe():
     assert TrainConfig.from_preset("tiny").dna_augmentation
     assert not TrainConfig.from_preset("clibd-1m").dna_augmentation

@@ -422,6 +422,16 @@ def test_auto_index_type_is_chosen_by_key_count(monkeypatch):
     assert params["auto"] and params["rerank"] == 64 and params["pq_nbits"] == 4 and params["pq_m"] == 2
 
 
+def test_the_default_rerank_grows_with_the_key_count():
+    from bioscan_clip import retrieval
+    from bioscan_clip.retrieval import resolve_index_params
+
+    # The true neighbour sinks among the PQ scores as keys grow: 64 candidates per million keys, at least 64.
+    assert [retrieval.default_rerank(n) for n in (1_000, 1_000_000, 2_000_000, 5_150_000)] == [64, 64, 128, 330]
+    assert resolve_index_params("ivfpq", 2_000_000, 768)[1]["rerank"] == 128
+    assert resolve_index_params("ivfpq", 2_000_000, 768, rerank=16)[1]["rerank"] == 16  # the caller's choice stands
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

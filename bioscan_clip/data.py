@@ -331,6 +331,11 @@ class SpecimenDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self._epoch[0] = epoch
 
+    def _record_names(self, indices: Sequence[int]) -> list[str]:
+        """How errors name the records at ``indices``: their processid, else their position."""
+        ids = self.metadata.get("processid")
+        return [str(ids[i]) if ids is not None else str(i) for i in indices]
+
     def _stored_image(self, index: int) -> Any:
         if self.images is None:
             raise BioscanInputError("this dataset was built without the image modality")
@@ -344,7 +349,7 @@ class SpecimenDataset(torch.utils.data.Dataset):
         if "dna_input_ids" not in self.tokens:
             raise BioscanInputError("this dataset was built without the DNA modality")
         indices = [int(i) for i in indices]
-        names = [str(self.metadata["processid"][i]) if "processid" in self.metadata else str(i) for i in indices]
+        names = self._record_names(indices)
         raw = self.records.select_columns(["dna_barcode"])[indices]["dna_barcode"]
         shifted = frame_shifted_barcodes(clean_barcodes(raw, names), shift)
         encoded = self.processor(dna=shifted, names=names, return_tensors="pt")
@@ -393,7 +398,7 @@ class SpecimenDataset(torch.utils.data.Dataset):
             self.dna_augmentation(self.barcodes[i], np.random.default_rng([self.seed, self.epoch, i, DNA_STREAM]))
             for i in indices
         ]
-        names = [str(self.metadata["processid"][i]) if "processid" in self.metadata else str(i) for i in indices]
+        names = self._record_names(indices)
         encoded = self.processor(dna=augmented, names=names, return_tensors="pt")
         ids, mask = encoded["dna_input_ids"], encoded["dna_attention_mask"]
         return [{"dna_input_ids": ids[row], "dna_attention_mask": mask[row]} for row in range(len(indices))]

@@ -261,7 +261,7 @@ def embed_dataset(
         for name, matrix in _kept(add_combined_features(batch_features) if combined else batch_features, features):
             if name not in files:
                 files[name] = np.lib.format.open_memmap(
-                    os.path.join(out_dir, f"{name}.npy"),
+                    _feature_file(out_dir, name),
                     mode="w+",
                     dtype=np.float32,
                     shape=(len(dataset), matrix.shape[1]),
@@ -271,12 +271,16 @@ def embed_dataset(
     if out_dir is not None:
         for matrix in files.values():
             matrix.flush()
-        return {name: np.load(os.path.join(out_dir, f"{name}.npy"), mmap_mode="r") for name in files}
+        return {name: np.load(_feature_file(out_dir, name), mmap_mode="r") for name in files}
     if not parts:
         return {}
     order = torch.argsort(torch.cat(parts.pop("index")))
     embeds = {name: torch.cat(values)[order].numpy() for name, values in parts.items()}
     return dict(_kept(add_combined_features(embeds) if combined else embeds, features))
+
+
+def _feature_file(out_dir: str | os.PathLike[str], name: str) -> str:
+    return os.path.join(out_dir, f"{name}.npy")
 
 
 def _kept(embeds: Mapping[str, np.ndarray], features: Sequence[str] | None) -> list[tuple[str, np.ndarray]]:

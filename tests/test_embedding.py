@@ -99,6 +99,36 @@ def test_embedding_to_disk_gives_the_in_memory_features_memory_mapped(tmp_path, 
     assert np.allclose(np.linalg.norm(on_disk[AVERAGED], axis=1), 1, atol=1e-5) and on_disk[DNA].shape[0] == 10
 
 
+def test_index_embeds_its_keys_to_disk_and_indexes_them_from_there(
+    tmp_path, tiny_processor, mini_dir, mini_cache, monkeypatch
+):
+    from pathlib import Path
+
+    from bioscan_clip import identification
+    from bioscan_clip.data import load_splits
+    from bioscan_clip.features import KEY_FEATURES
+    from bioscan_clip.retrieval import KeyIndex
+
+    model = BioscanClipModel.from_pretrained(save_tiny_model(tmp_path / "model", tiny_processor, seed=1)).eval()
+    splits, _ = load_splits("mini", str(mini_dir), cache_dir=str(mini_cache))
+    keys = splits["val"].select(range(12))
+    calls = []
+
+    def recording(*args, **kwargs):  # the real embed_dataset, its key features kept for the check below
+        result = embed_dataset(*args, **kwargs)
+        calls.append((kwargs, {name: np.array(matrix) for name, matrix in result.items()}, result))
+        return result
+
+    monkeypatch.setattr(identification, "embed_dataset", recording)
+    out = identification.build_key_folder(model, tiny_processor, keys, tmp_path / "keys", show_progress=False)
+    kwargs, features, returned = calls[0]
+    assert kwargs["features"] == KEY_FEATURES and all(isinstance(m, np.memmap) for m in returned.values())
+    assert not Path(kwargs["out_dir"]).exists()  # the scratch folder is gone with the build
+    for name in features:  # each index holds the features written to disk (every one finds itself at cosine 1)
+        scores, _ = KeyIndex.load(out / name).exact_search(features[name], 1)
+        np.testing.assert_allclose(scores[:, 0], 1, atol=1e-5)
+
+
 def _launch_embed(processes: int, embed_args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
     """`accelerate launch ... -m bioscan_clip.cli embed EMBED_ARGS` as a user types it (on CPU, 2 processes need
     --multi_gpu: without it Accelerate starts one)."""

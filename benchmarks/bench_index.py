@@ -10,8 +10,10 @@ Figures: the build's peak resident memory beyond the caller's (already resident)
 numpy-normalise-then-faiss-add build; exact flat search q/s beside numpy sgemm of the same query x key blocks
 (baseline; top-k selection costs extra) and of large blocks (limit), interleaved; IVF-PQ (fast scan, 4-bit) with exact re-ranking from the memory-mapped
 vectors.npy: recall@1 against exact, q/s and the searching process's anonymous RAM (index codes; the vectors stay
-file-backed pages), measured in a fresh process that loads the saved index. Large size: 1M and 2M keys, to show
-growth towards the 5.15M x 768 moonshot (<= 1 GB RAM, recall@1 >= 0.95, >= 1 000 q/s on 2 cores).
+file-backed pages), measured in a fresh process that loads the saved index. Large size: 1M, 2M and the 5.15M x 768
+moonshot (<= 1 GB RAM, recall@1 >= 0.95, >= 1 000 q/s on 2 cores; about 50 GB of scratch disk, 20 GB of RAM, 10 min).
+Past 2M keys a flat index beside the resident keys does not fit 23 GB: exact neighbours come from streaming sgemm over
+the keys file instead, and the flat figures are left out.
 
     python benchmarks/bench_index.py [--size smoke|default|large]
 """
@@ -38,10 +40,12 @@ SECTION = "Key index"
 SETTINGS = {
     "smoke": ((20_000,), 64, 200),
     "default": ((200_000,), 768, 1000),
-    "large": ((1_000_000, 2_000_000), 768, 1000),
+    "large": ((1_000_000, 2_000_000, 5_150_000), 768, 1000),
 }
 MOONSHOT_KEYS = 5_150_000
 NAIVE_MAX_KEYS = 1_000_000
+FLAT_MAX_KEYS = 2_000_000
+EXACT_REPEATS = 3  # best of 3, interleaved: of 2, the same code measured 0.81-0.94x sgemm across one day's runs
 LATENT, CENTRES, CHUNK = 64, 2000, 65_536
 K = 10
 
@@ -68,14 +72,15 @@ CHILD = textwrap.dedent(
         before = status()
         index = KeyIndex.load(keys_path, verify=False)
         index.search(queries[:50], 10)
-        best = float("inf")
-        for _ in range(3):
+        passes = []
+        for _ in range(3):  # the first pass maps (and may read from disk) the candidates' pages of vectors.npy
             start = time.perf_counter()
             _, found = index.search(queries, 10)
-            best = min(best, time.perf_counter() - start)
+            passes.append(time.perf_counter() - start)
         after = status()
         recall = float(np.mean(found[:, 0] == truth[:, 0]))
-        print(json.dumps({"qps": len(queries) / best, "recall": recall, "before": before, "after": after}))
+        qps, first = len(queries) / min(passes), len(queries) / passes[0]
+        print(json.dumps({"qps": qps, "first_qps": first, "recall": recall, "before": before, "after": after}))
         sys.exit(0)
     from bioscan_clip.retrieval import KeyIndex
     keys = np.load(keys_path)  # the caller's keys, resident before the builds start
@@ -150,6 +155,19 @@ def _sgemm(queries: np.ndarray, keys: np.ndarray, query_block: int, key_block: i
     return run
 
 
+def _exact_top1(queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Row of each query's best key by blocked sgemm over `keys` (a memory-mapped file: no flat index in RAM)."""
+    best = np.full(len(queries), -np.inf, dtype=np.float32)
+    rows = np.zeros(len(queries), dtype=np.int64)
+    for start in range(0, len(keys), CHUNK):
+        scores = queries @ np.asarray(keys[start : start + CHUNK]).T
+        top = scores.argmax(axis=1)
+        value = scores[np.arange(len(queries)), top]
+        better = value > best
+        best[better], rows[better] = value[better], top[better] + start
+    return rows[:, None]
+
+
 def _figures_at(count: int, dim: int, n_queries: int, work: Path) -> list[Figure]:
     import faiss
 
@@ -167,16 +185,17 @@ def _figures_at(count: int, dim: int, n_queries: int, work: Path) -> list[Figure
 
     # Build memory, each build in its own process.
     pq_options = {"index_type": "ivfpq", "pq_fast_scan": True}
-    builds = [
-        ("flat", {"index_type": "flat"}, str(work / f"flat{count}")),
-        ("ivfpq", pq_options, str(work / f"ivfpq{count}")),
-    ]
+    builds = [("ivfpq", pq_options, str(work / f"ivfpq{count}"))]
+    with_flat = count <= FLAT_MAX_KEYS  # a flat index is 1x raw in RAM beside the resident keys
+    if with_flat:
+        builds.insert(0, ("flat", {"index_type": "flat"}, str(work / f"flat{count}")))
     if count <= NAIVE_MAX_KEYS:  # the plain build peaks near 2x raw beside the resident keys: skipped past 1M keys
         builds.insert(0, ("naive", None, ""))
     memory = _build_memory(keys_path, builds)
     naive = memory["naive"][0] if "naive" in memory else None
-    (flat_peak, flat_seconds), (pq_peak, pq_seconds) = memory["flat"], memory["ivfpq"]
-    for name, peak, seconds in (("flat", flat_peak, flat_seconds), ("ivfpq", pq_peak, pq_seconds)):
+    for name, (peak, seconds) in memory.items():
+        if name == "naive":
+            continue
         figures.append(
             Figure(
                 name=f"{label}: KeyIndex.build ({name}) peak memory beyond the keys / raw float32 bytes",
@@ -193,35 +212,41 @@ def _figures_at(count: int, dim: int, n_queries: int, work: Path) -> list[Figure
             )
         )
 
-    # Exact search: the flat index (memory-mapped, as loaded) against sgemm of the same blocks.
-    flat = KeyIndex.load(work / f"flat{count}", verify=False)
-    truth = flat.search(queries, K)[1]  # also pages the mapped index in
-    np.save(work / "truth.npy", truth)
-    resident = np.ascontiguousarray(keys)  # sgemm on resident memory, like the index's (page-cached) mapping
-    best = interleaved_best(
-        {
-            "flat": lambda: flat.search(queries, K),
-            "same_blocks": _sgemm(queries, resident, BLAS_QUERY_BLOCK, BLAS_KEY_BLOCK),
-            "large_blocks": _sgemm(queries, resident, len(queries), 65_536),
-        },
-        2,
-    )
-    del resident
-    exact_seconds = best["flat"]
-    figures.append(
-        Figure(
-            name=f"{label}: exact flat search, top-{K} (KeyIndex, memory-mapped index)",
-            value=round(n_queries / exact_seconds, 1),
-            unit="queries/s",
-            baseline=f"numpy sgemm of the same {BLAS_QUERY_BLOCK} x {BLAS_KEY_BLOCK} query x key blocks, no top-k",
-            baseline_value=round(n_queries / best["same_blocks"], 1),
-            limit="numpy sgemm, all queries x 65 536-key blocks",
-            limit_value=round(n_queries / best["large_blocks"], 1),
-            target=">= 0.9x sgemm of the same blocks",
-            met=best["same_blocks"] / exact_seconds >= 0.9,
-            note=f"{n_queries} queries at once, {faiss.omp_get_max_threads()} faiss threads; interleaved, best of 2",
+    if with_flat:
+        # Exact search: the flat index (memory-mapped, as loaded) against sgemm of the same blocks.
+        flat = KeyIndex.load(work / f"flat{count}", verify=False)
+        truth = flat.search(queries, K)[1]  # also pages the mapped index in
+        np.save(work / "truth.npy", truth)
+        resident = np.ascontiguousarray(keys)  # sgemm on resident memory, like the index's (page-cached) mapping
+        best = interleaved_best(
+            {
+                "flat": lambda: flat.search(queries, K),
+                "same_blocks": _sgemm(queries, resident, BLAS_QUERY_BLOCK, BLAS_KEY_BLOCK),
+                "large_blocks": _sgemm(queries, resident, len(queries), 65_536),
+            },
+            EXACT_REPEATS,
         )
-    )
+        del resident
+        exact_seconds = best["flat"]
+        figures.append(
+            Figure(
+                name=f"{label}: exact flat search, top-{K} (KeyIndex, memory-mapped index)",
+                value=round(n_queries / exact_seconds, 1),
+                unit="queries/s",
+                baseline=f"numpy sgemm of the same {BLAS_QUERY_BLOCK} x {BLAS_KEY_BLOCK} query x key blocks, no top-k",
+                baseline_value=round(n_queries / best["same_blocks"], 1),
+                limit="numpy sgemm, all queries x 65 536-key blocks",
+                limit_value=round(n_queries / best["large_blocks"], 1),
+                target=">= 0.9x sgemm of the same blocks",
+                met=best["same_blocks"] / exact_seconds >= 0.9,
+                note=f"{n_queries} queries at once, {faiss.omp_get_max_threads()} faiss threads; interleaved, best of "
+                f"{EXACT_REPEATS}; the heap top-k over every score is work the baseline leaves out",
+            )
+        )
+    else:
+        truth = _exact_top1(queries, keys)
+        np.save(work / "truth.npy", truth)
+        exact_seconds = None
 
     # IVF-PQ + re-ranking, searched in a fresh process from the saved folder.
     _, params = resolve_index_params("ivfpq", count, dim, pq_fast_scan=True)
@@ -252,11 +277,13 @@ def _figures_at(count: int, dim: int, n_queries: int, work: Path) -> list[Figure
             name=f"{label}: IVF-PQ + exact re-ranking, top-{K} search",
             value=round(record["qps"], 1),
             unit="queries/s",
-            baseline="exact flat search (above)",
-            baseline_value=round(n_queries / exact_seconds, 1),
+            baseline="exact flat search (above)" if exact_seconds else "",
+            baseline_value=round(n_queries / exact_seconds, 1) if exact_seconds else None,
             target=">= 1000 q/s",
             met=record["qps"] >= 1000,
-            note=f"{n_queries} queries at once in a fresh process, re-ranked from the memory-mapped vectors.npy",
+            note=f"{n_queries} queries at once in a fresh process, re-ranked from the memory-mapped vectors.npy; "
+            f"best of 3 passes, the first (candidate pages not yet mapped) {record['first_qps']:,.0f} q/s"
+            + ("" if exact_seconds else f"; no flat index past {FLAT_MAX_KEYS:,} keys (it would not fit in RAM)"),
         ),
         Figure(
             name=f"{label}: IVF-PQ searching process, anonymous RAM added by load + search",
@@ -267,8 +294,13 @@ def _figures_at(count: int, dim: int, n_queries: int, work: Path) -> list[Figure
             target=f"<= 1024 MiB at {MOONSHOT_KEYS:,} keys",
             met=per_key * MOONSHOT_KEYS <= 2**30 if judged else None,
             lower_is_better=True,
-            note=f"{per_key:.1f} B/key, {per_key * MOONSHOT_KEYS / 2**20:.0f} MiB projected at {MOONSHOT_KEYS:,} keys "
-            f"(linear in keys); vectors stay file-backed (page cache){small}",
+            note=(
+                f"{per_key:.1f} B/key, {per_key * MOONSHOT_KEYS / 2**20:.0f} MiB projected at {MOONSHOT_KEYS:,} keys "
+                "(linear in keys)"
+                if count < MOONSHOT_KEYS
+                else f"{per_key:.1f} B/key, measured at this size"
+            )
+            + f"; vectors stay file-backed (page cache){small}",
         ),
     ]
     return figures

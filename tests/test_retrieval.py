@@ -391,6 +391,22 @@ def test_ivfpq_rerank_recovers_exact_recall(clustered_data):
     assert reranked.manifest["index_params"]["rerank"] == 0 and reranked.index.nprobe == 16
 
 
+def test_rerank_scores_candidates_in_place_and_keeps_padding_last(clustered_data, tmp_path):
+    keys, queries = clustered_data
+    kwargs = {"index_type": "ivfpq", "nlist": 16, "nprobe": 4, "pq_m": 8, "pq_fast_scan": True, "rerank": 8}
+    KeyIndex.build(keys, _metadata(len(keys)), **kwargs).save(tmp_path / "pq")
+    loaded = KeyIndex.load(tmp_path / "pq")  # vectors memory-mapped, read in place by faiss
+    candidates = np.array([[7, -1, 3, 11], [-1, -1, 2, 5]], dtype=np.int64)  # -1: faiss's padding
+    normalised = l2_normalize(queries[:2])
+    scores, rows = loaded._rerank(normalised, candidates, 4)
+    for query, real in ((0, [7, 3, 11]), (1, [2, 5])):
+        exact = loaded.embeddings()[real] @ normalised[query]
+        order = np.argsort(-exact)
+        assert rows[query].tolist() == [real[i] for i in order] + [-1] * (4 - len(real))
+        np.testing.assert_allclose(scores[query, : len(real)], exact[order], rtol=1e-6)
+        assert np.all(np.isneginf(scores[query, len(real) :]))
+
+
 def test_index_params_round_trip_through_save_and_load(clustered_data, tmp_path):
     keys, queries = clustered_data
     index = KeyIndex.build(

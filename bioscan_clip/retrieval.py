@@ -85,7 +85,7 @@ PROGRESS_MIN_KEYS = 100_000
 # IVF-PQ candidates re-scored exactly per query when the caller does not say: DEFAULT_RERANK per RERANK_PER_KEYS keys,
 # at least DEFAULT_RERANK. The true neighbour's rank among the 4-bit PQ scores grows with the key count, and the
 # candidates, not nprobe, are what recall needs: on 2M clustered 768-d keys, nprobe 16/32/64 all gave recall@1 0.925
-# with 64 candidates and 0.985 with 128 (benchmarks/bench_index.py measures the defaults at 200k, 1M and 2M keys).
+# with 64 candidates and 0.985 with 128 (benchmarks/bench_index.py measures the defaults from 200k to 5.15M keys).
 DEFAULT_RERANK = 64
 RERANK_PER_KEYS = 1_000_000
 # faiss's exhaustive search multiplies 4096 queries by 1024 keys at a time: at 768-d that small key block runs sgemm

@@ -157,21 +157,18 @@ def sha256_of_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def load_clibd_checkpoint(path: str | os.PathLike, allow_unsafe_pickle: bool = False) -> dict[str, torch.Tensor]:
+def load_clibd_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Loads a CLIBD ``.pth`` file as a flat ``{name: tensor}`` dict, without executing pickled code.
 
     Args:
         path (`str` or `os.PathLike`): the checkpoint.
-        allow_unsafe_pickle (`bool`, *optional*, defaults to `False`):
-            Fall back to a full unpickle (``weights_only=False``), which runs whatever code the file holds, when the
-            restricted loader refuses the file. Only for files from a source you trust, ideally in a sandbox.
 
     Returns:
         `dict[str, torch.Tensor]`. A ``{"state_dict": ...}`` or ``{"model": ...}`` wrapper is unwrapped.
 
     Raises:
-        `ClibdCheckpointError`: the file is missing, holds non-tensor objects (without ``allow_unsafe_pickle``), or
-        is not a mapping of names to tensors.
+        `ClibdCheckpointError`: the file is missing, holds non-tensor objects (a full unpickle would run their
+        code: never done here), or is not a mapping of names to tensors.
     """
     path = Path(path)
     if not path.is_file():
@@ -180,16 +177,12 @@ def load_clibd_checkpoint(path: str | os.PathLike, allow_unsafe_pickle: bool = F
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         reason = str(error).strip().splitlines()[-1][:300]
-        if not allow_unsafe_pickle:
-            raise ClibdCheckpointError(
-                f"{path}: refused to load with torch.load(weights_only=True): the file holds objects other than "
-                f"tensors and plain containers, or is not a torch checkpoint (torch: {reason}). Loading it fully "
-                "would execute the code it contains. If you trust its source, convert it in a sandbox with "
-                "--allow-unsafe-pickle (allow_unsafe_pickle=True)."
-            ) from error
-        logger.warning("%s: loading with weights_only=False (--allow-unsafe-pickle): this runs pickled code", path)
-        # Deliberately unsafe, and only on the user's explicit request (STYLE_AND_RELIABILITY.md §2a).
-        loaded = torch.load(path, map_location="cpu", weights_only=False)
+        raise ClibdCheckpointError(
+            f"{path}: refused to load with torch.load(weights_only=True): the file holds objects other than "
+            f"tensors and plain containers, or is not a torch checkpoint (torch: {reason}). Loading it fully "
+            "would execute the code it contains, which this tool never does. If you trust its source, re-save "
+            "its tensors alone in a sandbox (torch.save(dict(state_dict), 'plain.pth')) and convert that file."
+        ) from error
     except (RuntimeError, EOFError, OSError) as error:
         raise ClibdCheckpointError(f"{path}: not a readable torch checkpoint ({error})") from error
     if isinstance(loaded, Mapping):
@@ -875,7 +868,6 @@ def convert_clibd_checkpoint(
     *,
     text_tokenizer: Any = None,
     num_attention_heads: Mapping[str, int] | None = None,
-    allow_unsafe_pickle: bool = False,
     overwrite: bool = False,
 ) -> ClibdConversionReport:
     r"""Converts one CLIBD ``.pth`` file into a ``save_pretrained`` folder (safetensors, processor, model card).
@@ -893,7 +885,6 @@ def convert_clibd_checkpoint(
             equal the checkpoint's text vocabulary. Without it, the image processor and DNA tokenizer are saved but
             not the full processor, and the model card says how to add it.
         num_attention_heads (`Mapping[str, int]`, *optional*): see [`convert_clibd_state_dict`].
-        allow_unsafe_pickle (`bool`, *optional*, defaults to `False`): see [`load_clibd_checkpoint`].
         overwrite (`bool`, *optional*, defaults to `False`): write into a non-empty ``out_dir``.
 
     Returns:
@@ -912,7 +903,7 @@ def convert_clibd_checkpoint(
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise BioscanInputError(f"{out_dir} is not empty; choose another folder or pass overwrite=True (--overwrite)")
-    state_dict = load_clibd_checkpoint(path, allow_unsafe_pickle=allow_unsafe_pickle)
+    state_dict = load_clibd_checkpoint(path)
     model, report = convert_clibd_state_dict(state_dict, variant, num_attention_heads=num_attention_heads)
     report.source = os.fspath(path)
     report.source_sha256 = sha256_of_file(path)
@@ -977,11 +968,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             default=None,
             help=f"attention heads of the {tower} tower (default: {_HEAD_RULE})",
         )
-    parser.add_argument(
-        "--allow-unsafe-pickle",
-        action="store_true",
-        help="load a checkpoint holding non-tensor objects with a full unpickle (runs its code!)",
-    )
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
 
 
@@ -996,7 +982,6 @@ def run(args: argparse.Namespace) -> int:
             args.barcodebert_tokenizer,
             text_tokenizer=args.text_tokenizer,
             num_attention_heads={k: v for k, v in heads.items() if v is not None},
-            allow_unsafe_pickle=args.allow_unsafe_pickle,
             overwrite=args.overwrite,
         )
     except BioscanInputError as error:

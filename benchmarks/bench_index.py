@@ -12,8 +12,8 @@ numpy-normalise-then-faiss-add build; exact flat search q/s beside numpy sgemm o
 vectors.npy: recall@1 against exact, q/s and the searching process's anonymous RAM (index codes; the vectors stay
 file-backed pages), measured in a fresh process that loads the saved index. Large size: 1M, 2M and the 5.15M x 768
 moonshot (<= 1 GB RAM, recall@1 >= 0.95, >= 1 000 q/s on 2 cores; about 50 GB of scratch disk, 20 GB of RAM, 10 min).
-Past 2M keys a flat index beside the resident keys does not fit 23 GB: exact neighbours come from streaming sgemm over
-the keys file instead, and the flat figures are left out.
+Past 2M keys a flat index beside the resident keys does not fit 23 GB: exact neighbours come from `KeyIndex.exact_search`
+(blocked sgemm over the IVF-PQ folder's memory-mapped vectors) instead, and the flat figures are left out.
 
     python benchmarks/bench_index.py [--size smoke|default|large]
 """
@@ -155,19 +155,6 @@ def _sgemm(queries: np.ndarray, keys: np.ndarray, query_block: int, key_block: i
     return run
 
 
-def _exact_top1(queries: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Row of each query's best key by blocked sgemm over `keys` (a memory-mapped file: no flat index in RAM)."""
-    best = np.full(len(queries), -np.inf, dtype=np.float32)
-    rows = np.zeros(len(queries), dtype=np.int64)
-    for start in range(0, len(keys), CHUNK):
-        scores = queries @ np.asarray(keys[start : start + CHUNK]).T
-        top = scores.argmax(axis=1)
-        value = scores[np.arange(len(queries)), top]
-        better = value > best
-        best[better], rows[better] = value[better], top[better] + start
-    return rows[:, None]
-
-
 def _figures_at(count: int, dim: int, n_queries: int, work: Path) -> list[Figure]:
     import faiss
 
@@ -243,8 +230,8 @@ def _figures_at(count: int, dim: int, n_queries: int, work: Path) -> list[Figure
                 f"{EXACT_REPEATS}; the heap top-k over every score is work the baseline leaves out",
             )
         )
-    else:
-        truth = _exact_top1(queries, keys)
+    else:  # blocked sgemm over the IVF-PQ folder's memory-mapped vectors: no flat index in RAM
+        truth = KeyIndex.load(work / f"ivfpq{count}", verify=False).exact_search(queries, K)[1]
         np.save(work / "truth.npy", truth)
         exact_seconds = None
 

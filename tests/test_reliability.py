@@ -307,9 +307,7 @@ def test_no_pickle_loading_without_weights_only_in_the_package():
             name = node.func.attr
             owner = node.func.value.id if isinstance(node.func.value, ast.Name) else None
             safe = any(k.arg == "weights_only" and getattr(k.value, "value", None) is True for k in node.keywords)
-            if (owner == "torch" and name == "load" and not safe) or (
-                owner == "pickle" and name in ("load", "loads")
-            ):
+            if (owner == "torch" and name == "load" and not safe) or (owner == "pickle" and name in ("load", "loads")):
                 offenders.append(f"{path.name}:{node.lineno} {owner}.{name}")
             if name == "register_for_checkpointing":
                 offenders.append(f"{path.name}:{node.lineno} register_for_checkpointing")

@@ -227,10 +227,11 @@ class ImageAugmentation:
         self.max_rotation = max_rotation
 
     def __call__(self, image: Image.Image, rng: np.random.Generator) -> Image.Image:
-        width, height = image.size
-        factor = self.resize_shortest_edge / min(width, height)
-        image = image.resize((max(1, round(width * factor)), max(1, round(height * factor))), Image.Resampling.BILINEAR)
-        width, height = image.size
+        # The crop is drawn on the image resized to the shortest edge, as the original does, then cut and resized
+        # from the full image in one resample: the same crop, and half the pixel work of resizing twice.
+        full_width, full_height = image.size
+        factor = self.resize_shortest_edge / min(full_width, full_height)
+        width, height = max(1, round(full_width * factor)), max(1, round(full_height * factor))
         box = (0, 0, width, height)
         for _ in range(10):  # rejection sampling of a crop that fits, as torchvision does
             area = width * height * rng.uniform(*self.scale)
@@ -240,7 +241,9 @@ class ImageAugmentation:
                 left, top = int(rng.integers(0, width - crop_w + 1)), int(rng.integers(0, height - crop_h + 1))
                 box = (left, top, left + crop_w, top + crop_h)
                 break
-        image = image.resize((self.crop_size, self.crop_size), Image.Resampling.BILINEAR, box=box)
+        x_scale, y_scale = full_width / width, full_height / height
+        full_box = (box[0] * x_scale, box[1] * y_scale, box[2] * x_scale, box[3] * y_scale)
+        image = image.resize((self.crop_size, self.crop_size), Image.Resampling.BILINEAR, box=full_box)
         if rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if rng.random() < 0.5:

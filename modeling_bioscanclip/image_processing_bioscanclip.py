@@ -324,15 +324,19 @@ class BioscanClipImageProcessor(BaseImageProcessor):
     def to_array(self, image: Image.Image | np.ndarray) -> np.ndarray:
         """A crop-size RGB image (or its float (3, H, W) pixels in [0, 1]) as a float32 (3, H, W) array,
         rescaled and optionally normalised."""
+        if not self.do_normalize:
+            if isinstance(image, np.ndarray):
+                return image
+            return np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
+        mean = np.asarray(self.image_mean, dtype=np.float32)
+        std = np.asarray(self.image_std, dtype=np.float32)
         if isinstance(image, np.ndarray):
-            array = image
-        else:
-            array = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0
-        if self.do_normalize:
-            mean = np.asarray(self.image_mean, dtype=np.float32)[:, None, None]
-            std = np.asarray(self.image_std, dtype=np.float32)[:, None, None]
-            array = (array - mean) / std
-        return array
+            return (image - mean[:, None, None]) / std[:, None, None]
+        # (x / 255 - mean) / std folded into one scale and one offset on the uint8 (H, W, 3) pixels: this runs for
+        # every training image, in the loader, where each pass over the pixels costs loading time.
+        array = np.multiply(np.asarray(image), 1.0 / (255.0 * std), dtype=np.float32)
+        array -= mean / std
+        return array.transpose(2, 0, 1)
 
     def augment(self, image: Image.Image, augmentation: Augmentation) -> Image.Image:
         """Applies a train-time ``augmentation`` in place of :meth:`resize_and_crop`, checking what it returns."""

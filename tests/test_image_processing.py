@@ -214,3 +214,23 @@ def test_reference_mode_resizes_float_pixels_with_a_truncated_long_side():
     with pytest.raises(ValueError, match="jpeg_draft"):
         BioscanClipImageProcessor(reference_mode=True, jpeg_draft=True)
     assert BioscanClipImageProcessor.from_dict(processor.to_dict()).reference_mode  # saved with the processor
+
+
+def test_train_augmentation_crops_the_full_image_in_one_resample():
+    from bioscan_clip.data import ImageAugmentation
+
+    augmentation = ImageAugmentation(resize_shortest_edge=72, crop_size=64)
+    # A smooth 1024x768 picture (the size of a BIOSCAN-1M photo) whose pixels say where they come from.
+    y, x = np.mgrid[0:768, 0:1024].astype(np.float32)
+    pixels = np.stack([x / 4, y / 3, 127 + 100 * np.sin(x / 90) * np.cos(y / 70)], axis=-1)
+    full = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+    resized_first = full.resize((96, 72), Image.Resampling.BILINEAR)  # what the original crops from
+    for seed in range(8):
+        # The crop box is drawn on the shortest-edge size either way, so the same draws give the same crop: from
+        # the full image in one resample, and from the image the original resizes first.
+        once = np.asarray(augmentation(full, np.random.default_rng(seed)), dtype=np.float32)
+        twice = np.asarray(augmentation(resized_first, np.random.default_rng(seed)), dtype=np.float32)
+        other = np.asarray(augmentation(full, np.random.default_rng(seed + 100)), dtype=np.float32)
+        assert once.shape == (64, 64, 3)
+        assert np.abs(once - twice).mean() < 1.0
+        assert np.abs(once - other).mean() > 3 * np.abs(once - twice).mean()

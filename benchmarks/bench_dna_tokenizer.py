@@ -46,7 +46,6 @@ SETTINGS = {
 }
 TARGET = 10.0  # x the plain loop (issue 14, target 1)
 FLAT = 0.8  # slowest batch size / fastest: what we call flat
-SEQUENCE_IDS = 133  # ids per barcode: the prefix and 132 5-mers of 660 nt
 
 
 def real_barcodes(count: int, seed: int = 0) -> list[str]:
@@ -166,17 +165,29 @@ def _mode_figures(mode: str, barcodes: list[str], batch_sizes: tuple[int, ...], 
     if min(rates) / max(rates) < FLAT:
         figures.append(
             _warm_pages_figure(
-                mode, batched(max(batch_sizes)), functions["plain"], max(batch_sizes), nucleotides, repeats
+                mode,
+                max(batch_sizes),
+                batched(max(batch_sizes)),
+                functions["plain"],
+                expected.shape,
+                nucleotides,
+                repeats,
             )
         )
     return figures
 
 
 def _warm_pages_figure(
-    mode: str, run: Callable[[], object], plain: Callable[[], object], size: int, nucleotides: int, repeats: int
+    mode: str,
+    size: int,
+    run: Callable[[], object],
+    plain: Callable[[], object],
+    shape: tuple[int, int],
+    nucleotides: int,
+    repeats: int,
 ) -> Figure:
-    """The largest batch timed right after the same call (its freed pages still warm), with the kernel's share of
-    each time, and the result's bytes alone (int64 ids and mask, 2 x 133 x 8 bytes per barcode) written fresh after
+    """The largest batch (`size`, run by `run`) timed right after the same call (its freed pages still warm), with
+    the kernel's share of each time, and the result's bytes alone (int64 ids and mask of `shape`) written fresh after
     the plain loop: what the interleaved figure pays on top is the kernel faulting in fresh (huge) pages for the
     result right after the plain loop freed its lists, which any code making that result pays."""
 
@@ -189,7 +200,7 @@ def _warm_pages_figure(
         return elapsed, kernel
 
     def fresh_fill() -> list[np.ndarray]:  # the result's bytes alone: int64 ids and mask, written once
-        return [np.ones((size, SEQUENCE_IDS), dtype=np.int64) for _ in range(2)]
+        return [np.ones(shape, dtype=np.int64) for _ in range(2)]
 
     def after_plain(function: Callable[[], object]) -> tuple[float, float]:
         lists = plain()  # as in the interleaved runs: the plain loop's lists made and freed first
@@ -209,7 +220,7 @@ def _warm_pages_figure(
         baseline="the same call right after the plain loop's lists were freed",
         baseline_value=round(nucleotides / cold_s / 1e6, 2),
         note=f"kernel (system) time {cold_sys:.2f} s of {cold_s:.2f} s after the plain loop, {warm_sys:.2f} s of "
-        f"{warm_s:.2f} s warm; writing the result's {2 * size * SEQUENCE_IDS * 8 / 1e6:.0f} MB alone (np.ones, "
+        f"{warm_s:.2f} s warm; writing the result's {2 * 8 * shape[0] * shape[1] / 1e6:.0f} MB alone (np.ones, "
         f"fresh after the plain loop) takes {fill_s:.2f} s, {fill_sys:.2f} s of it in the kernel: the large batch's "
         "shortfall is the kernel faulting in fresh pages for its result, not the tokenizer's own work",
     )

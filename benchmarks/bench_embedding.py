@@ -59,6 +59,7 @@ def _barcodes(count: int) -> list[str]:
 def _embedding_figures(preset: str, count: int, batch: int, repeats: int) -> list[Figure]:
     from bioscan_clip.data import SpecimenDataset, image_file_records
     from bioscan_clip.features import IMAGE, embed_dataset, loader_workers
+    from bioscan_clip.sharding import usable_cores
 
     paths = sorted(str(p) for p in PHOTOS.glob("*.jpg"))[:count]
     if len(paths) < count:
@@ -103,7 +104,7 @@ def _embedding_figures(preset: str, count: int, batch: int, repeats: int) -> lis
     cosine = np.sum(draft * full.numpy(), axis=1)
 
     ratio = rate["project"] / rate["bare"]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     # The loader's decoding and the forward run on the same cores: perfectly overlapped, an image costs one core's
     # decode time plus the forward's time on every core, spread over all of them.
     overlap_limit = cores / (1 / rate["decode"] + cores / rate["bare"])

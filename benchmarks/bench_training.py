@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from bioscan_clip.sharding import usable_cores
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Figure, standalone  # noqa: E402
 
@@ -36,10 +38,6 @@ SETTINGS = {
 }
 ONE_PROCESS = ["--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
 TWO_PROCESSES = ["--multi_gpu", *ONE_PROCESS[:1], "2", *ONE_PROCESS[2:]]
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _train_args(data_dir: Path, cache: Path, out: Path, batch: int, steps: int, *extra: str) -> list[str]:
@@ -108,7 +106,7 @@ def bare_loop(data_dir: Path, cache: Path, out: Path, batch: int, steps: int):
 
     def timed(items) -> float:
         previous = torch.get_num_threads()
-        torch.set_num_threads(_cores())
+        torch.set_num_threads(usable_cores())
         try:
             step(next(items))  # warm-up, as the project's figure leaves out its first step
             start = time.perf_counter()
@@ -139,15 +137,17 @@ def _shortfall(best: dict[str, float], ratio: float, overlap_limit: float) -> st
     """The measured cause of a 1-process shortfall, from the loader-fed bare loop beside the project's figure."""
     fed = best["fed"] / best["bare"]
     if fed <= ratio + 0.03:
-        return (
+        cause = (
             f"the bare loop fed by the same loader reaches {fed:.2f}x too: loading on the same cores is the cause "
-            f"(next figures), not the training loop; perfectly overlapped it would still cap the training at "
-            f"{overlap_limit / best['bare']:.2f}x (the limit)"
+            "(next figures), not the training loop"
         )
-    return (
-        f"the bare loop fed by the same loader reaches {fed:.2f}x, so loading costs {1 - fed:.0%} and the training "
-        f"loop's own work (Accelerate's wrappers, the finite-loss gather, the scheduler, logging) {fed - ratio:.0%}"
-    )
+    else:
+        cause = (
+            f"the bare loop fed by the same loader reaches {fed:.2f}x, so loading costs {1 - fed:.0%} and the "
+            f"training loop's own work (Accelerate's wrappers, the finite-loss gather, the scheduler, logging) "
+            f"{fed - ratio:.0%}"
+        )
+    return f"{cause}; even perfectly overlapped, loading caps the training at {overlap_limit / best['bare']:.2f}x (the limit)"
 
 
 def measure(size: str) -> list[Figure]:
@@ -155,7 +155,7 @@ def measure(size: str) -> list[Figure]:
     from bioscan_clip.data import load_splits
     from dataset_scripts.synth import generate_mini_bioscan
 
-    cores = _cores()
+    cores = usable_cores()
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
         root = Path(tmp)
         data_dir = generate_mini_bioscan(root / "mini", seed=0, size=mini_size, progress=False)

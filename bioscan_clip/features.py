@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from bioscan_clip.data import SpecimenDataset, model_inputs
 from bioscan_clip.dna_augmentation import clean_barcodes, frame_shifted_barcodes
+from bioscan_clip.sharding import usable_cores
 from modeling_bioscanclip import BioscanInputError
 from modeling_bioscanclip.configuration_bioscanclip import MODALITIES
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
@@ -134,8 +135,7 @@ def loader_workers(dataset: SpecimenDataset, batch_size: int, processes: int = 1
     a single batch (nothing to overlap)."""
     if dataset.images is None or len(dataset) <= batch_size:
         return 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(8, max(1, cores // max(1, processes) // 2))
+    return min(8, max(1, usable_cores() // max(1, processes) // 2))
 
 
 def dna_frames_of(model: Any) -> int:

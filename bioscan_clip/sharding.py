@@ -30,7 +30,8 @@ class ShardFailedError(RuntimeError):
     """Another process of the job died before the gather; its own error is what to read."""
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask: what a container or `taskset` grants)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -129,7 +130,7 @@ def process_shard() -> ProcessShard:
     """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         if "ACCELERATE_MIXED_PRECISION" in os.environ:  # a 1-process `accelerate launch`: it exported 1 thread
-            torch.set_num_threads(_usable_cores())
+            torch.set_num_threads(usable_cores())
         return ProcessShard(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     import torch.distributed as dist
     from accelerate import PartialState
@@ -137,7 +138,7 @@ def process_shard() -> ProcessShard:
     state = PartialState(cpu=not torch.cuda.is_available())  # joins the process group the launcher set up
     local = int(os.environ.get("LOCAL_WORLD_SIZE", state.num_processes))
     if state.device.type == "cpu":  # the machine's cores, shared by its processes (not the 1 Accelerate exports)
-        torch.set_num_threads(max(1, _usable_cores() // max(1, local)))
+        torch.set_num_threads(max(1, usable_cores() // max(1, local)))
     # The gather runs on CPU objects whatever the model's device: a gloo group, with a timeout for the slowest shard.
     group = dist.new_group(backend="gloo", timeout=GATHER_TIMEOUT)
     return ProcessShard(state.process_index, state.num_processes, state.device, group, local)

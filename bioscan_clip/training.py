@@ -52,6 +52,7 @@ from bioscan_clip.dna_augmentation import DnaAugmentation
 from bioscan_clip.evaluation import evaluate_retrieval, format_table, selection_score
 from bioscan_clip.features import VALIDATION_PAIRS, embed_dataset, labels_of
 from bioscan_clip.safe_io import DEBUG_ENV, error_boundary
+from bioscan_clip.sharding import usable_cores
 from bioscan_clip.text_tokenizer import train_taxonomy_tokenizer
 from dataset_scripts import RETRIEVAL_SPLITS
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, contrastive_loss, taxonomy_to_text
@@ -262,18 +263,13 @@ def _accelerator(config: TrainConfig) -> Accelerator:
     return accelerator
 
 
-def _usable_cores() -> int:
-    """The cores this process may run on (its affinity mask: what a container or `taskset` grants)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def _set_threads(config: TrainConfig, accelerator: Any) -> tuple[int, int]:
     """Sets torch's thread count and picks the loader workers: every core given, never a silent single thread.
 
     `accelerate launch` exports OMP_NUM_THREADS=1 unless told otherwise, which alone halves a 2-core CPU run.
     """
     local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
-    cores = _usable_cores()
+    cores = usable_cores()
     per_process = max(1, cores // max(1, local))
     threads = config.num_threads or per_process
     torch.set_num_threads(threads)

@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from modeling_bioscanclip import BioscanClipImageProcessor, BioscanImageError, load_image_safely
 
@@ -127,6 +127,30 @@ def test_large_real_photo_goes_through(realdata):
     assert pixels.shape == (1, 3, 224, 224) and torch.isfinite(pixels).all()
 
 
+def test_real_photos_load_as_pillow_decodes_them(realdata):
+    # The loader hands back the decoded picture itself (no copies): the same pixels as a plain Pillow decode,
+    # still usable once the loader has returned, whether it read a path or bytes.
+    paths = sorted((realdata / "3dlg-hcvc__Bioscan-ImgFilter/images").glob("*.jpg"))[:4]
+    for path in paths:
+        with Image.open(path) as plain:
+            expected = np.asarray(ImageOps.exif_transpose(plain).convert("RGB"))
+        for source in (str(path), path.read_bytes()):
+            loaded = load_image_safely(source)
+            assert loaded.mode == "RGB"
+            np.testing.assert_array_equal(np.asarray(loaded), expected)
+            assert loaded.resize((32, 24)).size == (32, 24)
+
+
+def test_normalisation_uses_each_channels_mean_and_std():
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)  # CLIP's
+    processor = BioscanClipImageProcessor(resize_shortest_edge=32, crop_size=32, image_mean=mean, image_std=std)
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, size=(32, 32, 3), dtype=np.uint8))
+    expected = (np.asarray(image, dtype=np.float64).transpose(2, 0, 1) / 255.0 - np.array(mean)[:, None, None]) / (
+        np.array(std)[:, None, None]
+    )
+    np.testing.assert_allclose(processor(image)["pixel_values"][0].numpy(), expected, atol=1e-5)
+
+
 def test_processor_save_load(tmp_path):
     processor = BioscanClipImageProcessor(resize_shortest_edge=72, crop_size=64, do_normalize=False)
     processor.save_pretrained(tmp_path)
@@ -234,3 +258,19 @@ def test_train_augmentation_crops_the_full_image_in_one_resample():
         assert once.shape == (64, 64, 3)
         assert np.abs(once - twice).mean() < 1.0
         assert np.abs(once - other).mean() > 3 * np.abs(once - twice).mean()
+
+
+def test_train_augmentation_in_one_resample_on_real_photos(realdata):
+    from bioscan_clip.data import ImageAugmentation
+
+    augmentation = ImageAugmentation(resize_shortest_edge=72, crop_size=64)
+    for path in sorted((realdata / "3dlg-hcvc__Bioscan-ImgFilter/images").glob("*.jpg"))[:3]:
+        full = load_image_safely(str(path))
+        resized_first = full.resize((96, 72), Image.Resampling.BILINEAR)
+        for seed in range(4):
+            once = np.asarray(augmentation(full, np.random.default_rng(seed)), dtype=np.float32)
+            twice = np.asarray(augmentation(resized_first, np.random.default_rng(seed)), dtype=np.float32)
+            other = np.asarray(augmentation(full, np.random.default_rng(seed + 100)), dtype=np.float32)
+            # A real photo's detail survives one resample a little better than two: 0.2-1.2 grey levels apart.
+            assert np.abs(once - twice).mean() < 2.0
+            assert np.abs(once - other).mean() > 3 * np.abs(once - twice).mean()

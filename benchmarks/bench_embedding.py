@@ -38,8 +38,8 @@ TARGETS = {"tiny": 0.6, "clibd-1m": 0.9}
 
 
 def _model_and_processor(preset: str):
-    from bioscan_clip import presets
-    from bioscan_clip.text_tokenizer import train_taxonomy_tokenizer
+    from bioscan_clip.training import presets
+    from bioscan_clip.training.text_tokenizer import train_taxonomy_tokenizer
     from modeling_bioscanclip import BioscanClipModel
 
     tokenizer = train_taxonomy_tokenizer(["Diptera Sciaridae Bradysia", "Hymenoptera Formicidae Lasius"], 120)
@@ -57,7 +57,7 @@ def _barcodes(count: int) -> list[str]:
 
 
 def _embedding_figures(preset: str, count: int, batch: int, repeats: int) -> list[Figure]:
-    from bioscan_clip.data import SpecimenDataset, image_file_records
+    from bioscan_clip.data.specimens import SpecimenDataset, image_file_records
     from bioscan_clip.features import IMAGE, embed_dataset, loader_workers
     from bioscan_clip.sharding import usable_cores
 
@@ -175,7 +175,7 @@ def _embedding_figures(preset: str, count: int, batch: int, repeats: int) -> lis
 def _dna_figure(count: int, batch: int, repeats: int) -> Figure:
     import datasets
 
-    from bioscan_clip.data import SpecimenDataset
+    from bioscan_clip.data.specimens import SpecimenDataset
     from bioscan_clip.features import DNA, embed_dataset
 
     model, processor = _model_and_processor("tiny")

@@ -53,12 +53,13 @@ def launch(launcher: list[str] | None, args: list[str]) -> dict:
     Without a launcher (the smoke size), the same training in this process, with OMP_NUM_THREADS=1 as Accelerate
     sets it."""
     if launcher is None:
-        from bioscan_clip import training
+        from bioscan_clip.apps import train as train_app
+        from bioscan_clip.training import loop
 
         previous, threads = os.environ.get("OMP_NUM_THREADS"), torch.get_num_threads()
         os.environ["OMP_NUM_THREADS"] = "1"
         try:
-            return training.train(training.parse_args(args)).summary
+            return loop.train(train_app.parse_args(args)).summary
         finally:
             torch.set_num_threads(threads)
             if previous is None:
@@ -80,24 +81,24 @@ def bare_loop(data_dir: Path, cache: Path, out: Path, batch: int, steps: int):
     by the training's own loader (one persistent worker, prefetch 4); the loader's CPU seconds per batch alone."""
     from accelerate import Accelerator
 
-    from bioscan_clip import training
+    from bioscan_clip.training import TrainConfig, loop
 
-    config = training.TrainConfig.from_preset(
+    config = TrainConfig.from_preset(
         "tiny", source="mini", data_dir=str(data_dir), cache_dir=str(cache), output_dir=str(out),
         batch_size=batch, report_to="none", eval_every_epochs=0, cpu=True,
     )  # fmt: skip
-    train_set, _, processor = training._datasets(config, Accelerator(cpu=True), out)
+    train_set, _, processor = loop._datasets(config, Accelerator(cpu=True), out)
     loader = torch.utils.data.DataLoader(train_set, batch_size=batch, shuffle=True, drop_last=True)
     batches = []
     while len(batches) < steps + 1:
         batches += list(loader)
     batches = batches[: steps + 1]
     torch.manual_seed(0)
-    model = training._model(config, len(processor.tokenizer))
+    model = loop._model(config, len(processor.tokenizer))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
 
     def step(item):
-        loss = training.training_loss(model, item)
+        loss = loop.training_loss(model, item)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
@@ -152,7 +153,7 @@ def _shortfall(best: dict[str, float], ratio: float, overlap_limit: float) -> st
 
 def measure(size: str) -> list[Figure]:
     mini_size, batch, steps, repeats, two_processes = SETTINGS[size]
-    from bioscan_clip.data import load_splits
+    from bioscan_clip.data.spec import load_splits
     from dataset_scripts.synth import generate_mini_bioscan
 
     cores = usable_cores()

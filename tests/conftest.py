@@ -74,7 +74,7 @@ def tiny_config_kwargs(modalities=("image", "dna", "text"), text_vocab_size: int
 
 @pytest.fixture(scope="session")
 def text_tokenizer():
-    from bioscan_clip.text_tokenizer import train_taxonomy_tokenizer
+    from bioscan_clip.training.text_tokenizer import train_taxonomy_tokenizer
     from modeling_bioscanclip import taxonomy_to_text
 
     return train_taxonomy_tokenizer([taxonomy_to_text(r) for r in TAXONOMY_SAMPLE] * 3, vocab_size=120)
@@ -102,7 +102,7 @@ def mini_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def mini_cache(tmp_path_factory, mini_dir) -> Path:
     """The builder cache of :func:`mini_dir`, prepared once per session."""
-    from bioscan_clip.data import load_splits
+    from bioscan_clip.data.spec import load_splits
 
     cache = tmp_path_factory.mktemp("hf-cache")
     load_splits("mini", str(mini_dir), cache_dir=str(cache))
@@ -112,7 +112,7 @@ def mini_cache(tmp_path_factory, mini_dir) -> Path:
 @pytest.fixture(scope="session")
 def trained_tiny(tmp_path_factory, mini_dir, mini_cache) -> Path:
     """A tiny-preset model trained for a few epochs on the tiny mini-BIOSCAN (its ``final_model`` folder)."""
-    from bioscan_clip import training
+    from bioscan_clip.apps import train as training
 
     out = tmp_path_factory.mktemp("trained-tiny")
     training.main([

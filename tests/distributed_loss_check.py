@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
-from bioscan_clip.training import training_loss
+from bioscan_clip.training.loop import training_loss
 from modeling_bioscanclip import BioscanClipConfig, BioscanClipModel, contrastive_loss
 
 

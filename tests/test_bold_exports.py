@@ -11,8 +11,9 @@ import datasets
 import pandas as pd
 import pytest
 
-from bioscan_clip import cli, training
-from bioscan_clip.data import DataSpec
+from bioscan_clip.apps import cli
+from bioscan_clip.apps import train as training
+from bioscan_clip.data.spec import DataSpec
 from dataset_scripts import BoldExport, DataIntegrityError, read_query_table, read_table
 
 CURATION = "bge-barcoding__bold-library-curation"

@@ -19,8 +19,8 @@ from conftest import REPO_ROOT
 from reliability_fixtures import save_tiny_model
 
 from bioscan_clip import sharding
-from bioscan_clip.cli import main
-from bioscan_clip.data import SpecimenDataset, image_file_records
+from bioscan_clip.apps.cli import main
+from bioscan_clip.data.specimens import SpecimenDataset, image_file_records
 from bioscan_clip.features import IMAGE, embed_dataset
 from bioscan_clip.sharding import ProcessShard, process_shard, shard_bounds
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanImageError
@@ -79,7 +79,7 @@ def test_loader_workers_give_the_same_embeddings_and_one_line_errors(tmp_path, t
 
 
 def test_embedding_to_disk_gives_the_in_memory_features_memory_mapped(tmp_path, tiny_processor, mini_dir, mini_cache):
-    from bioscan_clip.data import load_splits
+    from bioscan_clip.data.spec import load_splits
     from bioscan_clip.features import AVERAGED, CONCATENATED, DNA, KEY_FEATURES
 
     model = BioscanClipModel.from_pretrained(save_tiny_model(tmp_path / "model", tiny_processor, seed=1)).eval()
@@ -105,9 +105,9 @@ def test_index_embeds_its_keys_to_disk_and_indexes_them_from_there(
     from pathlib import Path
 
     from bioscan_clip import identification
-    from bioscan_clip.data import load_splits
+    from bioscan_clip.data.spec import load_splits
     from bioscan_clip.features import KEY_FEATURES
-    from bioscan_clip.retrieval import KeyIndex
+    from bioscan_clip.retrieval.key_index import KeyIndex
 
     model = BioscanClipModel.from_pretrained(save_tiny_model(tmp_path / "model", tiny_processor, seed=1)).eval()
     splits, _ = load_splits("mini", str(mini_dir), cache_dir=str(mini_cache))

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from bioscan_clip import presets
-from bioscan_clip.data import SpecimenDataset, model_inputs
-from bioscan_clip.dna_augmentation import DNA_STREAM, DnaAugmentation, clean_barcodes, frame_shifted_barcodes
+from bioscan_clip.training import presets
+from bioscan_clip.data.specimens import SpecimenDataset, model_inputs
+from bioscan_clip.data.augmentation import DNA_STREAM, DnaAugmentation
+from bioscan_clip.data.barcodes import clean_barcodes, frame_shifted_barcodes
 from bioscan_clip.features import dna_frames_of, embed_dataset, embed_inputs
-from bioscan_clip.text_tokenizer import train_taxonomy_tokenizer
-from bioscan_clip.training import TrainConfig
+from bioscan_clip.training.text_tokenizer import train_taxonomy_tokenizer
+from bioscan_clip.training.config import TrainConfig
 from modeling_bioscanclip import (
     BioscanClipConfig,
     BioscanClipModel,
@@ -308,7 +309,7 @@ def test_augmentation_makes_off_frame_real_barcodes_find_their_species(realdata)
 def test_docstring_example_runs():
     import doctest
 
-    from bioscan_clip import dna_augmentation
+    from bioscan_clip.data import augmentation as dna_augmentation
 
     result = doctest.testmod(dna_augmentation, optionflags=doctest.ELLIPSIS, verbose=False)
     assert result.attempted > 0 and result.failed == 0

@@ -24,7 +24,7 @@ import pytest
 from conftest import REPO_ROOT
 
 from bioscan_clip import hub
-from bioscan_clip.cli import main
+from bioscan_clip.apps.cli import main
 
 MODEL_REPO, KEYS_REPO = "my-lab/bioscan-clip-tiny", "my-lab/bioscan-keys"
 METRIC_REPO, SPACE_REPO = "my-lab/taxonomic_retrieval", "my-lab/bioscan-clip-demo"
@@ -61,7 +61,7 @@ def run_hub_user(script: str, env: dict, cwd: Path, *args: str) -> dict:
 def published(tmp_path_factory):
     """The walk-through on untrained tiny folders: each `push` of the README with --dry_run, then each exported
     repository laid out in a Hub cache."""
-    from bioscan_clip.demo import write_untrained_demo_folders
+    from demo_folders import write_untrained_demo_folders
 
     root = tmp_path_factory.mktemp("hub")
     model_dir, key_dir = write_untrained_demo_folders(root / "built", keys=20)
@@ -149,7 +149,7 @@ def test_hub_user_loads_model_processor_records_and_metric_by_repo_id(published)
         assert report[revision]["dna_ids"] == inputs["dna_input_ids"][0].tolist()
         from_hub = torch.load(published.root / f"hub-{revision}.pt", weights_only=True)
         assert torch.equal(from_hub["dna"], by_path.dna_embeds) and torch.equal(from_hub["text"], by_path.text_embeds)
-    from bioscan_clip.identification import key_records
+    from bioscan_clip.identification.key_folder import key_records
 
     records = key_records(published.key_dir)
     assert report["records"]["count"] == len(records) == 20
@@ -160,7 +160,7 @@ def test_hub_user_loads_model_processor_records_and_metric_by_repo_id(published)
 
 def test_the_readme_python_loads_a_colleagues_library_by_repo_id(published):
     """The README's Python block, in a fresh offline process: Identifier.from_pretrained by repo id and revision."""
-    from bioscan_clip.identification import Identifier
+    from bioscan_clip.identification.identifier import Identifier
 
     _, python = readme_walkthrough()
     assert "<keys-commit-sha>" in python
@@ -181,7 +181,7 @@ def test_the_readme_python_loads_a_colleagues_library_by_repo_id(published):
 
 
 def test_key_library_repo_holds_the_key_folder_verbatim(published):
-    from bioscan_clip.identification import verify_key_folder
+    from bioscan_clip.identification.key_folder import verify_key_folder
 
     keys = published.exported["keys"]
     for name in hub.repo_files(published.key_dir):

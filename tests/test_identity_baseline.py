@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bioscan_clip.identity_baseline import IDENTITY_THRESHOLDS, alignment_identity, identity_nearest
+from bioscan_clip.baselines.identity import IDENTITY_THRESHOLDS, alignment_identity, identity_nearest
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 from modeling_bioscanclip.errors_bioscanclip import BioscanInputError
 

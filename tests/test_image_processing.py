@@ -241,7 +241,7 @@ def test_reference_mode_resizes_float_pixels_with_a_truncated_long_side():
 
 
 def test_train_augmentation_crops_the_full_image_in_one_resample():
-    from bioscan_clip.data import ImageAugmentation
+    from bioscan_clip.data.specimens import ImageAugmentation
 
     augmentation = ImageAugmentation(resize_shortest_edge=72, crop_size=64)
     # A smooth 1024x768 picture (the size of a BIOSCAN-1M photo) whose pixels say where they come from.
@@ -261,7 +261,7 @@ def test_train_augmentation_crops_the_full_image_in_one_resample():
 
 
 def test_train_augmentation_in_one_resample_on_real_photos(realdata):
-    from bioscan_clip.data import ImageAugmentation
+    from bioscan_clip.data.specimens import ImageAugmentation
 
     augmentation = ImageAugmentation(resize_shortest_edge=72, crop_size=64)
     for path in sorted((realdata / "3dlg-hcvc__Bioscan-ImgFilter/images").glob("*.jpg"))[:3]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bioscan_clip.kmer_baseline import build_kmer_key_index, kmer_feature_names, kmer_profile
+from bioscan_clip.baselines.kmer import build_kmer_key_index, kmer_feature_names, kmer_profile
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS, kmer_vocabulary
 from modeling_bioscanclip.errors_bioscanclip import BioscanInputError
 from modeling_bioscanclip.tokenization_dna import normalize_barcode

@@ -13,8 +13,8 @@ from fixtures_data import (
     write_official_5m,
 )
 
-from bioscan_clip import cli
-from bioscan_clip.data import DataSpec
+from bioscan_clip.apps import cli
+from bioscan_clip.data.spec import DataSpec
 from dataset_scripts import Bioscan1M, Bioscan5M, DataIntegrityError, generate_mini_bioscan
 
 
@@ -125,7 +125,7 @@ def test_data_options_reach_the_builder(tmp_path):
 
     from fixtures_data import five_m_image, write_5m
 
-    from bioscan_clip.commands import add_data_arguments, data_spec
+    from bioscan_clip.apps.commands.options import add_data_arguments, data_spec
 
     frame = write_5m(tmp_path / "data")
     five_m_image(tmp_path / "data", frame, 4).write_text("not an image")

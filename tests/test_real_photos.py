@@ -19,9 +19,9 @@ import torch
 from conftest import tiny_config_kwargs
 from PIL import Image
 
-from bioscan_clip.cli import main
-from bioscan_clip.demo import DemoHandler
-from bioscan_clip.identification import Identifier
+from bioscan_clip.apps.cli import main
+from bioscan_clip.apps.demo.page import DemoHandler
+from bioscan_clip.identification.identifier import Identifier
 from modeling_bioscanclip import BioscanClipConfig, BioscanClipModel
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -23,9 +23,11 @@ import pytest
 from conftest import REPO_ROOT
 from reliability_fixtures import BARCODE, key_records, save_tiny_model
 
-from bioscan_clip.cli import main
-from bioscan_clip.identification import KEY_MANIFEST, Identifier, build_key_folder, verify_key_folder
-from bioscan_clip.retrieval import KeyIndex
+from bioscan_clip.apps.cli import main
+from bioscan_clip.identification.key_folder import KEY_MANIFEST, verify_key_folder
+from bioscan_clip.identification.identifier import Identifier
+from bioscan_clip.identification.build import build_key_folder
+from bioscan_clip.retrieval.key_index import KeyIndex
 from bioscan_clip.safe_io import KILL_AT_ENV
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError
 
@@ -240,8 +242,8 @@ def train_args(mini_dir, mini_cache, out, *extra: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def checkpointed_run(tmp_path_factory, mini_dir, mini_cache):
-    from bioscan_clip import training
-    from bioscan_clip.checkpoints import list_checkpoints
+    from bioscan_clip.apps import train as training
+    from bioscan_clip.training.checkpoints import list_checkpoints
 
     out = tmp_path_factory.mktemp("pickled") / "run"
     assert training.main(train_args(mini_dir, mini_cache, out, "--max_steps", "2")) == 0
@@ -252,7 +254,7 @@ def checkpointed_run(tmp_path_factory, mini_dir, mini_cache):
 
 
 def test_resume_never_unpickles_a_planted_custom_checkpoint(checkpointed_run, mini_dir, mini_cache, tmp_path, capsys):
-    from bioscan_clip import training
+    from bioscan_clip.apps import train as training
 
     run = tmp_path / "run"
     shutil.copytree(checkpointed_run, run)
@@ -278,7 +280,7 @@ def test_resume_never_unpickles_a_planted_custom_checkpoint(checkpointed_run, mi
 def test_resume_refuses_a_pickle_that_would_run_code(checkpointed_run, mini_dir, mini_cache, tmp_path, planted, capsys):
     import torch
 
-    from bioscan_clip import training
+    from bioscan_clip.apps import train as training
 
     run = tmp_path / "run"
     shutil.copytree(checkpointed_run, run)

@@ -16,8 +16,8 @@ import zlib
 import pytest
 from reliability_fixtures import BARCODE, key_records, png_bytes, save_tiny_model
 
-from bioscan_clip.cli import main
-from bioscan_clip.identification import build_key_folder
+from bioscan_clip.apps.cli import main
+from bioscan_clip.identification.build import build_key_folder
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError
 
 SENTINEL = b"an earlier output that the user kept"
@@ -334,8 +334,8 @@ DEMO_CASES = [
 
 @pytest.fixture(scope="module")
 def demo_handler(world):
-    from bioscan_clip.demo import DemoHandler
-    from bioscan_clip.identification import Identifier
+    from bioscan_clip.apps.demo.page import DemoHandler
+    from bioscan_clip.identification.identifier import Identifier
 
     return DemoHandler(Identifier.load(world["model"], world["keys"]))
 

@@ -12,7 +12,7 @@ import faiss
 import numpy as np
 import pytest
 
-from bioscan_clip.retrieval import KeyIndex, compare_index_types, l2_normalize
+from bioscan_clip.retrieval.key_index import KeyIndex, compare_index_types, l2_normalize
 from modeling_bioscanclip.errors_bioscanclip import BioscanInputError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -440,7 +440,7 @@ def test_auto_index_type_is_chosen_by_key_count(monkeypatch):
 
 def test_the_default_rerank_grows_with_the_key_count():
     from bioscan_clip import retrieval
-    from bioscan_clip.retrieval import resolve_index_params
+    from bioscan_clip.retrieval.key_index import resolve_index_params
 
     # The true neighbour sinks among the PQ scores as keys grow: 64 candidates per million keys, at least 64.
     assert [retrieval.default_rerank(n) for n in (1_000, 1_000_000, 2_000_000, 5_150_000)] == [64, 64, 128, 330]

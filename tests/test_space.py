@@ -57,7 +57,7 @@ def demo_app() -> ModuleType:
 @pytest.fixture(scope="session")
 def demo_folders(tmp_path_factory) -> tuple[Path, Path]:
     """A saved tiny model (random weights) and a key folder of 60 mini-BIOSCAN specimens, calibrated on val."""
-    from bioscan_clip.demo import write_untrained_demo_folders
+    from demo_folders import write_untrained_demo_folders
 
     return write_untrained_demo_folders(tmp_path_factory.mktemp("space"), keys=N_KEYS)
 
@@ -97,7 +97,7 @@ class Served:
 @pytest.fixture(scope="module")
 def served(demo_app, demo_folders, tmp_path_factory):
     """The demo launched on loopback (an ephemeral port), with its own gradio cache folder."""
-    from bioscan_clip.identification import Identifier
+    from bioscan_clip.identification.identifier import Identifier
 
     model_dir, key_dir = demo_folders
     root = tmp_path_factory.mktemp("served")

@@ -46,8 +46,8 @@ def _real_query(realdata: Path) -> tuple[Path, str]:
 def test_exported_space_boots_in_a_fresh_venv_and_answers(tmp_path, realdata):
     from gradio_client import Client, handle_file
 
-    from bioscan_clip.demo import write_untrained_demo_folders
-    from bioscan_clip.identification import Identifier
+    from demo_folders import write_untrained_demo_folders
+    from bioscan_clip.identification.identifier import Identifier
 
     image, barcode = _real_query(realdata)
     wheel = build_wheel(tmp_path / "build")

@@ -13,7 +13,8 @@ import torch
 from conftest import REPO_ROOT
 from safetensors.torch import load_file
 
-from bioscan_clip import checkpoints, training
+from bioscan_clip.apps import train as train_app
+from bioscan_clip.training import checkpoints, loop
 from modeling_bioscanclip import contrastive_targets
 
 
@@ -48,7 +49,8 @@ def test_training_loss_is_the_models_loss(mini_dir, mini_cache, tiny_processor):
     """One loss: in one process, the training step's loss is exactly ``forward(return_loss=True)``'s."""
     from conftest import tiny_config_kwargs
 
-    from bioscan_clip.data import SpecimenDataset, load_splits, model_inputs, role_records
+    from bioscan_clip.data.specimens import SpecimenDataset, model_inputs
+    from bioscan_clip.data.spec import load_splits, role_records
     from modeling_bioscanclip import BioscanClipConfig, BioscanClipModel
 
     splits, roles = load_splits("mini", str(mini_dir), cache_dir=str(mini_cache))
@@ -63,11 +65,11 @@ def test_training_loss_is_the_models_loss(mini_dir, mini_cache, tiny_processor):
     records = SpecimenDataset(named, tiny_processor, modalities)
     batch = next(iter(torch.utils.data.DataLoader(records, batch_size=12)))
     expected = model(**model_inputs(batch), return_loss=True).loss
-    torch.testing.assert_close(training.training_loss(model, batch), expected, rtol=0, atol=0)
+    torch.testing.assert_close(loop.training_loss(model, batch), expected, rtol=0, atol=0)
     # Same-species positives change the targets, so the loss differs when a batch holds a species twice.
     known = batch["species_id"][batch["species_id"] >= 0].tolist()
     assert len(set(known)) < len(known), "the batch must hold a species twice"
-    assert not torch.equal(training.training_loss(model, batch, same_species_positives=True), expected)
+    assert not torch.equal(loop.training_loss(model, batch, same_species_positives=True), expected)
 
 
 def test_same_species_targets():
@@ -79,17 +81,17 @@ def test_same_species_targets():
 
 def test_help_teaches_and_bad_values_are_named(capsys):
     with pytest.raises(SystemExit):
-        training.main(["--help"])
+        train_app.main(["--help"])
     text = capsys.readouterr().out
     assert "--multi_gpu --num_processes" in text and "--resume_from_checkpoint" in text
     assert "(default: 12)" in text  # the preset's defaults, not the dataclass's
     with pytest.raises(SystemExit):
-        training.main(["--preset", "huge"])
+        train_app.main(["--preset", "huge"])
     assert "--preset: invalid choice: 'huge'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        training.parse_args(["--modalities", "image"])
+        train_app.parse_args(["--modalities", "image"])
     assert "--modalities: expected at least two of image,dna,text, got 'image'" in capsys.readouterr().err
-    config = training.parse_args(["--preset", "clibd-5m", "--batch_size", "8"])
+    config = train_app.parse_args(["--preset", "clibd-5m", "--batch_size", "8"])
     assert (config.batch_size, config.epochs, config.mixed_precision, config.max_grad_norm) == (8, 20, "bf16", None)
 
 
@@ -112,9 +114,9 @@ def read_ids(path) -> list[list[int]]:
 def test_resume_continues_exactly(tmp_path, mini_dir, mini_cache):
     common = ["--epochs", "3", "--log_batch_ids"]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    training.main(base_args(mini_dir, mini_cache, straight, *common, "--max_steps", "6"))
+    train_app.main(base_args(mini_dir, mini_cache, straight, *common, "--max_steps", "6"))
     # Half the steps, then a fresh process resumes from the saved state.
-    training.main(base_args(mini_dir, mini_cache, resumed, *common, "--max_steps", "3"))
+    train_app.main(base_args(mini_dir, mini_cache, resumed, *common, "--max_steps", "3"))
     state = json.loads(next((resumed / "checkpoints").glob("checkpoint-*/train_state.json")).read_text())
     assert state["global_step"] == 3
     run_in_fresh_process(
@@ -158,7 +160,7 @@ def test_crash_while_saving_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_nan_loss_is_skipped_then_training_aborts(tmp_path, mini_dir, mini_cache, monkeypatch):
-    original = training.training_loss
+    original = loop.training_loss
     calls = {"n": 0}
 
     def nan_at_second_step(*args, **kwargs):
@@ -166,15 +168,15 @@ def test_nan_loss_is_skipped_then_training_aborts(tmp_path, mini_dir, mini_cache
         loss = original(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 2 else loss
 
-    monkeypatch.setattr(training, "training_loss", nan_at_second_step)
+    monkeypatch.setattr(loop, "training_loss", nan_at_second_step)
     out = tmp_path / "nan-once"
-    training.main(base_args(mini_dir, mini_cache, out, "--max_steps", "4"))
+    train_app.main(base_args(mini_dir, mini_cache, out, "--max_steps", "4"))
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["nan_skips"] == 1 and summary["global_step"] == 4
 
-    monkeypatch.setattr(training, "training_loss", lambda *a, **k: original(*a, **k) * float("inf"))
-    with pytest.raises(training.TrainingDivergedError, match="3 consecutive steps"):
-        training.main(
+    monkeypatch.setattr(loop, "training_loss", lambda *a, **k: original(*a, **k) * float("inf"))
+    with pytest.raises(loop.TrainingDivergedError, match="3 consecutive steps"):
+        train_app.main(
             base_args(mini_dir, mini_cache, tmp_path / "nan-always", "--max_steps", "6", "--max_nan_skips", "3")
         )
 
@@ -199,13 +201,14 @@ def test_accelerate_launch_runs_two_real_processes(tmp_path, mini_dir, mini_cach
 
 @pytest.mark.slow
 def test_tiny_preset_learns(tmp_path, mini_dir, mini_cache):
-    from bioscan_clip.data import SpecimenDataset, load_splits, role_records
-    from bioscan_clip.evaluation import evaluate_retrieval
+    from bioscan_clip.data.specimens import SpecimenDataset
+    from bioscan_clip.data.spec import load_splits, role_records
+    from bioscan_clip.evaluation.protocol import evaluate_retrieval
     from bioscan_clip.features import embed_dataset, labels_of
     from modeling_bioscanclip import BioscanClipConfig, BioscanClipModel, BioscanClipProcessor
 
     out = tmp_path / "learn"
-    training.main(
+    train_app.main(
         base_args(
             mini_dir,
             mini_cache,
@@ -261,7 +264,7 @@ def test_training_starts_from_a_pretrained_text_tower(tmp_path, mini_dir, mini_c
 
     text_tower = str(minilm.get_model_path())
     out = tmp_path / "pretrained-text"
-    training.main(base_args(mini_dir, mini_cache, out, "--max_steps", "1", "--text_tower", text_tower))
+    train_app.main(base_args(mini_dir, mini_cache, out, "--max_steps", "1", "--text_tower", text_tower))
     model = BioscanClipModel.from_pretrained(out / "final_model")
     processor = BioscanClipProcessor.from_pretrained(out / "final_model")
     assert model.config.text_config.hidden_size == 384 and len(processor.tokenizer) == 30522
@@ -274,7 +277,7 @@ def test_training_starts_from_a_pretrained_text_tower(tmp_path, mini_dir, mini_c
 def test_dataloader_workers_do_not_change_the_run(tmp_path, mini_dir, mini_cache):
     # Augmentation draws from (seed, epoch, index), not from a worker's random state.
     for workers in ("0", "2"):
-        training.main(base_args(mini_dir, mini_cache, tmp_path / workers, "--max_steps", "2", "--num_workers", workers))
+        train_app.main(base_args(mini_dir, mini_cache, tmp_path / workers, "--max_steps", "2", "--num_workers", workers))
     a = load_file(tmp_path / "0" / "final_model" / "model.safetensors")
     b = load_file(tmp_path / "2" / "final_model" / "model.safetensors")
     for name in a:
@@ -287,12 +290,12 @@ def test_the_original_quirks_are_reachable_from_the_command_line(tmp_path, mini_
     out = tmp_path / "original"
     quirks = ["--dna_pooling", "softmax_mean", "--no_dna_use_attention_mask", "--text_pooling", "mean_all",
               "--dna_reference_mode", "--projection_dim", "32"]  # fmt: skip
-    training.main(base_args(mini_dir, mini_cache, out, "--max_steps", "1", *quirks))
+    train_app.main(base_args(mini_dir, mini_cache, out, "--max_steps", "1", *quirks))
     config = BioscanClipModel.from_pretrained(out / "final_model").config
     assert (config.dna_pooling, config.dna_use_attention_mask, config.text_pooling, config.projection_dim) == (
         "softmax_mean", False, "mean_all", 32)  # fmt: skip
     tokenizer = BioscanClipProcessor.from_pretrained(out / "final_model").dna_tokenizer
     assert tokenizer.reference_mode and tokenizer("ACGTACGTAC")["input_ids"][0] == 0
     with pytest.raises(SystemExit):
-        training.parse_args(["--dna_pooling", "max"])
+        train_app.parse_args(["--dna_pooling", "max"])
     assert "--dna-pooling: invalid choice: 'max'" in capsys.readouterr().err

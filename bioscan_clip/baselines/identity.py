@@ -24,7 +24,7 @@ from typing import Any
 import edlib
 import numpy as np
 
-from bioscan_clip.kmer_baseline import build_kmer_key_index, kmer_profile
+from .kmer import build_kmer_key_index, kmer_profile
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 from modeling_bioscanclip.tokenization_dna import normalize_barcode
 

@@ -440,7 +440,7 @@ def identity_confidence_report(
         query_barcodes, key_barcodes: DNA barcodes.
         query_labels: rank -> each query's true label; key_labels: ``processid`` and rank -> each key's label.
     """
-    from bioscan_clip.identity_baseline import IDENTITY_THRESHOLDS, identity_nearest  # edlib only when used
+    from bioscan_clip.baselines.identity import IDENTITY_THRESHOLDS, identity_nearest  # edlib only when used
 
     thresholds = dict(IDENTITY_THRESHOLDS if thresholds is None else thresholds)
     found = identity_nearest(query_barcodes, key_barcodes, key_labels, thresholds=thresholds, **options)

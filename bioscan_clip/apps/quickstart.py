@@ -11,10 +11,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bioscan_clip.data import DataSpec
-from bioscan_clip.evaluation import Evaluation, evaluate, format_table
-from bioscan_clip.identification import build_index
-from bioscan_clip.training import TrainConfig, train
+from bioscan_clip.data.spec import DataSpec
+from bioscan_clip.evaluation.protocol import Evaluation, evaluate, format_table
+from bioscan_clip.identification.build import build_index
+from bioscan_clip.training.config import TrainConfig
+from bioscan_clip.training.loop import train
 from dataset_scripts.synth import generate_mini_bioscan
 
 

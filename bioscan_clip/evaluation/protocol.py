@@ -29,10 +29,11 @@ import datasets
 import numpy as np
 from tqdm.auto import tqdm
 
-from bioscan_clip.data import DataSpec, SpecimenDataset, available_modalities, has_role, role_records, with_modalities
+from bioscan_clip.data.spec import DataSpec, has_role, role_records
+from bioscan_clip.data.specimens import SpecimenDataset, available_modalities, with_modalities
 from bioscan_clip.features import DNA, IMAGE, available_pairs, embed_dataset, key_matrix, labels_of, pair_name
-from bioscan_clip.metric import metric_module
-from bioscan_clip.retrieval import KeyIndex
+from .metric import metric_module
+from bioscan_clip.retrieval.key_index import KeyIndex
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
@@ -161,7 +162,7 @@ def format_table(results: Mapping[str, Mapping[str, Any]], *, average: str = "ma
 def kmer_baseline_results(keys: SpecimenDataset, queries: Mapping[str, SpecimenDataset]) -> dict[str, Any]:
     """DNA->DNA retrieval on normalised 5-mer count profiles: the alignment-free baseline a learned embedding
     should beat."""
-    from bioscan_clip.kmer_baseline import kmer_profile
+    from bioscan_clip.baselines.kmer import kmer_profile
 
     key_features = {DNA: kmer_profile(keys.records["dna_barcode"])}
     query_features = {group: {DNA: kmer_profile(q.records["dna_barcode"])} for group, q in queries.items()}
@@ -173,7 +174,7 @@ def kmer_baseline_results(keys: SpecimenDataset, queries: Mapping[str, SpecimenD
 def identity_baseline_results(keys: SpecimenDataset, queries: Mapping[str, SpecimenDataset]) -> dict[str, Any]:
     """DNA->DNA 1-NN by alignment identity (candidates from the 5-mer top 20): the field's own baseline
     (:mod:`bioscan_clip.identity_baseline`). Top-1 only: it names one best key per query."""
-    from bioscan_clip.identity_baseline import identity_nearest
+    from bioscan_clip.baselines.identity import identity_nearest
 
     groups = list(queries)
     barcodes = sum((list(queries[g].records["dna_barcode"]) for g in groups), [])
@@ -216,16 +217,9 @@ def compare_identifiers(
     rank), as ``bioscan-clip index`` does for a library without validation queries: the test queries never set
     them. The identity baseline and the combination use BOLD-style identity thresholds.
     """
-    from bioscan_clip.calibration import (
-        DEFAULT_PRECISION,
-        absent_from,
-        calibrate_pair,
-        confidence_report,
-        embedding_confidence_report,
-        sample_rows,
-    )
-    from bioscan_clip.identity_baseline import IDENTITY_THRESHOLDS, identity_nearest
-    from bioscan_clip.kmer_baseline import kmer_profile
+    from bioscan_clip.identification.calibration import DEFAULT_PRECISION, absent_from, calibrate_pair, confidence_report, embedding_confidence_report, sample_rows
+    from bioscan_clip.baselines.identity import IDENTITY_THRESHOLDS, identity_nearest
+    from bioscan_clip.baselines.kmer import kmer_profile
 
     groups = list(queries)
     key_labels = labels_of(keys)
@@ -324,7 +318,7 @@ def _retrieval_examples(
     count: int,
 ) -> Path | None:
     """The retrieval-examples figure for image -> image, on the first ``count`` queries (deterministic)."""
-    from bioscan_clip.reports import plot_retrieval_examples
+    from .reports import plot_retrieval_examples
 
     if IMAGE not in key_features or count <= 0 or keys.images is None:
         return None
@@ -374,7 +368,7 @@ def evaluate(
     """
     if protocol not in PROTOCOLS:
         raise BioscanInputError(f"protocol: expected one of {PROTOCOLS}, got {protocol!r}")
-    from bioscan_clip.reports import plot_accuracy, update_model_card
+    from .reports import plot_accuracy, update_model_card
 
     network = BioscanClipModel.from_pretrained(model).eval()
     processor = BioscanClipProcessor.from_pretrained(model)

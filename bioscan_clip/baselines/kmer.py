@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from bioscan_clip.retrieval import KeyIndex
+from bioscan_clip.retrieval.key_index import KeyIndex
 from modeling_bioscanclip.constants_bioscanclip import KMER_SIZE, NUCLEOTIDES
 from modeling_bioscanclip.errors_bioscanclip import BioscanInputError
 from modeling_bioscanclip.tokenization_dna import normalize_barcode

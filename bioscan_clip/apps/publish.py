@@ -15,7 +15,8 @@ What each repository holds (README "Publish your model and library"):
 - **space** (Space repo): ``app.py``, ``requirements.txt`` installing this package (pinned version, or the wheel
   shipped beside it) and a README whose front matter names the model and key repositories.
 
-Only :func:`publish` talks to the network (``HfApi.create_repo`` and ``create_commit``); everything else is local.
+Publishing sits above the library: it reads key folders (:mod:`bioscan_clip.identification.key_folder`)
+and resolves nothing itself. Only :func:`publish` talks to the network (``HfApi.create_repo`` and ``create_commit``); everything else is local.
 """
 
 from __future__ import annotations
@@ -31,32 +32,24 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bioscan_clip.identification import KEY_MANIFEST, key_records, verify_key_folder
-from bioscan_clip.metric import METRIC_DIR
-from bioscan_clip.reports import ensure_card_metadata, update_model_card
+from bioscan_clip.identification.key_folder import KEY_MANIFEST, key_records, verify_key_folder
+from bioscan_clip.identification.library import KEY_LIBRARY_FILE, KEY_LIBRARY_FORMAT, KEYS_SUBFOLDER
+from bioscan_clip.resolve import check_repo_id
+from bioscan_clip.evaluation.metric import METRIC_DIR
+from bioscan_clip.evaluation.reports import ensure_card_metadata, update_model_card
 from modeling_bioscanclip import BioscanInputError
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
 logger = logging.getLogger(__name__)
 
 ARTEFACTS = ("model", "keys", "metric", "space")
-REPO_TYPES = {"model": "model", "keys": "dataset", "metric": "space", "space": "space"}
+REPO_TYPE_OF = {"model": "model", "keys": "dataset", "metric": "space", "space": "space"}
 PACKAGE = "bioscan-clip"
-KEY_LIBRARY_FILE = "bioscan_clip_keys.json"  # at the root of a key-library repository
-KEY_LIBRARY_FORMAT = "bioscan-clip-key-library"
-KEYS_SUBFOLDER = "keys"
 RECORDS_PARQUET = "data/keys-00000-of-00001.parquet"
 METRIC_NAME = "taxonomic_retrieval"
 OUR_PACKAGES = ("bioscan_clip", "modeling_bioscanclip", "dataset_scripts")
 # Weight formats that unpickle (run code) when loaded: never published.
 PICKLED_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def check_repo_id(repo_id: str) -> str:
-    if not isinstance(repo_id, str) or not REPO_ID.match(repo_id) or ".." in repo_id:
-        raise BioscanInputError(f"--repo_id {repo_id!r}: expected a Hub repository id owner/name")
-    return repo_id
 
 
 def package_version() -> str:
@@ -411,73 +404,6 @@ def push_model_folder(model_dir: str | os.PathLike, repo_id: str, *, api: Any = 
         return publish(folder, repo_id, repo_type="model", api=api)
 
 
-# ---- download -------------------------------------------------------------------------------------------------------
-def resolve_repo(spec: str | os.PathLike, *, repo_type: str = "model", revision: str | None = None) -> Path:
-    """A local folder as it is, else the Hub repository ``spec`` (``owner/name``) downloaded, or found in the Hub
-    cache offline (``HF_HUB_OFFLINE=1``), at ``revision``."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return path
-    if not REPO_ID.match(str(spec)):
-        raise BioscanInputError(f"{spec}: no such folder, and not a Hub repository id (owner/name)")
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(str(spec), repo_type=repo_type, revision=revision))
-
-
-def resolve_key_library(
-    spec: str | os.PathLike,
-    *,
-    revision: str | None = None,
-    model: str | os.PathLike | None = None,
-    model_revision: str | None = None,
-) -> tuple[Path, Path]:
-    """``(model_dir, key_dir)`` of a key library: a dataset repository exported by :func:`export_keys` (by id or
-    as a folder), or a plain key folder (then ``model`` is required). ``model`` overrides the model the library
-    names; ``model_revision`` its pinned revision."""
-    root = resolve_repo(spec, repo_type="dataset", revision=revision)
-    if (root / KEY_MANIFEST).is_file():  # a plain key folder
-        if model is None:
-            raise BioscanInputError(f"{spec}: a key folder names no model repository; pass the model as well")
-        return resolve_repo(model, revision=model_revision), root
-    library_file = root / KEY_LIBRARY_FILE
-    if not library_file.is_file():
-        raise BioscanInputError(f"{spec}: not a key library (no {KEY_LIBRARY_FILE} nor {KEY_MANIFEST})")
-    from bioscan_clip.safe_io import read_json
-
-    library = read_json(library_file, "the key library")
-    if not isinstance(library, dict) or library.get("format") != KEY_LIBRARY_FORMAT:
-        raise BioscanInputError(f"{library_file}: not a {KEY_LIBRARY_FORMAT} file")
-    named = library.get("model") or {}
-    if model is None:
-        model, model_revision = named.get("repo_id"), model_revision or named.get("revision")
-    if not model:
-        raise BioscanInputError(f"{library_file}: names no model repository; pass the model as well")
-    return resolve_repo(model, revision=model_revision), root / str(library.get("keys", KEYS_SUBFOLDER))
-
-
-def hub_cache_layout(cache: str | os.PathLike, repo_id: str, folder: str | os.PathLike, *, repo_type: str,
-                     commit: str) -> Path:  # fmt: skip
-    """Lays ``folder`` out in a ``huggingface_hub`` cache as ``snapshot_download`` leaves it (blobs, symlinked
-    snapshot, ``refs/main``), for offline tests and air-gapped clusters; returns the snapshot folder."""
-    import hashlib
-
-    kind = {"model": "models", "dataset": "datasets", "space": "spaces"}[repo_type]
-    repo = Path(cache) / f"{kind}--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / commit
-    (repo / "blobs").mkdir(parents=True, exist_ok=True)
-    for name in repo_files(folder):
-        data = (Path(folder) / name).read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        link = snapshot / name
-        link.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(os.path.relpath(blob, link.parent), link)
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(commit)
-    return snapshot
-
-
 def export(kind: str, out: str | os.PathLike, *, repo_id: str, **options: Any) -> Path:
     """``bioscan-clip push KIND``'s export step."""
     if kind == "model":
@@ -491,7 +417,3 @@ def export(kind: str, out: str | os.PathLike, *, repo_id: str, **options: Any) -
     raise ValueError(f"expected one of {ARTEFACTS}, got {kind!r}")
 
 
-__all__: Sequence[str] = (
-    "ARTEFACTS", "KEY_LIBRARY_FILE", "REPO_TYPES", "commit_operations", "export", "export_keys", "export_metric",
-    "export_model", "export_space", "hub_cache_layout", "publish", "resolve_key_library", "resolve_repo",
-)  # fmt: skip

@@ -1,0 +1,130 @@
+"""``bioscan-clip index``: embed a dataset's keys once into a calibrated key folder."""
+
+from __future__ import annotations
+from bioscan_clip.apps.commands.options import (IMAGE_SUFFIXES, add_data_arguments, add_option, add_query_arguments, batches, collect_queries, data_spec, load_model, query_name, write_rows)
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+import numpy as np
+import pandas as pd
+from bioscan_clip.data.spec import DataSpec
+from bioscan_clip.data.specimens import SpecimenDataset, available_modalities, image_file_records, with_modalities
+from bioscan_clip.features import DNA, IMAGE, KEY_FEATURES, embed_dataset, embed_inputs, labels_of, loader_workers
+from bioscan_clip.identification.identifier import DEFAULT_PRECISION, Identifier
+from bioscan_clip.identification.build import build_index
+from bioscan_clip.retrieval.key_index import AUTO_FLAT_MAX_KEYS, BUILD_INDEX_TYPES
+from bioscan_clip.safe_io import atomic_output_file
+from dataset_scripts import RETRIEVAL_SPLITS
+from dataset_scripts.images import VERIFY_MODES
+from dataset_scripts.integrity import IMAGE_POLICIES
+from dataset_scripts.tables import BARCODE_COLUMNS, read_fasta, read_query_table
+from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError
+from modeling_bioscanclip.constants_bioscanclip import IMAGE_FORMATS
+
+logger = logging.getLogger(__name__)
+
+
+# ---- index ----------------------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Embed the key records of a dataset once and save a key folder: one faiss index per feature (image, DNA, "
+        "text, averaged image+DNA) with the records' taxonomy and images, and per-rank confidence thresholds "
+        "calibrated on the validation queries (or, without them, leave-one-out over the keys) with a share of the "
+        "labels held out of the keys, so that the thresholds see queries whose answer is not in the library; "
+        "calibration.json reports the precision and coverage of confident calls and the novel-species detection "
+        "AUROC, calibration.png the reliability diagram. `predict` and the demo read it without re-embedding."
+    )
+    parser.add_argument("--model", required=True, help="a saved model folder")
+    add_data_arguments(parser)
+    parser.add_argument("--out", required=True, help="the key folder to write (replaced if it is one)")
+    parser.add_argument(
+        "--index_type",
+        default="auto",
+        choices=BUILD_INDEX_TYPES,
+        help=f"auto (default) = exact flat below {AUTO_FLAT_MAX_KEYS:,} keys, else IVF-PQ fast scan re-ranked exactly; "
+        "flat = exact; ivf/hnsw/ivfpq are approximate, for millions of keys",
+    )
+    index = parser.add_argument_group("index settings (approximate indexes; defaults chosen by key count)")
+    index.add_argument("--nlist", type=int, help="IVF lists (default about sqrt(keys))")
+    index.add_argument("--nprobe", type=int, help="IVF lists searched per query (default 16)")
+    index.add_argument("--pq_m", type=int, help="IVF-PQ sub-quantisers; must divide the dimension")
+    index.add_argument("--pq_nbits", type=int, help="bits per IVF-PQ code (8, or 4 with fast scan)")
+    index.add_argument(
+        "--pq_fast_scan",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="IVF-PQ as faiss IndexIVFPQFastScan (4-bit codes; on by default for auto)",
+    )
+    index.add_argument("--rerank", type=int, help="candidates re-scored exactly per query (IVF-PQ default: 64 per million keys, at least 64)")
+    index.add_argument("--hnsw_m", type=int, help="HNSW graph degree (default 32)")
+    index.add_argument("--ef_search", type=int, help="HNSW search beam width (default 64)")
+    index.add_argument("--train_size", type=int, help="keys IVF/PQ k-means trains on (default 64 per list)")
+    parser.add_argument(
+        "--precision",
+        type=float,
+        default=DEFAULT_PRECISION,
+        help="precision that confident predictions must reach on the calibration queries (default 0.9)",
+    )
+    parser.add_argument(
+        "--no_calibration",
+        action="store_true",
+        help="do not calibrate (no rank is then confident and every query is flagged unknown species)",
+    )
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--overwrite", action="store_true", help="replace --out even if it is not a key folder")
+
+
+INDEX_OPTIONS = ("nlist", "nprobe", "pq_m", "pq_nbits", "pq_fast_scan", "rerank", "hnsw_m", "ef_search", "train_size")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = build_index(
+        args.model,
+        data_spec(args),
+        args.out,
+        index_type=args.index_type,
+        index_options={name: getattr(args, name) for name in INDEX_OPTIONS if getattr(args, name) is not None},
+        precision=args.precision,
+        calibrate=not args.no_calibration,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+    )
+    report = json.loads((out / "calibration.json").read_text())
+    print(f"wrote key folder {out}: features {sorted(p.name for p in out.iterdir() if p.name in KEY_FEATURES)}")
+    print_calibration(report, out)
+    for name, recall in report.get("recall_at_5", {}).items():
+        print(f"  {name}: recall@5 of the {args.index_type} index against exact search {recall:.3f}")
+    return 0
+
+
+def print_calibration(report: dict[str, Any], out: Path) -> None:
+    """The calibration of a key folder as a person reads it: per pair and rank the threshold, the precision and
+    coverage of confident calls, the novel-species AUROC, then every warning."""
+    print(f"  calibration: {report.get('method', 'none')} ({report.get('calibration_queries', 0)} queries)")
+
+    def percent(value: float | None) -> str:
+        return "  n/a" if value is None else f"{100 * value:5.1f}"
+
+    for pair, thresholds in report.get("thresholds", {}).items():
+        pair_report = report.get("report", {}).get(pair, {})
+        print(f"  {pair}: similarity thresholds " + ", ".join(f"{r} {t:.3f}" for r, t in thresholds.items()))
+        for rank, entry in pair_report.get("ranks", {}).items():
+            print(
+                f"    {rank:<8} confident calls: precision {percent(entry['precision'])} %, coverage "
+                f"{percent(entry['coverage'])} % of {entry['queries']} ({entry['absent_queries']} with the {rank} "
+                f"absent from the keys; {entry['method']})"
+            )
+        if pair_report.get("novelty_auroc") is not None:
+            print(
+                f"    novel-species detection AUROC {pair_report['novelty_auroc']:.3f}; unknown-species flag on "
+                f"{percent(pair_report['novel_flagged'])} % of novel, {percent(pair_report['known_flagged'])} % of "
+                "known species"
+            )
+    if report.get("plot"):
+        print(f"  reliability diagram: {out / report['plot']}")
+    for warning in report.get("warnings", []):
+        print(f"  warning: {warning}")

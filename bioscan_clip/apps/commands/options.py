@@ -1,0 +1,192 @@
+"""What the subcommands share: the data options (parsed from :class:`~bioscan_clip.data.DataSpec`'s fields),
+the query options and readers, loading a model, and writing a table of rows atomically. A subcommand imports this
+module and the library, never another subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bioscan_clip.data.spec import DataSpec
+from bioscan_clip.data.specimens import SpecimenDataset, available_modalities, image_file_records, with_modalities
+from bioscan_clip.features import DNA, IMAGE, KEY_FEATURES, embed_dataset, embed_inputs, labels_of, loader_workers
+from bioscan_clip.identification.identifier import DEFAULT_PRECISION, Identifier
+from bioscan_clip.identification.build import build_index
+from bioscan_clip.retrieval.key_index import AUTO_FLAT_MAX_KEYS, BUILD_INDEX_TYPES
+from bioscan_clip.safe_io import atomic_output_file
+from dataset_scripts import RETRIEVAL_SPLITS
+from dataset_scripts.images import VERIFY_MODES
+from dataset_scripts.integrity import IMAGE_POLICIES
+from dataset_scripts.tables import BARCODE_COLUMNS, read_fasta, read_query_table
+from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError
+from modeling_bioscanclip.constants_bioscanclip import IMAGE_FORMATS
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp"}
+
+
+def add_option(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, *, alias: str | None = None, **kwargs: Any
+) -> None:
+    """``parser.add_argument(name, ...)`` with the command-line style of every command (``--with_underscores``);
+    ``alias`` (default: the dashed spelling of ``name``, when it differs) is accepted but not shown in ``--help``."""
+    parser.add_argument(name, **kwargs)
+    alias = alias or name.replace("_", "-")
+    if alias != name:
+        hidden = {key: value for key, value in kwargs.items() if key not in ("help", "default", "required")}
+        parser.add_argument(alias, dest=name.lstrip("-"), help=argparse.SUPPRESS, default=argparse.SUPPRESS, **hidden)
+
+
+def load_model(folder: str) -> tuple[BioscanClipModel, BioscanClipProcessor]:
+    return BioscanClipModel.from_pretrained(folder).eval(), BioscanClipProcessor.from_pretrained(folder)
+
+
+# ---- data options ---------------------------------------------------------------------------------------------------
+def add_data_arguments(parser: argparse.ArgumentParser, *, default_source: str | None = "mini") -> None:
+    """The options every command uses to name a dataset (the fields of :class:`DataSpec`)."""
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--source",
+        default=default_source,
+        choices=sorted(RETRIEVAL_SPLITS),
+        help=f"dataset builder (default: {default_source}; mini is generated, synthetic)",
+    )
+    group.add_argument(
+        "--data_dir",
+        help="the builder's data root, or its metadata CSV/TSV file (for bold: the export, tab, comma or ';')",
+    )
+    group.add_argument("--dataset_path", help="instead, a DatasetDict saved with save_to_disk")
+    group.add_argument("--cache_dir", help="where builders keep their Arrow cache")
+    group.add_argument(
+        "--partition",
+        help="BOLD exports: 'none' (default) makes every record a key and a training record; 'clibd' splits "
+        "species into seen/unseen queries and keys. BIOSCAN-1M: auto, official or rebuild",
+    )
+    group.add_argument(
+        "--image_policy",
+        choices=IMAGE_POLICIES,
+        help="a missing or corrupt image: fail (default), skip the record, or keep it without image",
+    )
+    group.add_argument(
+        "--image_package",
+        help="image folder under images/ (default cropped_256); 'none' reads the metadata only (barcodes, no images)",
+    )
+    group.add_argument(
+        "--verify_images",
+        choices=VERIFY_MODES,
+        help="how images are checked while preparing: header (default: format, size, truncation), decode, none",
+    )
+    group.add_argument(
+        "--num_proc", type=int, help="processes that check the images and write the splits while preparing"
+    )
+    group.add_argument(
+        "--keep_provisional_names",
+        action="store_true",
+        help="BOLD exports: keep 'sp.'/'cf.'/interim species names as their own labels (default: read as missing)",
+    )
+    group.add_argument(
+        "--genus_from_species",
+        action="store_true",
+        help="fill a missing genus from the species name, as the bioscan-dataset loader does",
+    )
+
+
+def data_spec(args: argparse.Namespace) -> DataSpec:
+    _show_data_summaries()
+    return DataSpec.from_options(args)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (it may be replaced after the handler is made)."""
+
+    @property
+    def stream(self):  # noqa: D102
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _show_data_summaries() -> None:
+    """Shows the data layer's one-line read summaries (rows read, kept, dropped by reason) on stderr."""
+    data_logger = logging.getLogger("dataset_scripts")
+    if not data_logger.handlers:
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        data_logger.addHandler(handler)
+        data_logger.setLevel(logging.INFO)
+        data_logger.propagate = False
+
+
+# ---- query inputs ---------------------------------------------------------------------------------------------------
+def collect_queries(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Queries from the command line: images, a folder of images, a FASTA file or a CSV/TSV table."""
+    queries: list[dict[str, Any]] = []
+    for image in args.images or []:
+        queries.append({"id": Path(image).stem, "image": image})
+    if args.images_dir:
+        found = sorted(p for p in Path(args.images_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise BioscanInputError(f"{args.images_dir}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        queries += [{"id": p.stem, "image": str(p)} for p in found]
+    if args.fasta:
+        fasta = read_fasta(args.fasta)
+        if queries and len(queries) == len(fasta) and not args.table:
+            for query, (_, sequence) in zip(queries, fasta, strict=True):  # pair images and barcodes in order
+                query["barcode"] = sequence
+        else:
+            queries += [{"id": identifier, "barcode": sequence} for identifier, sequence in fasta]
+    if args.table:
+        table_queries, summary = read_query_table(args.table)
+        print(summary.describe())
+        queries += table_queries
+    if not queries:
+        raise BioscanInputError("no queries: give --images, --images_dir, --fasta and/or --table")
+    return queries
+
+
+def add_query_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("queries")
+    group.add_argument("--images", nargs="+", help=f"image files ({', '.join(IMAGE_FORMATS)})")
+    group.add_argument("--images_dir", help="a folder of images")
+    group.add_argument("--fasta", help="barcodes in FASTA (paired in order with --images when the counts match)")
+    group.add_argument(
+        "--table",
+        help="a BOLD export, or a CSV/TSV with a barcode column (" + ", ".join(BARCODE_COLUMNS) + ") and/or an "
+        "'image' column (paths), optional id and taxonomy (order ... species: the report compares with it)",
+    )
+
+
+def query_name(query: dict[str, Any]) -> str:
+    """How errors name a query: its id, and the image file it came from (``record Q1 (photos/q1.jpg) (image)``)."""
+    image = query.get("image")
+    return f"{query['id']} ({image})" if isinstance(image, str) else str(query["id"])
+
+
+def batches(queries: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    for start in range(0, len(queries), size):
+        yield queries[start : start + size]
+
+
+def write_rows(rows: list[dict[str, Any]], out: Path) -> None:
+    """Writes a temporary sibling and renames it onto ``out`` when complete (a kill leaves what was there)."""
+    frame = pd.DataFrame(rows)
+    with atomic_output_file(out) as temporary:
+        if out.suffix == ".csv":
+            frame.to_csv(temporary, index=False)
+        elif out.suffix == ".json":
+            temporary.write_text(frame.to_json(orient="records", indent=2))
+        else:
+            frame.to_parquet(temporary, index=False)
+
+

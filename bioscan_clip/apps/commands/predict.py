@@ -1,0 +1,125 @@
+"""``bioscan-clip predict``: identify images and barcodes against a key folder; one row per query."""
+
+from __future__ import annotations
+from bioscan_clip.apps.commands.options import (IMAGE_SUFFIXES, add_data_arguments, add_option, add_query_arguments, batches, collect_queries, data_spec, load_model, query_name, write_rows)
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+import numpy as np
+import pandas as pd
+from bioscan_clip.data.spec import DataSpec
+from bioscan_clip.data.specimens import SpecimenDataset, available_modalities, image_file_records, with_modalities
+from bioscan_clip.features import DNA, IMAGE, KEY_FEATURES, embed_dataset, embed_inputs, labels_of, loader_workers
+from bioscan_clip.identification.identifier import DEFAULT_PRECISION, Identifier
+from bioscan_clip.identification.build import build_index
+from bioscan_clip.retrieval.key_index import AUTO_FLAT_MAX_KEYS, BUILD_INDEX_TYPES
+from bioscan_clip.safe_io import atomic_output_file
+from dataset_scripts import RETRIEVAL_SPLITS
+from dataset_scripts.images import VERIFY_MODES
+from dataset_scripts.integrity import IMAGE_POLICIES
+from dataset_scripts.tables import BARCODE_COLUMNS, read_fasta, read_query_table
+from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError
+from modeling_bioscanclip.constants_bioscanclip import IMAGE_FORMATS
+
+logger = logging.getLogger(__name__)
+
+
+# ---- predict --------------------------------------------------------------------------------------------------------
+def parse_restrict(values: list[str] | None) -> dict[str, list[str]] | None:
+    """``["order=Diptera,Hymenoptera", "family=Sciaridae"]`` -> ``{"order": [...], "family": [...]}``."""
+    if not values:
+        return None
+    restrict: dict[str, list[str]] = {}
+    for value in values:
+        rank, sep, names = value.partition("=")
+        if not sep or not names:
+            raise BioscanInputError(f"--restrict expects RANK=NAME[,NAME...], got {value!r}")
+        restrict.setdefault(rank.strip(), []).extend(n.strip() for n in names.split(",") if n.strip())
+    return restrict
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Identify specimens against a key folder (from `bioscan-clip index`): one row per query with the predicted "
+        "taxon at each rank, its confidence, the deepest rank whose confidence passes its calibrated threshold, an "
+        "'unknown species' flag and the k nearest keys. An image and a barcode of the same specimen are searched "
+        "together (averaged image+DNA embedding)."
+    )
+    parser.add_argument("--model", required=True, help="a saved model folder")
+    parser.add_argument("--keys", required=True, help="a key folder written by `bioscan-clip index`")
+    add_query_arguments(parser)
+    parser.add_argument("--k", type=int, default=5, help="nearest keys per query (default 5)")
+    parser.add_argument(
+        "--key_feature",
+        choices=KEY_FEATURES,
+        help="search these keys instead of the query's own kind, e.g. dna for image queries",
+    )
+    parser.add_argument(
+        "--restrict",
+        nargs="+",
+        metavar="RANK=NAMES",
+        help="search only keys of these taxa, e.g. order=Diptera,Hymenoptera",
+    )
+    parser.add_argument("--out", default="predictions.parquet", help="output .parquet, .csv or .json")
+    parser.add_argument("--batch_size", type=int, default=32)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    queries = collect_queries(args)  # the inputs are read and checked before any model is loaded
+    restrict = parse_restrict(args.restrict)
+    identifier = Identifier.load(args.model, args.keys)
+    rows = []
+    kinds = {(("image" in q and q["image"] is not None), ("barcode" in q)) for q in queries}
+    for with_image, with_barcode in sorted(kinds):
+        group = [
+            q
+            for q in queries
+            if ("image" in q and q["image"] is not None) == with_image and ("barcode" in q) == with_barcode
+        ]
+        for batch in tqdm(list(batches(group, args.batch_size)), desc="identifying", leave=False):
+            answers = identifier.identify(
+                images=[q["image"] for q in batch] if with_image else None,
+                barcodes=[q["barcode"] for q in batch] if with_barcode else None,
+                k=args.k,
+                key_feature=args.key_feature,
+                restrict=restrict,
+                names=[query_name(q) for q in batch],
+            )
+            rows += [
+                {"id": q["id"], **answer.to_row(), **_truth_columns(q)}
+                for q, answer in zip(batch, answers, strict=True)
+            ]
+    out = Path(args.out)
+    write_rows(rows, out)
+    table = pd.DataFrame(rows)[
+        ["id", "order", "family", "genus", "species", "deepest_confident_rank", "unknown_species"]
+    ]
+    print(table.to_string(index=False, max_rows=30))
+    agreement = _agreement(rows)
+    if agreement:
+        print("\nagreement with the table's own labels (queries labelled at that rank): " + agreement)
+    print(f"\nwrote {len(rows)} predictions to {out}")
+    return 0
+
+
+def _truth_columns(query: dict[str, Any]) -> dict[str, Any]:
+    """``label_<rank>``: the query table's own taxonomy, beside the prediction (absent when the table has none)."""
+    truth = query.get("truth")
+    return {f"label_{rank}": value for rank, value in truth.items()} if truth else {}
+
+
+def _agreement(rows: list[dict[str, Any]]) -> str:
+    """Per rank, how often the prediction equals the table's own label, over the queries labelled at that rank."""
+    parts = []
+    for rank in ("order", "family", "genus", "species"):
+        pairs = [(row.get(rank), row[f"label_{rank}"]) for row in rows if row.get(f"label_{rank}")]
+        if pairs:
+            hits = sum(predicted == label for predicted, label in pairs)
+            parts.append(f"{rank} {100 * hits / len(pairs):.1f}% of {len(pairs)}")
+    return ", ".join(parts)

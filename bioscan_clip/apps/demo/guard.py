@@ -1,0 +1,342 @@
+"""The demo's server guard: ASGI middleware in front of gradio that makes a public Space fair and bounded (per-client
+upload rate limits with ``Retry-After``, a capped upload cache, ``Retry-After`` on "queue full", no server paths in
+``/config``), and :func:`launch`, which serves a page (:mod:`bioscan_clip.apps.demo.page`) with every limit on."""
+
+from __future__ import annotations
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+import anyio
+import datasets
+import gradio as gr
+from PIL import Image
+from bioscan_clip.features import AVERAGED, DNA, IMAGE
+from bioscan_clip.identification.identifier import Identification, Identifier
+from modeling_bioscanclip import BioscanInputError, load_image_safely, normalize_barcode
+from modeling_bioscanclip.constants_bioscanclip import MAX_IMAGE_PIXELS, MAX_RAW_DNA_CHARACTERS, TAXONOMIC_RANKS
+
+logger = logging.getLogger(__name__)
+
+MAX_UPLOAD_MB = 10
+
+
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 1024 * 1024
+
+
+QUEUE_MAX_SIZE = 16  # waiting requests beyond this get "queue full" instead of piling up
+
+
+UPLOAD_CACHE_CAP_MB = 200  # total size of the upload cache folder; the oldest uploads are deleted to stay under it
+
+
+UPLOADS_PER_MINUTE = 12  # per client, refilled continuously ...
+
+
+UPLOAD_BURST = 6  # ... after a first burst of this many
+
+
+UPLOAD_OVERHEAD_BYTES = 64 * 1024  # multipart framing allowed on top of the per-file cap (one file per request)
+
+
+MAX_TRACKED_CLIENTS = 10_000
+
+
+ALIAS_ROUTE = "/gradio_api/demo-file/"
+
+
+_GRADIO_CACHE_SUBFOLDER = re.compile(r"[0-9a-f]{64}")
+
+
+_REWRITTEN_PAGES = ("/", "/config", "/config/", "/gradio_api/info", "/gradio_api/info/")
+
+
+class RateLimiter:
+    """A token bucket per client: ``burst`` requests at once, then ``per_minute``; says how long to wait when empty."""
+
+    def __init__(self, per_minute: float, burst: int, max_clients: int = MAX_TRACKED_CLIENTS) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = float(burst)
+        self.max_clients = max_clients
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def acquire(self, client: str, now: float | None = None) -> float:
+        """0 when ``client`` may go ahead (one token taken), else the seconds until its next token."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            tokens, last = self._buckets.pop(client, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - last) * self.rate)
+            wait = 0.0
+            if tokens >= 1.0:
+                tokens -= 1.0
+            else:
+                wait = (1.0 - tokens) / self.rate if self.rate > 0 else 60.0
+            self._buckets[client] = (tokens, now)
+            while len(self._buckets) > self.max_clients:  # forget the least recently seen
+                self._buckets.popitem(last=False)
+            return wait
+
+
+class UploadCache:
+    """The size of gradio's upload folder, kept under ``cap_bytes`` by deleting the oldest files first.
+
+    Only gradio's own subfolders (64 hex characters) are counted or touched; files named in the app's config (the
+    example photos) are never deleted. Uploads in progress reserve their declared size so concurrent ones cannot
+    overshoot together.
+    """
+
+    def __init__(self, folder: str | os.PathLike, cap_bytes: int, protected: set[str] | None = None) -> None:
+        self.folder = Path(folder)
+        self.cap_bytes = cap_bytes
+        self.protected = set(protected or ())
+        self.reserved = 0
+        self._lock = threading.Lock()
+
+    def _files(self) -> list[tuple[float, int, str]]:
+        found = []
+        try:
+            subfolders = list(os.scandir(self.folder))
+        except FileNotFoundError:
+            return found
+        for sub in subfolders:
+            if not (_GRADIO_CACHE_SUBFOLDER.fullmatch(sub.name) and sub.is_dir(follow_symlinks=False)):
+                continue
+            try:
+                for entry in os.scandir(sub.path):
+                    if entry.is_file(follow_symlinks=False):
+                        stat = entry.stat(follow_symlinks=False)
+                        found.append((stat.st_mtime, stat.st_size, entry.path))
+            except FileNotFoundError:
+                continue
+        return found
+
+    def size(self) -> int:
+        return sum(size for _, size, _ in self._files())
+
+    def admit(self, incoming: int) -> bool:
+        """Reserves room for ``incoming`` bytes, deleting the oldest unprotected files if needed; False if no room."""
+        with self._lock:
+            files = self._files()
+            total = sum(size for _, size, _ in files) + self.reserved
+            if total + incoming > self.cap_bytes:
+                for _, size, path in sorted(files):
+                    if path in self.protected:
+                        continue
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
+                    except OSError:
+                        continue
+                    with contextlib.suppress(OSError):
+                        os.rmdir(os.path.dirname(path))  # only when empty
+                    total -= size
+                    if total + incoming <= self.cap_bytes:
+                        break
+            if total + incoming > self.cap_bytes:
+                return False
+            self.reserved += incoming
+            return True
+
+    def release(self, incoming: int) -> None:
+        with self._lock:
+            self.reserved -= incoming
+
+
+def _header(scope: dict, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+class DemoGuard:
+    """ASGI middleware in front of the gradio app (passed as ``app_kwargs={"middleware": ...}``).
+
+    - ``POST .../upload``: a per-client rate limit (``429`` with ``Retry-After``), one file per request with a
+      declared length (``411``/``413``), and room in the capped upload cache (``503`` with ``Retry-After`` when even
+      deleting old uploads cannot make room);
+    - ``503`` from the queue ("queue full") gets a ``Retry-After`` estimated from the queue's average job time;
+    - the page, ``/config`` and ``/gradio_api/info`` name cached files by an alias instead of their server path,
+      served from ``/gradio_api/demo-file/`` for exactly those files.
+    """
+
+    def __init__(self, app: Any, *, blocks: gr.Blocks, limiter: RateLimiter, cache: UploadCache,
+                 max_request_bytes: int, trust_forwarded_for: bool = False) -> None:  # fmt: skip
+        self.app = app
+        self.blocks = blocks
+        self.limiter = limiter
+        self.cache = cache
+        self.max_request_bytes = max_request_bytes
+        self.trust_forwarded_for = trust_forwarded_for
+        self.aliases: dict[str, str] = {}  # alias -> server path
+        self._path_pattern = re.compile(re.escape(str(cache.folder)) + r"/([0-9a-f]{64})/([^\"'\\?#<>\s]+)")
+
+    def client_key(self, scope: dict) -> str:
+        if self.trust_forwarded_for:  # behind one trusted proxy (a Space): the address it appended
+            forwarded = _header(scope, b"x-forwarded-for")
+            if forwarded and forwarded.split(",")[-1].strip():
+                return forwarded.split(",")[-1].strip()
+        client = scope.get("client")
+        return client[0] if client else "unknown"
+
+    def queue_retry_after(self) -> int:
+        queue = getattr(self.blocks, "_queue", None)
+        times = [t.avg_time for t in getattr(queue, "process_time_per_fn", {}).values() if t.count]
+        waiting = getattr(queue, "max_size", None) or QUEUE_MAX_SIZE
+        estimate = max(times, default=1.0) * waiting / max(getattr(queue, "default_concurrency_limit", 1) or 1, 1)
+        return int(min(max(math.ceil(estimate), 1), 60))
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, method = scope.get("path", ""), scope.get("method", "GET")
+        if method == "POST" and path.rstrip("/").endswith("/upload"):
+            return await self._upload(scope, receive, send)
+        if method == "POST" and ("/queue/join" in path or "/call/" in path):
+            return await self.app(scope, receive, self._with_retry_after(send))
+        if method == "GET" and path.startswith(ALIAS_ROUTE):
+            return await self._alias_file(scope, receive, send, path[len(ALIAS_ROUTE) :])
+        if method == "GET" and path in _REWRITTEN_PAGES:
+            return await self._rewritten(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    def _with_retry_after(self, send: Any) -> Any:
+        async def sending(message: dict) -> None:
+            if message["type"] == "http.response.start" and message["status"] in (429, 503):
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"retry-after"]
+                headers.append((b"retry-after", str(self.queue_retry_after()).encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        return sending
+
+    async def _upload(self, scope: dict, receive: Any, send: Any) -> None:
+        wait = self.limiter.acquire(self.client_key(scope))
+        if wait > 0:
+            seconds = max(1, math.ceil(wait))
+            return await _plain(send, 429, f"Too many uploads; retry in {seconds} s.", retry_after=seconds)
+        length = _header(scope, b"content-length")
+        if length is None or not length.isdigit():
+            return await _plain(send, 411, "An upload must declare its Content-Length.")
+        incoming = int(length)
+        if incoming > self.max_request_bytes:
+            limit = (self.max_request_bytes - UPLOAD_OVERHEAD_BYTES) // (1024 * 1024)
+            return await _plain(send, 413, f"Upload too large: one file of at most {limit} MB per request.")
+        if not await anyio.to_thread.run_sync(self.cache.admit, incoming):
+            return await _plain(send, 503, "The upload cache is full; retry shortly.", retry_after=5)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.cache.release(incoming)
+
+    def _rewrite(self, text: str) -> str:
+        def alias(match: re.Match) -> str:
+            name = f"{match.group(1)[:16]}/{match.group(2)}"
+            self.aliases[name] = match.group(0)
+            return name
+
+        text = re.sub(r"file=" + self._path_pattern.pattern, lambda m: "demo-file/" + alias(m), text)
+        return self._path_pattern.sub(alias, text)
+
+    async def _rewritten(self, scope: dict, receive: Any, send: Any) -> None:
+        start: dict = {}
+        body = bytearray()
+
+        async def capture(message: dict) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+                return
+            if message["type"] == "http.response.body":
+                body.extend(message.get("body", b""))
+                if not message.get("more_body", False):
+                    content = bytes(body)
+                    encoding = [v for k, v in start.get("headers", []) if k.lower() == b"content-encoding"]
+                    if not encoding:
+                        with contextlib.suppress(UnicodeDecodeError):
+                            content = self._rewrite(content.decode("utf-8")).encode("utf-8")
+                    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+                    headers.append((b"content-length", str(len(content)).encode()))
+                    await send({**start, "headers": headers})
+                    await send({"type": "http.response.body", "body": content})
+                return
+            await send(message)
+
+        await self.app(scope, receive, capture)
+
+    async def _alias_file(self, scope: dict, receive: Any, send: Any, name: str) -> None:
+        from starlette.responses import FileResponse
+
+        target = self.aliases.get(name)
+        if target is None or not os.path.isfile(target):
+            return await _plain(send, 404, "Not found.")
+        await FileResponse(target)(scope, receive, send)
+
+
+def launch(
+    demo: gr.Blocks,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    max_file_size_mb: int = MAX_UPLOAD_MB,
+    queue_size: int = QUEUE_MAX_SIZE,
+    upload_cache_mb: int = UPLOAD_CACHE_CAP_MB,
+    uploads_per_minute: float = UPLOADS_PER_MINUTE,
+    upload_burst: int = UPLOAD_BURST,
+    trust_forwarded_for: bool | None = None,
+    prevent_thread_lock: bool = False,
+    quiet: bool = False,
+) -> tuple[Any, str, str | None]:
+    """Serves ``demo`` with the limits: bounded queue, one job at a time, upload cap, no share link, no extra paths.
+
+    In front of gradio, :class:`DemoGuard` rate-limits uploads per client, keeps the upload cache under
+    ``upload_cache_mb`` (oldest uploads deleted first), adds ``Retry-After`` to "queue full" and hides server paths
+    from ``/config``. ``trust_forwarded_for`` (default: on a Space, where ``SPACE_ID`` is set) takes the client
+    address from the ``X-Forwarded-For`` entry the proxy appended.
+    """
+    from starlette.middleware import Middleware
+
+    if trust_forwarded_for is None:
+        trust_forwarded_for = bool(os.environ.get("SPACE_ID"))
+    from gradio.utils import get_upload_folder
+
+    folder = Path(get_upload_folder())
+    cache = UploadCache(folder, upload_cache_mb * 1024 * 1024)
+    guard = Middleware(
+        DemoGuard,
+        blocks=demo,
+        limiter=RateLimiter(uploads_per_minute, upload_burst),
+        cache=cache,
+        max_request_bytes=max_file_size_mb * 1024 * 1024 + UPLOAD_OVERHEAD_BYTES,
+        trust_forwarded_for=trust_forwarded_for,
+    )
+    # The example photos gradio copied into the cache when the page was built are never evicted.
+    config_text = json.dumps(demo.config, default=str)
+    cache.protected = set(re.findall(re.escape(str(folder)) + r"/[0-9a-f]{64}/[^\"'\\?#<>\s]+", config_text))
+    demo.queue(default_concurrency_limit=1, max_size=queue_size)
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        max_file_size=max_file_size_mb * gr.FileSize.MB,
+        show_error=False,  # unexpected exceptions show a generic error; our gr.Error messages are always shown
+        ssr_mode=False,  # no Node server
+        mcp_server=False,
+        app_kwargs={"middleware": [guard]},
+        prevent_thread_lock=prevent_thread_lock,
+        quiet=quiet,
+    )

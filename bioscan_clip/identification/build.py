@@ -1,0 +1,286 @@
+"""Build a key folder: embed the keys once, index every feature, calibrate the confidence thresholds, write the
+records and the manifest last, and swap the whole folder in (format: :mod:`bioscan_clip.identification.key_folder`)."""
+
+from __future__ import annotations
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+import datasets
+import numpy as np
+import torch
+from PIL import Image
+from .calibration import CALIBRATION_SEED, DEFAULT_PRECISION, HELD_OUT_FRACTION, METHOD_NONE, calibrate_pair, plot_reliability, sample_rows
+from bioscan_clip.data.spec import DataSpec, has_role, role_records
+from bioscan_clip.data.specimens import SpecimenDataset, available_modalities, with_modalities
+from bioscan_clip.features import (
+    CALIBRATED_PAIRS,
+    KEY_FEATURES,
+    add_combined_features,
+    embed_dataset,
+    embed_inputs,
+    labels_of,
+    pair_name,
+    query_feature,
+)
+from bioscan_clip.retrieval.key_index import KeyIndex
+from bioscan_clip.safe_io import (
+    check_seal,
+    file_checksums,
+    kill_point,
+    read_json,
+    sealed_json,
+    staging_dir,
+    swap_in,
+    verify_checksums,
+)
+from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError, load_image_safely
+from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
+
+logger = logging.getLogger(__name__)
+
+
+def build_key_folder(
+    model: BioscanClipModel,
+    processor: BioscanClipProcessor,
+    keys: datasets.Dataset,
+    out_dir: str | Path,
+    *,
+    calibration_queries: datasets.Dataset | None = None,
+    precision: float = DEFAULT_PRECISION,
+    calibrate: bool = True,
+    index_type: str = "flat",
+    index_options: Mapping[str, Any] | None = None,
+    batch_size: int = 128,
+    show_progress: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Embeds ``keys`` once and writes a key folder: one index per feature, the records, the calibration.
+
+    Everything is written into a sibling temporary folder, with ``key_folder.json`` last, and swapped in by rename:
+    a crash at any point leaves the previous folder (or none), never a partial or mixed one.
+
+    Args:
+        model, processor: the trained model and its processor.
+        keys (`datasets.Dataset`): labelled key records (the package's record schema).
+        out_dir: the folder to write (replaced if it is a key folder or empty; anything else is refused).
+        calibration_queries (`datasets.Dataset`, *optional*): validation queries whose 1-NN correctness sets the
+            confidence thresholds, searched against the keys with a share of the labels held out at each rank;
+            without them the keys calibrate themselves, leave-one-out (see :mod:`bioscan_clip.calibration`).
+        precision (`float`, defaults to 0.9): precision the confident predictions must reach on those queries.
+        calibrate (`bool`, defaults to True): False writes no thresholds (no rank is ever confident, every query is
+            flagged unknown species), with a warning in ``calibration.json``.
+        index_type (`str`, defaults to ``"flat"``): ``flat`` (exact), an approximate faiss index or ``auto`` (chosen
+            by key count; see :meth:`KeyIndex.build`).
+        index_options (`dict`, *optional*): further :meth:`KeyIndex.build` index settings (``nlist``, ``nprobe``,
+            ``pq_m``, ``rerank``, ...), the same for every feature.
+        overwrite (`bool`, defaults to False): replace ``out_dir`` even when it is not a key folder.
+    """
+    out_dir = Path(out_dir)
+    refuse_foreign_output(out_dir, overwrite)
+    # Metadata-only keys (barcodes, no images) are indexed with the modalities they have.
+    modalities = available_modalities(keys, model.config.modalities, what="keys")
+    keys = with_modalities(keys, modalities, what="keys")
+    if len(keys) == 0:
+        raise BioscanInputError(f"no key record has every modality the index needs ({', '.join(modalities)})")
+    key_set = SpecimenDataset(keys, processor, modalities)
+    final_dir, staging = out_dir, staging_dir(out_dir)
+    # The key embeddings go to disk batch by batch and are indexed one feature at a time from there, so memory
+    # stays about one feature's index whatever the library's size. The scratch folder is a second staging folder:
+    # removed here, or, after a kill, by the next build (stale staging folders of dead processes).
+    scratch = staging_dir(out_dir)
+    try:
+        features = embed_dataset(
+            model, key_set, batch_size=batch_size, description="embedding keys", show_progress=show_progress,
+            out_dir=scratch, features=KEY_FEATURES,
+        )  # fmt: skip
+        labels = labels_of(key_set)
+        kill_point("index:embedded")
+        _write_key_folder(model, processor, modalities, key_set, features, labels, staging, calibration_queries,
+                          precision, index_type, batch_size, show_progress, calibrate=calibrate,
+                          index_options=index_options)  # fmt: skip
+        refuse_foreign_output(final_dir, overwrite)  # nothing foreign appeared there while we embedded
+        swap_in(staging, final_dir, stage_prefix="index:")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    kill_point("index:swapped")
+    return final_dir
+
+
+def _write_key_folder(
+    model: BioscanClipModel,
+    processor: BioscanClipProcessor,
+    modalities: list[str],
+    key_set: SpecimenDataset,
+    features: dict[str, np.ndarray],
+    labels: dict[str, list],
+    out_dir: Path,
+    calibration_queries: datasets.Dataset | None,
+    precision: float,
+    index_type: str,
+    batch_size: int,
+    show_progress: bool,
+    *,
+    calibrate: bool = True,
+    index_options: Mapping[str, Any] | None = None,
+) -> None:
+    """The parts of a key folder, written into ``out_dir`` (a fresh staging folder), manifest last."""
+    options = dict(index_options or {})
+    for name, matrix in features.items():
+        if name in KEY_FEATURES:
+            KeyIndex.build(matrix, labels, index_type=index_type, modality=name, **options).save(out_dir / name)
+            kill_point(f"index:{name}")
+    calibration = _calibrate(model, processor, modalities, key_set, features, labels, out_dir, calibration_queries,
+                             precision, index_type, batch_size, show_progress, calibrate)  # fmt: skip
+    (out_dir / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2))
+    kill_point("index:calibration")
+    stored = key_set.records
+    if "image" in stored.column_names:
+        stored = stored.cast_column("image", datasets.Image())
+    stored.save_to_disk(str(out_dir / RECORDS_DIRNAME))
+    kill_point("index:records")
+    manifest = {
+        "format": KEY_FOLDER_FORMAT,
+        "format_version": KEY_FOLDER_VERSION,
+        "model": {
+            "name_or_path": str(getattr(model.config, "_name_or_path", "") or ""),
+            "revision": getattr(model.config, "_commit_hash", None),
+            "config_sha256": config_hash(model),
+        },
+        "index_type": index_type,
+        "count": len(key_set),
+        "features": sorted(name for name in features if name in KEY_FEATURES),
+        "files": file_checksums(out_dir),
+    }
+    (out_dir / KEY_MANIFEST).write_text(sealed_json(manifest))
+    kill_point("index:manifest")
+
+
+def _calibrate(
+    model: BioscanClipModel,
+    processor: BioscanClipProcessor,
+    modalities: list[str],
+    key_set: SpecimenDataset,
+    features: dict[str, np.ndarray],
+    labels: dict[str, list],
+    out_dir: Path,
+    calibration_queries: datasets.Dataset | None,
+    precision: float,
+    index_type: str,
+    batch_size: int,
+    show_progress: bool,
+    calibrate: bool,
+) -> dict[str, Any]:
+    """The confidence thresholds of every calibrated pair and their report, and the reliability diagram in
+    ``out_dir``; every fallback is logged and listed in ``warnings``."""
+    calibration: dict[str, Any] = {
+        "precision": precision,
+        "vote_temperature": DEFAULT_VOTE_TEMPERATURE,
+        "thresholds": {},
+        "held_out_fraction": HELD_OUT_FRACTION,
+        "seed": CALIBRATION_SEED,
+        "warnings": [],
+    }
+    if not calibrate:
+        calibration["method"] = METHOD_NONE
+        calibration["warnings"].append(
+            "calibration turned off: no rank is ever confident and every query is flagged unknown species"
+        )
+        logger.warning(calibration["warnings"][-1])
+        return calibration
+    if calibration_queries is not None and len(calibration_queries):
+        query_set = SpecimenDataset(with_modalities(calibration_queries, modalities), processor, modalities)
+        rows = sample_rows(len(query_set))
+        query_features = embed_dataset(
+            model, query_set, batch_size=batch_size, description="calibration queries", show_progress=show_progress
+        )
+        query_features = {name: matrix[rows] for name, matrix in query_features.items()}
+        query_labels = labels_of(query_set)
+        truth = {rank: [query_labels[rank][r] for r in rows] for rank in TAXONOMIC_RANKS}
+        own_rows = None
+        calibration["method"] = "validation queries, labels held out of the keys per rank"
+    else:
+        # No validation queries (e.g. a BOLD library with every record a key): the keys calibrate themselves,
+        # each searched against the others, with a share of the species (and of each rank's labels) held out.
+        rows = sample_rows(len(key_set))
+        query_features = {name: matrix[rows] for name, matrix in features.items()}
+        truth = {rank: [labels[rank][r] for r in rows] for rank in TAXONOMIC_RANKS}
+        own_rows = rows
+        calibration["method"] = "leave-one-out over the keys, labels held out per rank (no validation queries)"
+    calibration["calibration_queries"] = int(len(rows))
+    calibration["report"], curves = {}, {}
+    for query_name, key_name in CALIBRATED_PAIRS:
+        if query_name not in query_features or key_name not in features:
+            continue
+        name = pair_name((query_name, key_name))
+        result = calibrate_pair(
+            query_features[query_name], truth, features[key_name], labels,
+            own_rows=own_rows, precision=precision, name=name,
+        )  # fmt: skip
+        calibration["thresholds"][name] = result["thresholds"]
+        calibration["report"][name] = result["report"]
+        calibration["warnings"].extend(result["warnings"])
+        curves[name] = result["curves"]
+    for warning in calibration["warnings"]:
+        logger.warning(warning)
+    if curves:
+        plot_reliability(curves, calibration["thresholds"], out_dir / CALIBRATION_PLOT, precision=precision)
+        calibration["plot"] = CALIBRATION_PLOT
+    if index_type != "flat":  # what the approximation costs, measured on the calibration queries
+        calibration["recall_at_5"] = {
+            name: KeyIndex.load(out_dir / name).recall_at_k(query_features[name], min(5, len(key_set)))
+            for name in features
+            if name in KEY_FEATURES and name in query_features
+        }
+    return calibration
+
+
+def build_index(
+    model: str | Path,
+    data: DataSpec,
+    out: str | Path,
+    *,
+    index_type: str = "flat",
+    index_options: Mapping[str, Any] | None = None,
+    precision: float = DEFAULT_PRECISION,
+    calibrate: bool = True,
+    batch_size: int = 128,
+    overwrite: bool = False,
+) -> Path:
+    """Embeds the keys of a dataset with a saved model and writes a key folder (see :func:`build_key_folder`),
+    calibrated on the dataset's validation queries when it has them, else leave-one-out over the keys (a BOLD
+    library with ``partition="none"``); ``calibrate=False`` writes no thresholds. The output and the data are
+    checked before the model is loaded."""
+    refuse_foreign_output(Path(out), overwrite)
+    splits, roles = data.load()
+    calibration = None
+    if calibrate:
+        parts = [
+            role_records(splits, roles, r)
+            for r in ("val_queries_seen", "val_queries_unseen")
+            if has_role(splits, roles, r)
+        ]
+        if parts:
+            calibration = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    keys = role_records(splits, roles, "keys")
+    network, processor = BioscanClipModel.from_pretrained(model).eval(), BioscanClipProcessor.from_pretrained(model)
+    return build_key_folder(
+        network,
+        processor,
+        keys,
+        out,
+        calibration_queries=calibration,
+        precision=precision,
+        calibrate=calibrate,
+        index_type=index_type,
+        index_options=index_options,
+        batch_size=batch_size,
+        overwrite=overwrite,
+    )

@@ -1,0 +1,164 @@
+"""Every option of a training run, declared once as dataclass fields: ``HfArgumentParser`` turns them into
+``train_accelerate.py``'s options, and the data options are :class:`~bioscan_clip.data.DataSpec`'s own fields."""
+
+from __future__ import annotations
+import argparse
+import collections
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, HfArgumentParser
+from . import presets
+from .checkpoints import TrainState, load_checkpoint, resolve_resume, save_checkpoint, save_pretrained
+from bioscan_clip.data.spec import DataSpec, has_role, role_records
+from bioscan_clip.data.specimens import ImageAugmentation, SpecimenDataset, model_inputs, with_modalities
+from bioscan_clip.data.augmentation import DnaAugmentation
+from bioscan_clip.evaluation.protocol import evaluate_retrieval, format_table, selection_score
+from bioscan_clip.features import VALIDATION_PAIRS, embed_dataset, labels_of
+from bioscan_clip.safe_io import DEBUG_ENV, error_boundary
+from bioscan_clip.sharding import usable_cores
+from .text_tokenizer import train_taxonomy_tokenizer
+from dataset_scripts import RETRIEVAL_SPLITS
+from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, contrastive_loss, taxonomy_to_text
+from modeling_bioscanclip.configuration_bioscanclip import DNA_POOLINGS, IMAGE_POOLINGS, MODALITIES, TEXT_POOLINGS
+from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
+
+logger = logging.getLogger(__name__)
+
+
+def _option(default: Any, help: str, **argparse_kwargs: Any) -> Any:
+    """A dataclass field whose help (and argparse settings) ``HfArgumentParser`` turns into a command-line option."""
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a run. A preset fills the defaults; the command line (or the caller) overrides any field."""
+
+    preset: str = _option("tiny", "defaults for every other option", choices=presets.PRESET_NAMES)
+    source: str | None = _option(
+        "mini", "dataset builder (mini is generated, synthetic)", choices=tuple(RETRIEVAL_SPLITS)
+    )
+    data_dir: str | None = _option(
+        None, "data root of the builder, or its metadata CSV/TSV (for bold: the export file); mini needs none"
+    )
+    dataset_path: str | None = _option(None, "instead of a builder, a DatasetDict saved with save_to_disk")
+    cache_dir: str | None = _option(None, "where builders keep their Arrow cache (None: the datasets cache)")
+    partition: str | None = _option(
+        None, "BOLD exports: 'none' (default) trains on every record; 'clibd' holds out seen/unseen queries"
+    )
+    image_policy: str | None = _option(
+        None, "a missing or corrupt image: fail (default), skip the record, keep it without image",
+        choices=("fail", "skip", "keep"),
+    )  # fmt: skip
+    image_package: str | None = _option(None, "image folder under images/ (default cropped_256); 'none': no images")
+    keep_provisional_names: bool = _option(False, "BOLD exports: keep 'sp.'/'cf.'/interim names as their own labels")
+    genus_from_species: bool = _option(False, "fill a missing genus from the species name (as bioscan-dataset)")
+    output_dir: str = _option("runs/train", "checkpoints, logs, the final and the best model")
+    modalities: str = _option("image,dna,text", "two or three of image,dna,text (dna,text for barcode-only data)")
+    epochs: int = _option(20, "passes over the training records")
+    max_steps: int | None = _option(None, "stop after this many optimiser steps (the schedule still spans --epochs)")
+    batch_size: int = _option(64, "records per process per step; negatives come from the global batch")
+    learning_rate: float = _option(1e-3, "peak one-cycle learning rate at --lr_reference_batch, scaled linearly")
+    lr_reference_batch: int = _option(64, "global batch at which --learning_rate applies (500 in the paper)")
+    weight_decay: float = _option(0.01, "AdamW weight decay")
+    warmup_fraction: float = _option(0.3, "fraction of the steps spent warming up (one-cycle pct_start)")
+    gradient_accumulation_steps: int = _option(1, "batches per optimiser step")
+    max_grad_norm: float | None = _option(1.0, "clip gradients to this norm (0 or none: no clipping, as the paper)")
+    mixed_precision: str = _option("no", "fp16/bf16 need a device that supports them", choices=("no", "bf16", "fp16"))
+    seed: int = _option(42, "seeds model initialisation, dropout, sample order and augmentation")
+    num_workers: int | None = _option(
+        None,
+        "DataLoader worker processes per process (None: 1 per 2 cores, at most 8, with images; 0 without); "
+        "the run is the same with any number",
+    )
+    num_threads: int | None = _option(
+        None,
+        "torch threads per process (None: every core this process may use, shared among the processes on "
+        "this machine; `accelerate launch` would otherwise leave one, through OMP_NUM_THREADS=1)",
+    )
+    same_species_positives: bool = _option(False, "treat records of the same species in a batch as positives")
+    crop_scale_min: float = _option(0.08, "smallest area fraction of the random resized crop (0.08 in the paper)")
+    dna_augmentation: bool = _option(
+        False, "augment training barcodes: random reading frame, end trimming, a few N (off in the paper's recipe)"
+    )
+    dna_frames: int | None = _option(
+        None, "DNA embeddings at inference average the barcode read from its first N bases (None/1: one frame)"
+    )
+    text_vocab_size: int = _option(2000, "size of the taxonomy WordPiece vocabulary built from the training names")
+    image_tower: str | None = _option(None, "start the image tower from this pretrained vision model folder")
+    dna_tower: str | None = _option(None, "start the DNA tower from this pretrained BERT over 5-mers (BarcodeBERT)")
+    text_tower: str | None = _option(None, "start the text tower from this BERT folder; its tokenizer is then used")
+    text_tokenizer: str | None = _option(None, "a tokenizer folder for the taxonomy text (None: built from the names)")
+    projection_dim: int | None = _option(None, "size of the shared embedding space (None: the preset's)")
+    image_pooling: str | None = _option(None, "image pooling (None: the preset's)", choices=IMAGE_POOLINGS)
+    dna_pooling: str | None = _option(None, "softmax_mean is the original's head (None: mean)", choices=DNA_POOLINGS)
+    text_pooling: str | None = _option(None, "mean_all is the original's (None: mean)", choices=TEXT_POOLINGS)
+    dna_use_attention_mask: bool = _option(True, "--no_dna_use_attention_mask attends to the N padding (original)")
+    dna_reference_mode: bool = _option(False, "DNA ids exactly as the original (<MASK> prefix), for BarcodeBERT")
+    eval_every_epochs: int = _option(1, "validation retrieval every N epochs (0: never); it picks the best model")
+    eval_batch_size: int = _option(128, "embedding batch size of the validation")
+    checkpoint_every_steps: int | None = _option(None, "also checkpoint every N steps (always at each epoch end)")
+    checkpoints_total_limit: int = _option(2, "complete checkpoints kept (the newest ones)")
+    resume_from_checkpoint: str | None = _option(None, "'latest' or a checkpoint folder: continue exactly there")
+    max_nan_skips: int = _option(5, "abort after this many consecutive non-finite losses")
+    report_to: str = _option("tensorboard", "Accelerate trackers", choices=("tensorboard", "wandb", "all", "none"))
+    push_to_hub: bool = _option(False, "upload the chosen model to --hub_model_id at the end")
+    hub_model_id: str | None = _option(None, "repository for --push_to_hub (owner/name)")
+    cpu: bool = _option(False, "run on the CPU even when a GPU is present")
+    expect_processes: int | None = _option(None, "fail unless exactly this many processes run (catches fall-backs)")
+    log_every_steps: int = _option(10, "log loss, learning rate and temperature every N steps")
+    log_batch_ids: bool = _option(False, "append every step's record ids to batch_ids.jsonl (audits sample order)")
+
+    def __post_init__(self) -> None:
+        presets.get_preset(self.preset)
+        self.modality_list()
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            self.max_grad_norm = None
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("--push_to_hub needs --hub_model_id")
+        if self.dna_frames is not None and not 1 <= self.dna_frames <= 8:
+            raise ValueError(f"--dna_frames: expected 1 to 8 reading frames, got {self.dna_frames}")
+
+    @classmethod
+    def from_preset(cls, preset: str = "tiny", **overrides: Any) -> TrainConfig:
+        """The preset's defaults with ``overrides`` on top: what the command line does, from Python."""
+        return cls(**{**presets.get_preset(preset).training, **overrides, "preset": preset})
+
+    def modality_list(self) -> list[str]:
+        names = [m.strip() for m in self.modalities.split(",") if m.strip()]
+        if len(set(names)) < 2 or set(names) - set(MODALITIES):
+            raise ValueError(f"--modalities: expected at least two of {','.join(MODALITIES)}, got {self.modalities!r}")
+        return [m for m in MODALITIES if m in names]
+
+    def data(self) -> DataSpec:
+        return DataSpec.from_options(self)
+
+    def model_overrides(self) -> dict[str, Any]:
+        """The model settings given here, over the preset's architecture."""
+        names = ("projection_dim", "image_pooling", "dna_pooling", "text_pooling")
+        overrides = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        if self.dna_frames is not None and self.dna_frames > 1:  # kept in config.json, read by embed_dataset
+            overrides["dna_frames"] = self.dna_frames
+        return {**overrides, "dna_use_attention_mask": self.dna_use_attention_mask}
+
+
+@dataclass
+class TrainResult:
+    """What a run leaves: the chosen model (best validation score, else final) and its summary."""
+
+    output_dir: Path
+    model_dir: Path
+    summary: dict[str, Any]

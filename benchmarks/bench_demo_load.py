@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -177,12 +178,15 @@ def main() -> None:
         cache_dir = root / "gradio-cache"
         cache_dir.mkdir()
         os.environ["GRADIO_TEMP_DIR"] = str(cache_dir)
-        from bioscan_clip import demo as demo_app
+        from bioscan_clip.apps.demo import build_demo, guard, launch
 
-        model_dir, key_dir = (args.model, args.keys) if args.model else demo_app.write_untrained_demo_folders(root)
-        cap_mb = args.cache_mb or demo_app.UPLOAD_CACHE_CAP_MB
-        demo = demo_app.build_demo(model_dir, key_dir, examples_dir=root / "examples")
-        _, url, _ = demo_app.launch(
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the untrained folders' helper
+        from demo_folders import write_untrained_demo_folders
+
+        model_dir, key_dir = (args.model, args.keys) if args.model else write_untrained_demo_folders(root)
+        cap_mb = args.cache_mb or guard.UPLOAD_CACHE_CAP_MB
+        demo = build_demo(model_dir, key_dir, examples_dir=root / "examples")
+        _, url, _ = launch(
             demo,
             port=free_port(),
             upload_cache_mb=cap_mb,

@@ -179,11 +179,11 @@ def _barcodes(count: int) -> tuple[list[str], str]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import datasets
 
-    from bioscan_clip.training import presets
     from bioscan_clip.data.specimens import SpecimenDataset, image_file_records
     from bioscan_clip.features import DNA, IMAGE, embed_dataset, loader_workers
-    from bioscan_clip.training.text_tokenizer import train_taxonomy_tokenizer
+    from bioscan_clip.training import presets
     from bioscan_clip.training.loop import training_loss
+    from bioscan_clip.training.text_tokenizer import train_taxonomy_tokenizer
     from modeling_bioscanclip import BioscanClipModel
 
     started = time.perf_counter()

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bioscan_clip.data.specimens import SpecimenDataset, model_inputs
 from bioscan_clip.data.barcodes import clean_barcodes, frame_shifted_barcodes
+from bioscan_clip.data.specimens import SpecimenDataset, model_inputs
 from bioscan_clip.sharding import usable_cores
 from modeling_bioscanclip import BioscanInputError
 from modeling_bioscanclip.configuration_bioscanclip import MODALITIES

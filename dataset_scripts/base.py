@@ -46,9 +46,9 @@ from .integrity import (
 from .schema import (
     RECORD_FEATURES,
     fill_genus_from_species,
-    normalise_missing,
     record_table,
     records_to_arrow,
+    take_column,
     truncate_dna,
 )
 from .tables import TABLE_SUFFIXES, read_table_chunks
@@ -512,11 +512,3 @@ def record_frame(
     return frame
 
 
-def take_column(raw: pd.DataFrame, name: str, *, arrow: bool = False) -> pd.Series:
-    """The normalised column ``name`` of ``raw`` (see :func:`normalise_missing`), or all missing when the source
-    lacks it."""
-    if name in raw.columns:
-        return normalise_missing(raw[name], arrow=arrow)
-    if arrow:
-        return pd.Series(pd.array([None] * len(raw), dtype="str"), index=raw.index)
-    return pd.Series([None] * len(raw), index=raw.index, dtype=object)

@@ -180,3 +180,13 @@ BIOSCAN_1M_COLUMNS = (
     "small_diptera_family", "large_insect_order", "medium_insect_order", "small_insect_order", "chunk_number",
     "copyright_license", "copyright_holder", "copyright_institution", "copyright_contact", "photographer", "author",
 )  # fmt: skip
+
+
+def take_column(raw: pd.DataFrame, name: str, *, arrow: bool = False) -> pd.Series:
+    """The normalised column ``name`` of ``raw`` (see :func:`normalise_missing`), or all missing when the source
+    lacks it."""
+    if name in raw.columns:
+        return normalise_missing(raw[name], arrow=arrow)
+    if arrow:
+        return pd.Series(pd.array([None] * len(raw), dtype="str"), index=raw.index)
+    return pd.Series([None] * len(raw), index=raw.index, dtype=object)

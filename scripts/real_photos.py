@@ -82,10 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seeds the partition, the initialisation and training")
     args = parser.parse_args(argv)
 
-    from bioscan_clip.data import DataSpec
-    from bioscan_clip.evaluation import evaluate
-    from bioscan_clip.quickstart import _save_untrained
-    from bioscan_clip.training import TrainConfig, train
+    from bioscan_clip.apps.quickstart import _save_untrained
+    from bioscan_clip.data.spec import DataSpec
+    from bioscan_clip.evaluation.protocol import evaluate
+    from bioscan_clip.training.config import TrainConfig
+    from bioscan_clip.training.loop import train
 
     labels = args.photos_dir / "labels.csv"
     if not labels.is_file():

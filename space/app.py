@@ -1,6 +1,6 @@
 """BIOSCAN-CLIP insect identification: the Hugging Face Space entry point.
 
-The app is ``bioscan_clip.demo`` (installed with the package, see requirements.txt); this file only chooses what to
+The app is ``bioscan_clip.apps.demo`` (installed with the package, see requirements.txt); this file only chooses what to
 serve and launches it, so ``python space/app.py --model DIR --keys DIR`` and ``bioscan-clip demo --model DIR --keys
 DIR`` are the same. On a Space (no arguments), the key library comes from the ``BIOSCAN_CLIP_KEYS`` variable or else
 the first ``datasets:`` entry of this folder's README front matter (a repository written by ``bioscan-clip push
@@ -18,7 +18,9 @@ import sys
 from pathlib import Path
 
 # Re-exported: the Space and tests build the app from here without launching it.
-from bioscan_clip.demo import add_arguments, build_demo, launch, main, run
+from bioscan_clip.apps.commands.demo import add_arguments, main, run
+from bioscan_clip.apps.demo.guard import launch
+from bioscan_clip.apps.demo.page import build_demo
 
 __all__ = ["add_arguments", "build_demo", "launch", "main", "run", "space_repos", "build_space", "unset_page"]
 
@@ -71,7 +73,7 @@ def build_space():
     repos = space_repos()
     if not repos["keys"]:
         return unset_page()
-    from bioscan_clip.hub import resolve_key_library
+    from bioscan_clip.identification.library import resolve_key_library
 
     model_dir, key_dir = resolve_key_library(
         repos["keys"], revision=repos["keys_revision"], model=repos["model"], model_revision=repos["model_revision"]

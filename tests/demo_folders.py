@@ -1,30 +1,9 @@
 """Test helper: an untrained tiny model and a small key folder, the demo's whole path with no training."""
 
 from __future__ import annotations
-import argparse
-import contextlib
-import hashlib
-import json
+
 import logging
-import math
-import os
-import re
-import tempfile
-import threading
-import time
-from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-import anyio
-import datasets
-import gradio as gr
-from PIL import Image
-from bioscan_clip.features import AVERAGED, DNA, IMAGE
-from bioscan_clip.identification.identifier import Identification, Identifier
-from modeling_bioscanclip import BioscanInputError, load_image_safely, normalize_barcode
-from modeling_bioscanclip.constants_bioscanclip import MAX_IMAGE_PIXELS, MAX_RAW_DNA_CHARACTERS, TAXONOMIC_RANKS
 
 logger = logging.getLogger(__name__)
 
@@ -35,9 +14,9 @@ def write_untrained_demo_folders(root: str | Path, *, keys: int = 60, seed: int 
     Returns ``(model_dir, keys_dir)``. The answers are meaningless: the model has random weights."""
     import torch
 
-    from bioscan_clip.training import presets
     from bioscan_clip.data.spec import load_splits, role_records
     from bioscan_clip.identification.build import build_key_folder
+    from bioscan_clip.training import presets
     from bioscan_clip.training.text_tokenizer import train_taxonomy_tokenizer
     from dataset_scripts.synth import generate_mini_bioscan
     from modeling_bioscanclip import BioscanClipModel, taxonomy_to_text

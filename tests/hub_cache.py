@@ -1,21 +1,12 @@
 """Test helper: a folder laid out in a ``huggingface_hub`` cache as ``snapshot_download`` leaves it."""
 
 from __future__ import annotations
-import ast
-import importlib.metadata
-import json
+
 import logging
 import os
-import re
-import shutil
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-from bioscan_clip.identification.key_folder import KEY_MANIFEST, key_records, verify_key_folder
-from bioscan_clip.evaluation.metric import METRIC_DIR
-from bioscan_clip.evaluation.reports import ensure_card_metadata, update_model_card
-from modeling_bioscanclip import BioscanInputError
-from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
+
+from bioscan_clip.apps.publish import repo_files
 
 logger = logging.getLogger(__name__)
 

@@ -14,13 +14,23 @@ import datasets
 import numpy as np
 import pytest
 
-from bioscan_clip.identification import calibration as calibration_module
-from bioscan_clip.identification.calibration import METHOD_HELD_OUT, METHOD_NONE, METHOD_PRESENT_ONLY, calibrate_pair, calibrate_thresholds, embedding_confidence_report, identity_confidence_report, isotonic_accuracy, novelty_auroc
 from bioscan_clip.apps.cli import main
 from bioscan_clip.data.spec import load_splits, role_records
-from bioscan_clip.identification.key_folder import CALIBRATION_PLOT, verify_key_folder
-from bioscan_clip.identification.identifier import Identifier
+from bioscan_clip.identification import calibration as calibration_module
 from bioscan_clip.identification.build import build_key_folder
+from bioscan_clip.identification.calibration import (
+    METHOD_HELD_OUT,
+    METHOD_NONE,
+    METHOD_PRESENT_ONLY,
+    calibrate_pair,
+    calibrate_thresholds,
+    embedding_confidence_report,
+    identity_confidence_report,
+    isotonic_accuracy,
+    novelty_auroc,
+)
+from bioscan_clip.identification.identifier import Identifier
+from bioscan_clip.identification.key_folder import CALIBRATION_PLOT, verify_key_folder
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 

@@ -11,8 +11,8 @@ import pytest
 
 from bioscan_clip.apps.cli import SUBCOMMANDS, main
 from bioscan_clip.data.spec import load_splits, role_records
-from bioscan_clip.identification.identifier import Identifier
 from bioscan_clip.identification.build import build_key_folder
+from bioscan_clip.identification.identifier import Identifier
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
@@ -98,7 +98,12 @@ def test_evaluate_writes_tables_plots_and_model_card(tmp_path, trained_tiny, min
 
 def test_evaluate_species_held_out_compares_identifiers_on_real_barcodes(tmp_path, trained_tiny, realdata, capsys):
     from bioscan_clip.data.spec import DataSpec
-    from bioscan_clip.evaluation.protocol import COMBINED_IDENTIFIER, IDENTITY_IDENTIFIER, KMER_IDENTIFIER, MODEL_IDENTIFIER
+    from bioscan_clip.evaluation.protocol import (
+        COMBINED_IDENTIFIER,
+        IDENTITY_IDENTIFIER,
+        KMER_IDENTIFIER,
+        MODEL_IDENTIFIER,
+    )
 
     table = realdata / "coi_fulltax_sample.tsv"
     out = tmp_path / "held-out"

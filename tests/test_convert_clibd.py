@@ -19,7 +19,13 @@ from torch import nn
 from transformers import AutoModel, BertConfig, BertForMaskedLM, BertModel, BertTokenizer
 
 from bioscan_clip.apps.cli import main as cli_main
-from bioscan_clip.apps.convert_clibd import ClibdCheckpointError, convert_clibd_checkpoint, convert_clibd_state_dict, load_clibd_checkpoint, sha256_of_file
+from bioscan_clip.apps.convert_clibd import (
+    ClibdCheckpointError,
+    convert_clibd_checkpoint,
+    convert_clibd_state_dict,
+    load_clibd_checkpoint,
+    sha256_of_file,
+)
 from modeling_bioscanclip import BioscanClipModel, BioscanDnaTokenizer
 
 TOLERANCE = 1e-5  # max abs difference allowed in float32

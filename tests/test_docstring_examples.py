@@ -13,7 +13,7 @@ MODULES = [
     "modeling_bioscanclip.tokenization_dna",
     "modeling_bioscanclip.image_processing_bioscanclip",
     "modeling_bioscanclip.processing_bioscanclip",
-    "bioscan_clip.kmer_baseline",
+    "bioscan_clip.baselines.kmer",
 ]
 
 

@@ -104,9 +104,9 @@ def test_index_embeds_its_keys_to_disk_and_indexes_them_from_there(
 ):
     from pathlib import Path
 
-    from bioscan_clip import identification
     from bioscan_clip.data.spec import load_splits
     from bioscan_clip.features import KEY_FEATURES
+    from bioscan_clip.identification import build as identification
     from bioscan_clip.retrieval.key_index import KeyIndex
 
     model = BioscanClipModel.from_pretrained(save_tiny_model(tmp_path / "model", tiny_processor, seed=1)).eval()
@@ -130,11 +130,11 @@ def test_index_embeds_its_keys_to_disk_and_indexes_them_from_there(
 
 
 def _launch_embed(processes: int, embed_args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    """`accelerate launch ... -m bioscan_clip.cli embed EMBED_ARGS` as a user types it (on CPU, 2 processes need
+    """`accelerate launch ... -m bioscan_clip.apps.cli embed EMBED_ARGS` as a user types it (on CPU, 2 processes need
     --multi_gpu: without it Accelerate starts one)."""
     flags = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     launcher = ["--multi_gpu", "--num_processes", "2", *flags] if processes == 2 else ["--num_processes", "1", *flags]
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "-m", "bioscan_clip.cli", "embed"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "-m", "bioscan_clip.apps.cli", "embed"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [*command, *embed_args], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO_ROOT

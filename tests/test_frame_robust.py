@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from bioscan_clip.training import presets
-from bioscan_clip.data.specimens import SpecimenDataset, model_inputs
 from bioscan_clip.data.augmentation import DNA_STREAM, DnaAugmentation
 from bioscan_clip.data.barcodes import clean_barcodes, frame_shifted_barcodes
+from bioscan_clip.data.specimens import SpecimenDataset, model_inputs
 from bioscan_clip.features import dna_frames_of, embed_dataset, embed_inputs
-from bioscan_clip.training.text_tokenizer import train_taxonomy_tokenizer
+from bioscan_clip.training import presets
 from bioscan_clip.training.config import TrainConfig
+from bioscan_clip.training.text_tokenizer import train_taxonomy_tokenizer
 from modeling_bioscanclip import (
     BioscanClipConfig,
     BioscanClipModel,

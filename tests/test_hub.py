@@ -1,4 +1,4 @@
-"""Publishing on the Hub (bioscan_clip.hub, `bioscan-clip push`): the README walk-through, the four repositories
+"""Publishing on the Hub (bioscan_clip.apps.publish, `bioscan-clip push`): the README walk-through, the four repositories
 loaded by repo id from a real huggingface_hub cache layout in fresh offline processes, and the upload operations.
 
 Nothing here reaches the network: loading goes through a Hub cache laid out as ``snapshot_download`` leaves it
@@ -22,8 +22,9 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import REPO_ROOT
+from hub_cache import hub_cache_layout
 
-from bioscan_clip import hub
+from bioscan_clip.apps import publish as hub
 from bioscan_clip.apps.cli import main
 
 MODEL_REPO, KEYS_REPO = "my-lab/bioscan-clip-tiny", "my-lab/bioscan-keys"
@@ -84,7 +85,7 @@ def published(tmp_path_factory):
     cache = root / "hf-cache"
     repos = {"model": MODEL_REPO, "keys": KEYS_REPO, "metric": METRIC_REPO, "space": SPACE_REPO}
     for kind, folder in exported.items():
-        hub.hub_cache_layout(cache, repos[kind], folder, repo_type=hub.REPO_TYPES[kind], commit=COMMITS[kind])
+        hub_cache_layout(cache, repos[kind], folder, repo_type=hub.REPO_TYPE_OF[kind], commit=COMMITS[kind])
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "HF_HUB_CACHE")}
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HUB_CACHE=str(cache), HF_HOME=str(root / "hf-home"))
     return SimpleNamespace(
@@ -288,7 +289,7 @@ def test_push_uploads_exactly_the_exported_files(published, monkeypatch, capsys)
         assert main([*substitute(command), "--revision", "main"]) == 0
     assert [commit["repo_id"] for commit in transport.commits] == [MODEL_REPO, KEYS_REPO, METRIC_REPO, SPACE_REPO]
     for commit, kind in zip(transport.commits, ("model", "keys", "metric", "space"), strict=True):
-        assert commit["repo_type"] == hub.REPO_TYPES[kind] and commit["revision"] == "main"
+        assert commit["repo_type"] == hub.REPO_TYPE_OF[kind] and commit["revision"] == "main"
         assert commit["files"] == folder_bytes(published.exported[kind]), kind
     assert [repo.get("space_sdk") for repo in transport.repos] == [None, None, "gradio", "gradio"]
     assert "pushed space to space repository my-lab/bioscan-clip-demo: commit" in capsys.readouterr().out
@@ -301,15 +302,15 @@ def test_train_push_to_hub_uses_the_same_export(published, monkeypatch):
     hub.push_model_folder(published.model_dir, MODEL_REPO)
     [commit] = transport.commits
     assert commit["repo_type"] == "model" and commit["files"] == folder_bytes(published.exported["model"])
-    source = (REPO_ROOT / "bioscan_clip" / "training.py").read_text()
-    assert "push_model_folder(chosen, config.hub_model_id)" in source
+    source = (REPO_ROOT / "bioscan_clip" / "apps" / "train.py").read_text()
+    assert "push_model_folder(result.model_dir, config.hub_model_id)" in source
 
 
 def test_processor_refuses_to_fall_back_when_the_dna_tokenizer_is_missing(published, tmp_path):
     from modeling_bioscanclip import BioscanClipProcessor
 
     cache = tmp_path / "cache"
-    snapshot = hub.hub_cache_layout(cache, "my-lab/broken", published.exported["model"], repo_type="model",
+    snapshot = hub_cache_layout(cache, "my-lab/broken", published.exported["model"], repo_type="model",
                                     commit=COMMITS["model"])  # fmt: skip
     (snapshot / "dna_tokenizer" / "vocab.json").unlink()
     with pytest.raises(OSError, match=r"cannot load the DNA tokenizer from dna_tokenizer/.*refusing to fall back"):

@@ -96,7 +96,7 @@ def test_norms():
 def test_chunking_gives_the_same_profiles(monkeypatch):
     barcodes = ["".join(p) * 3 for p in itertools.product("ACGT", repeat=3)]  # 64 barcodes
     whole = kmer_profile(barcodes)
-    monkeypatch.setattr("bioscan_clip.kmer_baseline.PROFILE_CHUNK_SIZE", 5)
+    monkeypatch.setattr("bioscan_clip.baselines.kmer.PROFILE_CHUNK_SIZE", 5)
     np.testing.assert_array_equal(kmer_profile(barcodes), whole)
 
 
@@ -162,9 +162,9 @@ def test_leave_one_out_genus_accuracy_on_real_barcodes(coi_sample):
 def test_docstring_examples_run():
     import doctest
 
-    import bioscan_clip.kmer_baseline
+    import bioscan_clip.baselines.kmer
 
-    results = doctest.testmod(bioscan_clip.kmer_baseline)
+    results = doctest.testmod(bioscan_clip.baselines.kmer)
     assert results.failed == 0 and results.attempted >= 4
 
 

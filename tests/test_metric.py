@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import bioscan_clip.metric
+import bioscan_clip.evaluation.metric
 from modeling_bioscanclip import constants_bioscanclip
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOURCE_DIR = REPO_ROOT / "metrics" / "taxonomic_retrieval"  # the source of truth, loaded by relative path
-METRIC_DIR = bioscan_clip.metric.METRIC_DIR  # the installed folder (the same one under `pip install -e .`)
+METRIC_DIR = bioscan_clip.evaluation.metric.METRIC_DIR  # the installed folder (the same one under `pip install -e .`)
 
-metric_module = bioscan_clip.metric.metric_module()
+metric_module = bioscan_clip.evaluation.metric.metric_module()
 compute = metric_module.compute_taxonomic_accuracy
 harmonic_mean = metric_module.harmonic_mean
 MetricInputError = metric_module.TaxonomicRetrievalInputError
@@ -305,14 +305,14 @@ def test_constants_equal_the_packages():
 def test_installed_folder_and_module():
     assert (METRIC_DIR / "taxonomic_retrieval.py").is_file() and (METRIC_DIR / "README.md").is_file()
     assert Path(metric_module.__file__).resolve() == (METRIC_DIR / "taxonomic_retrieval.py").resolve()
-    assert bioscan_clip.metric.metric_module() is metric_module  # cached
+    assert bioscan_clip.evaluation.metric.metric_module() is metric_module  # cached
     # The checkout's copy is the one installed (no second copy to keep in sync) when the install is editable.
     if SOURCE_DIR.is_dir() and "site-packages" not in str(METRIC_DIR):
         assert METRIC_DIR.resolve() == SOURCE_DIR.resolve()
 
 
 def test_metric_api_docstring_example_runs():
-    result = doctest.testmod(bioscan_clip.metric, optionflags=doctest.ELLIPSIS, verbose=False)
+    result = doctest.testmod(bioscan_clip.evaluation.metric, optionflags=doctest.ELLIPSIS, verbose=False)
     assert result.attempted >= 4 and result.failed == 0
 
 

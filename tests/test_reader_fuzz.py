@@ -12,7 +12,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dataset_scripts.tables import read_fasta, read_query_table
+from dataset_scripts.queries import read_fasta, read_query_table
 from modeling_bioscanclip import BioscanInputError
 
 # Pieces real files are made of, so that the fuzzer reaches past the first check of each reader.

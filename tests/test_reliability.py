@@ -24,9 +24,9 @@ from conftest import REPO_ROOT
 from reliability_fixtures import BARCODE, key_records, save_tiny_model
 
 from bioscan_clip.apps.cli import main
-from bioscan_clip.identification.key_folder import KEY_MANIFEST, verify_key_folder
-from bioscan_clip.identification.identifier import Identifier
 from bioscan_clip.identification.build import build_key_folder
+from bioscan_clip.identification.identifier import Identifier
+from bioscan_clip.identification.key_folder import KEY_MANIFEST, verify_key_folder
 from bioscan_clip.retrieval.key_index import KeyIndex
 from bioscan_clip.safe_io import KILL_AT_ENV
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError
@@ -194,7 +194,7 @@ def datasets_from(dna_models):
 
 
 # ---- predict / embed: written to a temporary file and renamed --------------------------------------------------------
-EMBED_SCRIPT = "import sys; from bioscan_clip.cli import main; sys.exit(main(sys.argv[1:]))"
+EMBED_SCRIPT = "import sys; from bioscan_clip.apps.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 @pytest.mark.parametrize("suffix", [".parquet", pytest.param(".csv", marks=pytest.mark.slow)])

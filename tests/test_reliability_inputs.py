@@ -1,7 +1,7 @@
 """The bad-input table: every case gets one clear line that names the input, exit code 2, no traceback and no
 partial output (a file already at ``--out`` is left byte for byte as it was).
 
-Cases run in this process through ``bioscan_clip.cli.main`` (the same error boundary as the console script), the
+Cases run in this process through ``bioscan_clip.apps.cli.main`` (the same error boundary as the console script), the
 processor, the builders and the demo's handler. RELIABILITY.md lists the classes; tests/test_reliability_doc.py
 checks it against this table.
 """

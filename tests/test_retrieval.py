@@ -311,9 +311,9 @@ def test_l2_normalize_is_unit_length_and_float32():
 def test_docstring_examples_run():
     import doctest
 
-    import bioscan_clip.retrieval
+    import bioscan_clip.retrieval.key_index
 
-    results = doctest.testmod(bioscan_clip.retrieval)
+    results = doctest.testmod(bioscan_clip.retrieval.key_index)
     assert results.failed == 0 and results.attempted >= 3
 
 
@@ -427,7 +427,7 @@ def test_index_params_round_trip_through_save_and_load(clustered_data, tmp_path)
 
 
 def test_auto_index_type_is_chosen_by_key_count(monkeypatch):
-    import bioscan_clip.retrieval as retrieval
+    import bioscan_clip.retrieval.key_index as retrieval
 
     keys = np.random.default_rng(5).standard_normal((600, 16))
     assert KeyIndex.build(keys, _metadata(600), index_type="auto").index_type == "flat"
@@ -439,7 +439,7 @@ def test_auto_index_type_is_chosen_by_key_count(monkeypatch):
 
 
 def test_the_default_rerank_grows_with_the_key_count():
-    from bioscan_clip import retrieval
+    from bioscan_clip.retrieval import key_index as retrieval
     from bioscan_clip.retrieval.key_index import resolve_index_params
 
     # The true neighbour sinks among the PQ scores as keys grow: 64 candidates per million keys, at least 64.

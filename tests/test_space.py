@@ -1,4 +1,4 @@
-"""The Gradio demo (bioscan_clip.demo, launched by space/app.py and `bioscan-clip demo`): end to end over HTTP with
+"""The Gradio demo (bioscan_clip.apps.demo, launched by space/app.py and `bioscan-clip demo`): end to end over HTTP with
 gradio_client, its limits, and a real browser.
 
 Everything runs on loopback against a randomly initialised tiny model and a 60-specimen key folder built from the
@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 from conftest import environment_variable
 
+from modeling_bioscanclip import BioscanInputError
 from modeling_bioscanclip.constants_bioscanclip import MAX_IMAGE_PIXELS, TAXONOMIC_RANKS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -188,11 +189,27 @@ def test_space_entry_point_reexports_the_demo(demo_app):
     assert module.build_demo is demo_app.build_demo and module.main is demo_app.main
 
 
-def test_resolve_folder_local_and_refusals(demo_app, demo_folders, tmp_path):
+def test_resolve_folder_local_and_refusals(demo_folders, tmp_path):
+    from bioscan_clip.resolve import resolve_folder
+
     model_dir, _ = demo_folders
-    assert demo_app.resolve_folder(model_dir) == model_dir  # a local folder never reaches the Hub
-    with pytest.raises(FileNotFoundError, match="not a Hub repository id"):
-        demo_app.resolve_folder(tmp_path / "missing")
+    assert resolve_folder(model_dir) == model_dir  # a local folder never reaches the Hub
+    with pytest.raises(BioscanInputError, match="not a Hub repository id"):
+        resolve_folder(tmp_path / "missing")
+    with pytest.raises(BioscanInputError, match="plain relative path"):
+        resolve_folder("lab/keys/../../elsewhere", repo_type="dataset")
+
+
+def test_demo_options_use_underscores_and_keep_the_dashed_spellings_hidden(demo_app):
+    import argparse
+
+    parser = demo_app.add_arguments(argparse.ArgumentParser())
+    shown = parser.format_help()
+    assert "--max_file_size_mb" in shown and "--max-file-size-mb" not in shown and "--upload_dir" in shown
+    old = parser.parse_args(["--max-file-size-mb", "3", "--cache-dir", "/tmp/u", "--keys-repo-type", "model"])
+    new = parser.parse_args(["--max_file_size_mb", "3", "--upload_dir", "/tmp/u", "--keys_repo_type", "model"])
+    assert vars(old) == vars(new)
+    assert parser.parse_args([]).keys_repo_type == "dataset"  # where `push keys` publishes
 
 
 def test_space_requirements_pin_this_package():

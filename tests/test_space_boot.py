@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from hub_cache import hub_cache_layout
 from wheel_build import build_wheel, check, expose_test_dependencies, isolated_env, make_venv, pip_install
 
-from bioscan_clip import hub
+from bioscan_clip.apps import publish as hub
 
 pytestmark = pytest.mark.slow
 
@@ -44,9 +45,9 @@ def _real_query(realdata: Path) -> tuple[Path, str]:
 
 
 def test_exported_space_boots_in_a_fresh_venv_and_answers(tmp_path, realdata):
+    from demo_folders import write_untrained_demo_folders
     from gradio_client import Client, handle_file
 
-    from demo_folders import write_untrained_demo_folders
     from bioscan_clip.identification.identifier import Identifier
 
     image, barcode = _real_query(realdata)
@@ -54,15 +55,15 @@ def test_exported_space_boots_in_a_fresh_venv_and_answers(tmp_path, realdata):
     model_dir, key_dir = write_untrained_demo_folders(tmp_path / "built", keys=20)
     cache = tmp_path / "hf-cache"
     model_commit, keys_commit = "1" * 40, "2" * 40
-    hub.hub_cache_layout(cache, MODEL_REPO, hub.export_model(model_dir, tmp_path / "model", repo_id=MODEL_REPO),
+    hub_cache_layout(cache, MODEL_REPO, hub.export_model(model_dir, tmp_path / "model", repo_id=MODEL_REPO),
                          repo_type="model", commit=model_commit)  # fmt: skip
     keys = hub.export_keys(key_dir, tmp_path / "keys", repo_id=KEYS_REPO, model_repo=MODEL_REPO,
                            model_revision=model_commit)  # fmt: skip
-    hub.hub_cache_layout(cache, KEYS_REPO, keys, repo_type="dataset", commit=keys_commit)
+    hub_cache_layout(cache, KEYS_REPO, keys, repo_type="dataset", commit=keys_commit)
     exported = hub.export_space(tmp_path / "space-export", repo_id=SPACE_REPO, keys_repo=KEYS_REPO,
                                 model_repo=MODEL_REPO, wheel=wheel)  # fmt: skip
     space = tmp_path / "space-checkout"  # the repository's files and nothing else, as a Space checks them out
-    snapshot = hub.hub_cache_layout(tmp_path / "space-cache", SPACE_REPO, exported, repo_type="space", commit="3" * 40)
+    snapshot = hub_cache_layout(tmp_path / "space-cache", SPACE_REPO, exported, repo_type="space", commit="3" * 40)
     shutil.copytree(snapshot, space, symlinks=False)
     assert sorted(p.name for p in space.iterdir()) == sorted(["README.md", "app.py", "requirements.txt",
                                                              "screenshot.png", wheel.name])  # fmt: skip

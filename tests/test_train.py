@@ -49,8 +49,8 @@ def test_training_loss_is_the_models_loss(mini_dir, mini_cache, tiny_processor):
     """One loss: in one process, the training step's loss is exactly ``forward(return_loss=True)``'s."""
     from conftest import tiny_config_kwargs
 
-    from bioscan_clip.data.specimens import SpecimenDataset, model_inputs
     from bioscan_clip.data.spec import load_splits, role_records
+    from bioscan_clip.data.specimens import SpecimenDataset, model_inputs
     from modeling_bioscanclip import BioscanClipConfig, BioscanClipModel
 
     splits, roles = load_splits("mini", str(mini_dir), cache_dir=str(mini_cache))
@@ -201,8 +201,8 @@ def test_accelerate_launch_runs_two_real_processes(tmp_path, mini_dir, mini_cach
 
 @pytest.mark.slow
 def test_tiny_preset_learns(tmp_path, mini_dir, mini_cache):
-    from bioscan_clip.data.specimens import SpecimenDataset
     from bioscan_clip.data.spec import load_splits, role_records
+    from bioscan_clip.data.specimens import SpecimenDataset
     from bioscan_clip.evaluation.protocol import evaluate_retrieval
     from bioscan_clip.features import embed_dataset, labels_of
     from modeling_bioscanclip import BioscanClipConfig, BioscanClipModel, BioscanClipProcessor

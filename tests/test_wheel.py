@@ -70,7 +70,7 @@ def fresh_install(tmp_path_factory) -> FreshInstall:
 
 _WHERE_FROM = """
 import importlib, json, os, sys
-from bioscan_clip.metric import METRIC_DIR, metric_module
+from bioscan_clip.evaluation.metric import METRIC_DIR, metric_module
 print(json.dumps({
     "files": {name: importlib.import_module(name).__file__ for name in sys.argv[1:]},
     "metric_dir": str(METRIC_DIR),
@@ -83,7 +83,7 @@ print(json.dumps({
 _EVALUATE_LOAD = """
 import json
 import evaluate
-from bioscan_clip.metric import METRIC_DIR
+from bioscan_clip.evaluation.metric import METRIC_DIR
 row = {"order": ["O", "O"], "family": ["F", "F"], "genus": ["G", "H"], "species": ["G a", "H b"]}
 truth = {"order": "O", "family": "F", "genus": "H", "species": "H b"}
 metric = evaluate.load(str(METRIC_DIR))
@@ -112,9 +112,9 @@ def test_our_modules_come_from_the_wheel(fresh_install):
 
 
 def test_training_entry_point_runs_from_the_wheel(fresh_install):
-    # What `accelerate launch -m bioscan_clip.training` runs, without train_accelerate.py from a checkout.
+    # What `accelerate launch -m bioscan_clip.apps.train` runs, without train_accelerate.py from a checkout.
     completed = fresh_install.run(
-        str(fresh_install.python), "-m", "bioscan_clip.training", "--preset", "clibd-5m", "--help"
+        str(fresh_install.python), "-m", "bioscan_clip.apps.train", "--preset", "clibd-5m", "--help"
     )
     help_text = " ".join(_check(completed).split())  # argparse wraps to the terminal's width
     assert "--resume_from_checkpoint" in help_text and "(default: 500)" in help_text

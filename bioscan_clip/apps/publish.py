@@ -5,7 +5,7 @@ What each repository holds (README "Publish your model and library"):
 
 - **model** (model repo): ``model.safetensors``, ``config.json``, the processor (``processor_config.json``, the text
   tokenizer at the root, the DNA tokenizer in ``dna_tokenizer/``), the remote code (``*_bioscanclip.py``,
-  ``tokenization_dna.py``) and a model card whose ``model-index`` comes from ``evaluate`` (:mod:`bioscan_clip.reports`);
+  ``tokenization_dna.py``) and a model card whose ``model-index`` comes from ``evaluate`` (:mod:`bioscan_clip.evaluation.reports`);
   loads with ``AutoModel``/``AutoProcessor.from_pretrained(repo_id, trust_remote_code=True)``.
 - **keys** (dataset repo): the key folder verbatim under ``keys/`` (its manifest verifies every file), the key records
   as Parquet under ``data/`` (``datasets.load_dataset(repo_id)``), :data:`KEY_LIBRARY_FILE` naming the model repo and
@@ -28,15 +28,15 @@ import logging
 import os
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bioscan_clip.evaluation.metric import METRIC_DIR
+from bioscan_clip.evaluation.reports import ensure_card_metadata, update_model_card
 from bioscan_clip.identification.key_folder import KEY_MANIFEST, key_records, verify_key_folder
 from bioscan_clip.identification.library import KEY_LIBRARY_FILE, KEY_LIBRARY_FORMAT, KEYS_SUBFOLDER
 from bioscan_clip.resolve import check_repo_id
-from bioscan_clip.evaluation.metric import METRIC_DIR
-from bioscan_clip.evaluation.reports import ensure_card_metadata, update_model_card
 from modeling_bioscanclip import BioscanInputError
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 

@@ -16,38 +16,21 @@ gathered from every process (global-batch negatives, gradients on the local slic
 """
 
 from __future__ import annotations
+
 import argparse
-import collections
-import dataclasses
-import json
 import logging
-import math
 import os
 import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
-import torch
-from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
-from tqdm.auto import tqdm
-from transformers import AutoTokenizer, HfArgumentParser
-from bioscan_clip.training import presets
-from bioscan_clip.training.checkpoints import TrainState, load_checkpoint, resolve_resume, save_checkpoint, save_pretrained
-from bioscan_clip.data.spec import DataSpec, has_role, role_records
-from bioscan_clip.data.specimens import ImageAugmentation, SpecimenDataset, model_inputs, with_modalities
-from bioscan_clip.data.augmentation import DnaAugmentation
-from bioscan_clip.evaluation.protocol import evaluate_retrieval, format_table, selection_score
-from bioscan_clip.features import VALIDATION_PAIRS, embed_dataset, labels_of
+
+from accelerate import PartialState
+from transformers import HfArgumentParser
+
+from bioscan_clip.apps.publish import push_model_folder
 from bioscan_clip.safe_io import DEBUG_ENV, error_boundary
-from bioscan_clip.sharding import usable_cores
-from bioscan_clip.training.text_tokenizer import train_taxonomy_tokenizer
-from dataset_scripts import RETRIEVAL_SPLITS
-from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, contrastive_loss, taxonomy_to_text
-from modeling_bioscanclip.configuration_bioscanclip import DNA_POOLINGS, IMAGE_POOLINGS, MODALITIES, TEXT_POOLINGS
-from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
+from bioscan_clip.training import presets
+from bioscan_clip.training.config import TrainConfig
+from bioscan_clip.training.loop import train
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +67,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     # The error boundary: bad data or a refused checkpoint is one line and exit 2 (--debug: BIOSCAN_CLIP_DEBUG=1).
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
-    return error_boundary("train_accelerate.py", lambda: train(config) and None, debug=debug)
+    return error_boundary("train_accelerate.py", lambda: train_and_publish(config), debug=debug)
+
+
+def train_and_publish(config: TrainConfig) -> None:
+    """Trains, then (``--push_to_hub``) publishes the chosen model from the main process: the same export and single
+    commit as ``bioscan-clip push model``, its card what ``evaluate --model_card`` wrote, if any."""
+    result = train(config)
+    if config.push_to_hub and PartialState().is_main_process:
+        push_model_folder(result.model_dir, config.hub_model_id)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 BOLD's identification engine and BLAST name a barcode by the key it is most identical to, and call the species at
 about 98 % identity. Here the candidates of each query are its ``candidates`` nearest keys by 5-mer profile
-(:mod:`bioscan_clip.kmer_baseline`, a fast pre-filter), each candidate is aligned to the query with edlib, and the
+(:mod:`bioscan_clip.baselines.kmer`, a fast pre-filter), each candidate is aligned to the query with edlib, and the
 query takes the labels of the most identical candidate (ties: the one with the higher 5-mer similarity).
 
 Identity of two barcodes: the shorter is aligned inside the longer with edlib's infix mode (``HW``: the longer
@@ -24,9 +24,10 @@ from typing import Any
 import edlib
 import numpy as np
 
-from .kmer import build_kmer_key_index, kmer_profile
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 from modeling_bioscanclip.tokenization_dna import normalize_barcode
+
+from .kmer import build_kmer_key_index, kmer_profile
 
 DEFAULT_CANDIDATES = 20
 MIN_OVERLAP = 100

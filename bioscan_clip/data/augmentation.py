@@ -37,13 +37,10 @@ header removed, upper case), so a leading run of alignment gaps never counts as 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from modeling_bioscanclip import normalize_barcode
 from modeling_bioscanclip.constants_bioscanclip import KMER_SIZE
 
 # The random stream of the DNA augmentation is (seed, epoch, index, DNA_STREAM): apart from the image augmentation's

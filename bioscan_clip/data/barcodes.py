@@ -2,10 +2,10 @@
 (the reading frames that :func:`bioscan_clip.features.embed_inputs` averages)."""
 
 from __future__ import annotations
+
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
-import numpy as np
+
 from modeling_bioscanclip import normalize_barcode
 from modeling_bioscanclip.constants_bioscanclip import KMER_SIZE
 

@@ -2,24 +2,17 @@
 data options from its fields) and which splits play each retrieval role."""
 
 from __future__ import annotations
+
 import dataclasses
-import functools
 import logging
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
 import datasets
-import numpy as np
-import pyarrow.compute as pc
-import torch
-from PIL import Image
-from .augmentation import DNA_STREAM, DnaAugmentation
-from .barcodes import clean_barcodes, frame_shifted_barcodes
+
 from dataset_scripts import RETRIEVAL_SPLITS, load_bioscan
-from modeling_bioscanclip import BioscanClipProcessor, BioscanInputError
-from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
+from modeling_bioscanclip import BioscanInputError
 
 logger = logging.getLogger(__name__)
 

@@ -7,13 +7,10 @@ per item, with the train-time augmentation in place of the evaluation crop.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import datasets
@@ -22,11 +19,11 @@ import pyarrow.compute as pc
 import torch
 from PIL import Image
 
-from .augmentation import DNA_STREAM, DnaAugmentation
-from .barcodes import clean_barcodes, frame_shifted_barcodes
-from dataset_scripts import RETRIEVAL_SPLITS, load_bioscan
 from modeling_bioscanclip import BioscanClipProcessor, BioscanInputError
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
+
+from .augmentation import DNA_STREAM, DnaAugmentation
+from .barcodes import clean_barcodes, frame_shifted_barcodes
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +154,7 @@ class SpecimenDataset(torch.utils.data.Dataset):
         modalities (`Sequence[str]`): which inputs to produce.
         augmentation ([`ImageAugmentation`], *optional*): train-time image transform, applied by the processor in
             place of its resize and centre crop.
-        dna_augmentation ([`~bioscan_clip.dna_augmentation.DnaAugmentation`], *optional*): train-time barcode
+        dna_augmentation ([`~bioscan_clip.data.augmentation.DnaAugmentation`], *optional*): train-time barcode
             transform (random reading frame, end trimming, a few ``N``); a batch's augmented barcodes are
             tokenised together, in one processor call, where the batch is made (a loader worker when there is one).
         seed (`int`, defaults to 0): augmentation randomness is drawn from (seed, epoch, index), so it is the same
@@ -243,7 +240,7 @@ class SpecimenDataset(torch.utils.data.Dataset):
     def dna_inputs(self, indices: Sequence[int], shift: int = 0) -> dict[str, torch.Tensor]:
         """``dna_input_ids`` and ``dna_attention_mask`` of the records at ``indices``, each barcode read from base
         ``shift`` of its cleaned sequence on (the reading frames that inference averages; see
-        :func:`~bioscan_clip.dna_augmentation.frame_shifted_barcodes`)."""
+        :func:`~bioscan_clip.data.barcodes.frame_shifted_barcodes`)."""
         if "dna_input_ids" not in self.tokens:
             raise BioscanInputError("this dataset was built without the DNA modality")
         indices = [int(i) for i in indices]

@@ -7,7 +7,7 @@ package, in a wheel and in an editable install alike, so nothing here depends on
 Example:
 
 >>> import evaluate
->>> from bioscan_clip.metric import METRIC_DIR, metric_module
+>>> from bioscan_clip.evaluation.metric import METRIC_DIR, metric_module
 >>> (METRIC_DIR / "taxonomic_retrieval.py").is_file(), (METRIC_DIR / "README.md").is_file()
 (True, True)
 >>> metric = evaluate.load(str(METRIC_DIR))

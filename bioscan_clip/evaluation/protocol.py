@@ -10,7 +10,7 @@ The ``species_held_out`` protocol adds the case identification exists for, a spe
 unseen species of the *other* split (``val`` when scoring ``test``) are taken out of the keys, and all their
 records become *novel* queries (never trained on, absent from the keys). Novel queries are scored at the ranks
 the keys can still answer (genus, family, order), and every DNA method is reported side by side as an identifier:
-the model (thresholds calibrated on the keys alone, leave-one-out with held-out labels: :mod:`bioscan_clip.calibration`),
+the model (thresholds calibrated on the keys alone, leave-one-out with held-out labels: :mod:`bioscan_clip.identification.calibration`),
 the alignment-identity baseline (BOLD-style identity thresholds) and their combination (the model's nearest keys
 re-ranked by alignment identity): precision of confident calls per rank, novel-species AUROC, and how often the
 "unknown species" flag fires on novel and on known species.
@@ -32,10 +32,11 @@ from tqdm.auto import tqdm
 from bioscan_clip.data.spec import DataSpec, has_role, role_records
 from bioscan_clip.data.specimens import SpecimenDataset, available_modalities, with_modalities
 from bioscan_clip.features import DNA, IMAGE, available_pairs, embed_dataset, key_matrix, labels_of, pair_name
-from .metric import metric_module
 from bioscan_clip.retrieval.key_index import KeyIndex
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
+
+from .metric import metric_module
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ def kmer_baseline_results(keys: SpecimenDataset, queries: Mapping[str, SpecimenD
 
 def identity_baseline_results(keys: SpecimenDataset, queries: Mapping[str, SpecimenDataset]) -> dict[str, Any]:
     """DNA->DNA 1-NN by alignment identity (candidates from the 5-mer top 20): the field's own baseline
-    (:mod:`bioscan_clip.identity_baseline`). Top-1 only: it names one best key per query."""
+    (:mod:`bioscan_clip.baselines.identity`). Top-1 only: it names one best key per query."""
     from bioscan_clip.baselines.identity import identity_nearest
 
     groups = list(queries)
@@ -211,15 +212,22 @@ def compare_identifiers(
 ) -> dict[str, dict[str, Any]]:
     """The DNA identifiers side by side on the same queries (seen, unseen and novel species) and keys: top-1
     scores, and per rank the precision and coverage of confident calls, the novel-species AUROC and the
-    "unknown species" flag rates (:func:`bioscan_clip.calibration.confidence_report`).
+    "unknown species" flag rates (:func:`bioscan_clip.identification.calibration.confidence_report`).
 
     The model's thresholds are calibrated on the keys alone (leave-one-out, a share of the labels held out per
     rank), as ``bioscan-clip index`` does for a library without validation queries: the test queries never set
     them. The identity baseline and the combination use BOLD-style identity thresholds.
     """
-    from bioscan_clip.identification.calibration import DEFAULT_PRECISION, absent_from, calibrate_pair, confidence_report, embedding_confidence_report, sample_rows
     from bioscan_clip.baselines.identity import IDENTITY_THRESHOLDS, identity_nearest
     from bioscan_clip.baselines.kmer import kmer_profile
+    from bioscan_clip.identification.calibration import (
+        DEFAULT_PRECISION,
+        absent_from,
+        calibrate_pair,
+        confidence_report,
+        embedding_confidence_report,
+        sample_rows,
+    )
 
     groups = list(queries)
     key_labels = labels_of(keys)

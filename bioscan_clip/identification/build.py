@@ -2,44 +2,57 @@
 records and the manifest last, and swap the whole folder in (format: :mod:`bioscan_clip.identification.key_folder`)."""
 
 from __future__ import annotations
-import hashlib
+
 import json
 import logging
 import shutil
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
 import datasets
 import numpy as np
-import torch
-from PIL import Image
-from .calibration import CALIBRATION_SEED, DEFAULT_PRECISION, HELD_OUT_FRACTION, METHOD_NONE, calibrate_pair, plot_reliability, sample_rows
+
 from bioscan_clip.data.spec import DataSpec, has_role, role_records
 from bioscan_clip.data.specimens import SpecimenDataset, available_modalities, with_modalities
 from bioscan_clip.features import (
     CALIBRATED_PAIRS,
     KEY_FEATURES,
-    add_combined_features,
     embed_dataset,
-    embed_inputs,
     labels_of,
     pair_name,
-    query_feature,
 )
 from bioscan_clip.retrieval.key_index import KeyIndex
 from bioscan_clip.safe_io import (
-    check_seal,
     file_checksums,
     kill_point,
-    read_json,
     sealed_json,
     staging_dir,
     swap_in,
-    verify_checksums,
 )
-from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError, load_image_safely
+from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
+
+from .calibration import (
+    CALIBRATION_SEED,
+    DEFAULT_PRECISION,
+    HELD_OUT_FRACTION,
+    METHOD_NONE,
+    calibrate_pair,
+    plot_reliability,
+    sample_rows,
+)
+from .identifier import DEFAULT_VOTE_TEMPERATURE
+from .key_folder import (
+    CALIBRATION_FILE,
+    CALIBRATION_PLOT,
+    KEY_FOLDER_FORMAT,
+    KEY_FOLDER_VERSION,
+    KEY_MANIFEST,
+    RECORDS_DIRNAME,
+    config_hash,
+    refuse_foreign_output,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +83,7 @@ def build_key_folder(
         out_dir: the folder to write (replaced if it is a key folder or empty; anything else is refused).
         calibration_queries (`datasets.Dataset`, *optional*): validation queries whose 1-NN correctness sets the
             confidence thresholds, searched against the keys with a share of the labels held out at each rank;
-            without them the keys calibrate themselves, leave-one-out (see :mod:`bioscan_clip.calibration`).
+            without them the keys calibrate themselves, leave-one-out (see :mod:`bioscan_clip.identification.calibration`).
         precision (`float`, defaults to 0.9): precision the confident predictions must reach on those queries.
         calibrate (`bool`, defaults to True): False writes no thresholds (no rank is ever confident, every query is
             flagged unknown species), with a warning in ``calibration.json``.

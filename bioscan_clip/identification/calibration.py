@@ -431,10 +431,10 @@ def identity_confidence_report(
     **options: Any,
 ) -> dict[str, Any]:
     """The calibration quantities of the alignment-identity baseline (1-NN by identity, confident at BOLD-style
-    identity thresholds, :data:`bioscan_clip.identity_baseline.IDENTITY_THRESHOLDS` by default): per rank the
+    identity thresholds, :data:`bioscan_clip.baselines.identity.IDENTITY_THRESHOLDS` by default): per rank the
     precision and coverage of confident calls, queries with their answer absent from the keys and the AUROC of the
     top identity as an absent-answer detector; the novel-species AUROC and flag rates (see
-    :func:`confidence_report`). ``options`` go to :func:`bioscan_clip.identity_baseline.identity_nearest`.
+    :func:`confidence_report`). ``options`` go to :func:`bioscan_clip.baselines.identity.identity_nearest`.
 
     Args:
         query_barcodes, key_barcodes: DNA barcodes.

@@ -9,44 +9,21 @@ or the new one, never parts of both; :func:`verify_key_folder` refuses a partial
 """
 
 from __future__ import annotations
+
 import hashlib
 import json
 import logging
-import shutil
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
 import datasets
-import numpy as np
-import torch
-from PIL import Image
-from .calibration import CALIBRATION_SEED, DEFAULT_PRECISION, HELD_OUT_FRACTION, METHOD_NONE, calibrate_pair, plot_reliability, sample_rows
-from bioscan_clip.data.spec import DataSpec, has_role, role_records
-from bioscan_clip.data.specimens import SpecimenDataset, available_modalities, with_modalities
-from bioscan_clip.features import (
-    CALIBRATED_PAIRS,
-    KEY_FEATURES,
-    add_combined_features,
-    embed_dataset,
-    embed_inputs,
-    labels_of,
-    pair_name,
-    query_feature,
-)
-from bioscan_clip.retrieval.key_index import KeyIndex
+
 from bioscan_clip.safe_io import (
     check_seal,
-    file_checksums,
-    kill_point,
     read_json,
-    sealed_json,
-    staging_dir,
-    swap_in,
     verify_checksums,
 )
-from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError, load_image_safely
-from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
+from modeling_bioscanclip import BioscanClipModel, BioscanInputError
 
 logger = logging.getLogger(__name__)
 

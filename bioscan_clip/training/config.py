@@ -2,38 +2,17 @@
 ``train_accelerate.py``'s options, and the data options are :class:`~bioscan_clip.data.DataSpec`'s own fields."""
 
 from __future__ import annotations
-import argparse
-import collections
-import dataclasses
-import json
+
 import logging
-import math
-import os
-import sys
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-import torch
-from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
-from tqdm.auto import tqdm
-from transformers import AutoTokenizer, HfArgumentParser
-from . import presets
-from .checkpoints import TrainState, load_checkpoint, resolve_resume, save_checkpoint, save_pretrained
-from bioscan_clip.data.spec import DataSpec, has_role, role_records
-from bioscan_clip.data.specimens import ImageAugmentation, SpecimenDataset, model_inputs, with_modalities
-from bioscan_clip.data.augmentation import DnaAugmentation
-from bioscan_clip.evaluation.protocol import evaluate_retrieval, format_table, selection_score
-from bioscan_clip.features import VALIDATION_PAIRS, embed_dataset, labels_of
-from bioscan_clip.safe_io import DEBUG_ENV, error_boundary
-from bioscan_clip.sharding import usable_cores
-from .text_tokenizer import train_taxonomy_tokenizer
+
+from bioscan_clip.data.spec import DataSpec
 from dataset_scripts import RETRIEVAL_SPLITS
-from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, contrastive_loss, taxonomy_to_text
 from modeling_bioscanclip.configuration_bioscanclip import DNA_POOLINGS, IMAGE_POOLINGS, MODALITIES, TEXT_POOLINGS
-from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
+
+from . import presets
 
 logger = logging.getLogger(__name__)
 

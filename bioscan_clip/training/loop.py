@@ -4,17 +4,13 @@ load_state -> loop. The loss is the model's ``contrastive_loss`` with embeddings
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import json
 import logging
 import math
 import os
-import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +18,22 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, HfArgumentParser
+from transformers import AutoTokenizer
+
+from bioscan_clip.data.augmentation import DnaAugmentation
+from bioscan_clip.data.spec import has_role, role_records
+from bioscan_clip.data.specimens import ImageAugmentation, SpecimenDataset, model_inputs, with_modalities
+from bioscan_clip.evaluation.protocol import evaluate_retrieval, format_table, selection_score
+from bioscan_clip.features import VALIDATION_PAIRS, embed_dataset, labels_of
+from bioscan_clip.sharding import usable_cores
+from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, contrastive_loss, taxonomy_to_text
+from modeling_bioscanclip.configuration_bioscanclip import MODALITIES
+from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
 from . import presets
 from .checkpoints import TrainState, load_checkpoint, resolve_resume, save_checkpoint, save_pretrained
-from bioscan_clip.data.spec import DataSpec, has_role, role_records
-from bioscan_clip.data.specimens import ImageAugmentation, SpecimenDataset, model_inputs, with_modalities
-from bioscan_clip.data.augmentation import DnaAugmentation
-from bioscan_clip.evaluation.protocol import evaluate_retrieval, format_table, selection_score
-from bioscan_clip.features import VALIDATION_PAIRS, embed_dataset, labels_of
-from bioscan_clip.safe_io import DEBUG_ENV, error_boundary
-from bioscan_clip.sharding import usable_cores
+from .config import TrainConfig, TrainResult
 from .text_tokenizer import train_taxonomy_tokenizer
-from dataset_scripts import RETRIEVAL_SPLITS
-from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, contrastive_loss, taxonomy_to_text
-from modeling_bioscanclip.configuration_bioscanclip import DNA_POOLINGS, IMAGE_POOLINGS, MODALITIES, TEXT_POOLINGS
-from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
 logger = logging.getLogger(__name__)
 
@@ -361,10 +357,6 @@ def train(config: TrainConfig) -> TrainResult:
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         if last_eval is not None:
             logger.info("validation retrieval accuracy\n%s", format_table(last_eval))
-        if config.push_to_hub:  # the same export and single commit as `bioscan-clip push model`
-            from bioscan_clip.apps.publish import push_model_folder
-
-            push_model_folder(chosen, config.hub_model_id)  # its card: what `evaluate --model_card` wrote, if any
     accelerator.end_training()
     return TrainResult(output_dir=output_dir, model_dir=chosen, summary=summary)
 

@@ -3,36 +3,19 @@ folders or Hub repositories, through :mod:`bioscan_clip.resolve`), build the pag
 
 from __future__ import annotations
 
+import argparse
+import functools
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from bioscan_clip.apps.commands.options import add_option
 from bioscan_clip.apps.demo.guard import MAX_UPLOAD_MB, QUEUE_MAX_SIZE, UPLOAD_CACHE_CAP_MB, UPLOADS_PER_MINUTE, launch
 from bioscan_clip.apps.demo.page import DEFAULT_EXAMPLES_DIR, build_demo
 from bioscan_clip.identification.library import resolve_key_folder
-from bioscan_clip.apps.commands.options import add_option
 from bioscan_clip.resolve import resolve_folder
-import functools
-import argparse
-import contextlib
-import hashlib
-import json
-import logging
-import math
-import os
-import re
-import tempfile
-import threading
-import time
-from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-import anyio
-import datasets
-import gradio as gr
-from PIL import Image
-from bioscan_clip.features import AVERAGED, DNA, IMAGE
-from bioscan_clip.identification.identifier import Identification, Identifier
-from modeling_bioscanclip import BioscanInputError, load_image_safely, normalize_barcode
-from modeling_bioscanclip.constants_bioscanclip import MAX_IMAGE_PIXELS, MAX_RAW_DNA_CHARACTERS, TAXONOMIC_RANKS
 
 logger = logging.getLogger(__name__)
 

@@ -3,30 +3,21 @@ upload rate limits with ``Retry-After``, a capped upload cache, ``Retry-After`` 
 ``/config``), and :func:`launch`, which serves a page (:mod:`bioscan_clip.apps.demo.page`) with every limit on."""
 
 from __future__ import annotations
-import argparse
+
 import contextlib
-import hashlib
 import json
 import logging
 import math
 import os
 import re
-import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
 import anyio
-import datasets
 import gradio as gr
-from PIL import Image
-from bioscan_clip.features import AVERAGED, DNA, IMAGE
-from bioscan_clip.identification.identifier import Identification, Identifier
-from modeling_bioscanclip import BioscanInputError, load_image_safely, normalize_barcode
-from modeling_bioscanclip.constants_bioscanclip import MAX_IMAGE_PIXELS, MAX_RAW_DNA_CHARACTERS, TAXONOMIC_RANKS
 
 logger = logging.getLogger(__name__)
 
@@ -340,3 +331,12 @@ def launch(
         prevent_thread_lock=prevent_thread_lock,
         quiet=quiet,
     )
+
+
+async def _plain(send: Any, status: int, text: str, *, retry_after: int | None = None) -> None:
+    body = text.encode()
+    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -20,24 +20,14 @@ upload cache capped in total (oldest uploads deleted first), ``Retry-After`` on 
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import hashlib
-import json
 import logging
-import math
 import os
-import re
 import tempfile
-import threading
-import time
-from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio
 import datasets
 import gradio as gr
 from PIL import Image
@@ -45,8 +35,9 @@ from PIL import Image
 from bioscan_clip.features import AVERAGED, DNA, IMAGE
 from bioscan_clip.identification.identifier import Identification, Identifier
 from modeling_bioscanclip import BioscanInputError, load_image_safely, normalize_barcode
-from .guard import MAX_UPLOAD_BYTES
 from modeling_bioscanclip.constants_bioscanclip import MAX_IMAGE_PIXELS, MAX_RAW_DNA_CHARACTERS, TAXONOMIC_RANKS
+
+from .guard import MAX_UPLOAD_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -403,14 +394,5 @@ def build_demo(
 # --- the public-Space protections: per-client upload rate, a cap on the upload cache, no server paths in /config ---
 
 CACHE_SWEEP_S, CACHE_MAX_AGE_S = 600, 1800  # gradio's own cleanup: every 10 min, files older than 30 min
-
-
-async def _plain(send: Any, status: int, text: str, *, retry_after: int | None = None) -> None:
-    body = text.encode()
-    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
-    if retry_after is not None:
-        headers.append((b"retry-after", str(retry_after).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 

@@ -21,7 +21,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -48,11 +48,18 @@ N_KEYS = 60
 
 
 @pytest.fixture(scope="session")
-def demo_app() -> ModuleType:
-    """The demo module that `bioscan-clip demo` runs and space/app.py re-exports."""
-    import bioscan_clip.demo
+def demo_app() -> SimpleNamespace:
+    """What `bioscan-clip demo` runs and space/app.py re-exports: the page, the guard's launch and the command."""
+    from bioscan_clip.apps.commands import demo as command
+    from bioscan_clip.apps.demo import guard, page
 
-    return bioscan_clip.demo
+    return SimpleNamespace(
+        build_demo=page.build_demo,
+        launch=guard.launch,
+        add_arguments=command.add_arguments,
+        main=command.main,
+        DEFAULT_EXAMPLES_DIR=page.DEFAULT_EXAMPLES_DIR,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +95,7 @@ def _free_port() -> int:
 
 @dataclass
 class Served:
-    app: ModuleType
+    app: SimpleNamespace
     demo: Any
     url: str
     identifier: Any

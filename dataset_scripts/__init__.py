@@ -42,7 +42,6 @@ _WHERE = {
     "RECORD_COLUMNS": "schema",
     "RECORD_FEATURES": "schema",
     "RETRIEVAL_SPLITS": "sources",
-    "add_synth_arguments": "synth",
     "clibd_partition": "partition",
     "detect_delimiter": "tables",
     "export_parquet": "export",
@@ -54,7 +53,6 @@ _WHERE = {
     "read_fasta": "queries",
     "read_query_table": "queries",
     "read_table": "tables",
-    "run_synth": "synth",
     "sha256_file": "integrity",
     "source_fingerprint": "integrity",
 }

@@ -26,7 +26,6 @@ Command line (wired by the ``bioscan-clip`` CLI): ``bioscan-clip synth --out DIR
 
 from __future__ import annotations
 
-import argparse
 import io
 import math
 from collections.abc import Sequence
@@ -42,10 +41,8 @@ __all__ = [
     "GENERATOR_VERSION",
     "SIZES",
     "SynthSize",
-    "add_synth_arguments",
     "generate_mini_bioscan",
     "p_distance",
-    "run_synth",
 ]
 
 GENERATOR_VERSION = "1.0.0"
@@ -620,27 +617,3 @@ def generate_mini_bioscan(
     return out_dir
 
 
-def add_synth_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Adds the ``synth`` options (``--out``, ``--seed``, ``--size``) to ``parser`` and returns it."""
-    parser.description = (
-        "Write mini-BIOSCAN, a small SYNTHETIC dataset in the BIOSCAN-5M on-disk layout (procedural insect images, "
-        "COI-like barcodes evolved down a random taxonomy, BIOSCAN-5M splits). Read it back with the bioscan5m/mini "
-        "builder. The same seed always gives byte-identical files."
-    )
-    parser.add_argument("--out", required=True, type=Path, help="output folder (gets bioscan5m/ and README.md)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument(
-        "--size",
-        choices=sorted(SIZES),
-        default="small",
-        help="tiny: ~250 records (tests); small: ~60 species, ~2,000 records, seconds; medium: about 4x (default: small)",
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser
-
-
-def run_synth(args: argparse.Namespace) -> int:
-    """Runs ``synth`` from parsed arguments; prints where the data went (CLI glue). Returns the exit code."""
-    out = generate_mini_bioscan(args.out, seed=args.seed, size=args.size, progress=not args.no_progress)
-    print(f"wrote SYNTHETIC mini-BIOSCAN (seed {args.seed}, size {args.size}) to {out}")
-    return 0

@@ -157,3 +157,11 @@ def test_train_accelerate_holds_no_logic():
     kinds = {type(node).__name__ for node in tree.body}
     assert kinds <= {"Expr", "Import", "ImportFrom", "If"}, kinds  # docstring, imports, the __main__ guard
     assert not any(isinstance(node, (ast.FunctionDef, ast.ClassDef)) for node in ast.walk(tree))
+
+
+def test_every_package_of_ours_is_in_the_distribution():
+    """pyproject lists packages by name: a new subpackage left out would be missing from the wheel."""
+    tomllib = pytest.importorskip("tomllib")
+    listed = set(tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {module_name(init) for name in OUR_PACKAGES for init in (REPO_ROOT / name).rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)

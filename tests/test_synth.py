@@ -8,8 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bioscan_clip.apps.commands.synth import add_arguments as add_synth_arguments
+from bioscan_clip.apps.commands.synth import run as run_synth
 from dataset_scripts import Bioscan5M, MiniBioscan
-from dataset_scripts.synth import GENERATOR_VERSION, add_synth_arguments, generate_mini_bioscan, p_distance, run_synth
+from dataset_scripts.synth import GENERATOR_VERSION, generate_mini_bioscan, p_distance
 
 CSV = "bioscan5m/metadata/csv/BIOSCAN_5M_Insect_Dataset_metadata.csv"
 

@@ -25,7 +25,6 @@ Command line::
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -33,7 +32,6 @@ import os
 import pickle
 import re
 import shutil
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,7 +48,6 @@ from modeling_bioscanclip import (
     BioscanDnaTokenizer,
     BioscanInputError,
 )
-from modeling_bioscanclip.configuration_bioscanclip import MODALITIES
 from modeling_bioscanclip.constants_bioscanclip import IMAGE_CROP, IMAGE_RESIZE
 
 logger = logging.get_logger(__name__)
@@ -79,7 +76,7 @@ LEGACY_NAMES = (
 TIMM_VIT_LAYER_NORM_EPS = 1e-6  # timm's ViT LayerNorm; transformers' ViT defaults to 1e-12
 BERT_LAYER_NORM_EPS = 1e-12  # BertConfig's default, used by BarcodeBERT and prajjwal1/bert-small
 HEAD_DIM = 64  # ViT-B (768 = 12 x 64), BERT-base (12 x 64) and BERT-small (512 = 8 x 64)
-_HEAD_RULE = f"hidden size / {HEAD_DIM}"
+HEAD_RULE = f"hidden size / {HEAD_DIM}"
 
 
 class ClibdCheckpointError(BioscanInputError):
@@ -243,7 +240,7 @@ def _heads(tower: str, hidden: int, overrides: Mapping[str, int] | None) -> int:
         return heads
     if hidden % HEAD_DIM:
         raise ClibdCheckpointError(
-            f"{tower}: cannot choose the number of attention heads for hidden size {hidden} (rule: {_HEAD_RULE}); "
+            f"{tower}: cannot choose the number of attention heads for hidden size {hidden} (rule: {HEAD_RULE}); "
             f"pass num_attention_heads={{'{tower}': N}} (--{tower}-num-heads N)"
         )
     return hidden // HEAD_DIM
@@ -938,60 +935,3 @@ def convert_clibd_checkpoint(
     return report
 
 
-# ---- command line ---------------------------------------------------------------------------------------------------
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``bioscan-clip convert-clibd``."""
-    parser.add_argument("checkpoint", type=Path, help="a CLIBD best.pth (raw state dict)")
-    parser.add_argument(
-        "--variant",
-        required=True,
-        choices=[*VARIANTS, "auto"],
-        help="which towers the checkpoint holds (auto: read from its keys)",
-    )
-    parser.add_argument("--out", required=True, type=Path, help="output folder (save_pretrained format)")
-    parser.add_argument(
-        "--barcodebert-tokenizer",
-        choices=BARCODEBERT_TOKENIZERS,
-        default="original",
-        help="DNA tokenizer the checkpoint was trained with (default: original; hub is not bundled)",
-    )
-    parser.add_argument(
-        "--text-tokenizer",
-        type=Path,
-        default=None,
-        help="local folder with prajjwal1/bert-small's tokenizer, saved with the processor",
-    )
-    for tower in MODALITIES:
-        parser.add_argument(
-            f"--{tower}-num-heads",
-            type=int,
-            default=None,
-            help=f"attention heads of the {tower} tower (default: {_HEAD_RULE})",
-        )
-    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out folder")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Runs ``bioscan-clip convert-clibd``; returns the exit status (1 on a refused checkpoint)."""
-    heads = {tower: getattr(args, f"{tower}_num_heads") for tower in MODALITIES}
-    try:
-        report = convert_clibd_checkpoint(
-            args.checkpoint,
-            args.variant,
-            args.out,
-            args.barcodebert_tokenizer,
-            text_tokenizer=args.text_tokenizer,
-            num_attention_heads={k: v for k, v in heads.items() if v is not None},
-            overwrite=args.overwrite,
-        )
-    except BioscanInputError as error:
-        print(f"bioscan-clip convert-clibd: error: {error}", file=sys.stderr)
-        return 1
-    print(f"converted {args.checkpoint} (sha256 {report.source_sha256}) -> {args.out}")
-    print(f"variant {report.variant}; towers {json.dumps(report.towers)}")
-    if report.lora_merged:
-        print(f"merged LoRA adapters: {json.dumps(report.lora_merged)}")
-    print(f"dropped {len(report.dropped_keys)} keys (listed in {args.out / 'conversion_report.json'})")
-    if args.text_tokenizer is None:
-        print("note: no --text-tokenizer given, so the folder has no complete processor (see its README.md)")
-    return 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,7 @@ from bioscan_clip.data.specimens import SpecimenDataset, available_modalities, i
 from bioscan_clip.features import DNA, IMAGE, embed_dataset, embed_inputs, labels_of, loader_workers
 from modeling_bioscanclip import BioscanInputError
 
-logger = logging.getLogger(__name__)
 
-
-# ---- embed ----------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Export unit-length embeddings to Parquet: of image files, FASTA/CSV barcodes, or the records of a dataset "

@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 
-from bioscan_clip.apps.commands.options import (
-    add_data_arguments,
-    data_spec,
-)
-
-logger = logging.getLogger(__name__)
+from bioscan_clip.apps.commands.options import add_data_arguments, data_spec
 
 
-# ---- evaluate -------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Evaluate a trained model with the paper's protocol: seen and unseen queries of a split against all keys, "

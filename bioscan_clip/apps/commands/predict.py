@@ -3,27 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from bioscan_clip.apps.commands.options import (
-    add_query_arguments,
-    batches,
-    collect_queries,
-    query_name,
-    write_rows,
-)
+from bioscan_clip.apps.commands.options import add_query_arguments, batches, collect_queries, query_name, write_rows
 from bioscan_clip.features import KEY_FEATURES
 from bioscan_clip.identification.identifier import Identifier
 from modeling_bioscanclip import BioscanInputError
 
-logger = logging.getLogger(__name__)
 
-
-# ---- predict --------------------------------------------------------------------------------------------------------
 def parse_restrict(values: list[str] | None) -> dict[str, list[str]] | None:
     """``["order=Diptera,Hymenoptera", "family=Sciaridae"]`` -> ``{"order": [...], "family": [...]}``."""
     if not values:

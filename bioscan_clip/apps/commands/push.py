@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 from typing import Any
 
 from modeling_bioscanclip import BioscanInputError
 
-logger = logging.getLogger(__name__)
 
-
-# ---- push -----------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Write a model, a key library, the metric or the Space as the Hub repository it becomes and upload it in one "
@@ -64,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="bioscan-clip-push-") as staging:
         folder = hub.export(args.artefact, Path(staging) / "repo", repo_id=args.repo_id, **options)
-        info = hub.publish(folder, args.repo_id, repo_type=repo_type, revision=args.revision, private=args.private or None)
+        info = hub.publish(
+            folder, args.repo_id, repo_type=repo_type, revision=args.revision, private=args.private or None
+        )
     print(f"pushed {args.artefact} to {repo_type} repository {args.repo_id}: commit {info.oid} ({info.commit_url})")
     return 0

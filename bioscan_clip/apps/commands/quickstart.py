@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import logging
-
-logger = logging.getLogger(__name__)
 
 
-# ---- quickstart -----------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "The main job, end to end on a CPU: write the SYNTHETIC mini-BIOSCAN dataset, train the tiny preset with "

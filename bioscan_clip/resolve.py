@@ -5,7 +5,8 @@ Every loader (the model and processor, a key folder, a key library, the demo, th
 what a name means, one error when it means nothing. A name that is an existing folder is used as it is and
 nothing touches the network; otherwise it must be a repository id ``owner/name`` (optionally followed by
 ``/sub/folder``), downloaded with ``huggingface_hub.snapshot_download`` or found in the Hub cache offline
-(``HF_HUB_OFFLINE=1``).
+(``HF_HUB_OFFLINE=1``). :func:`load_pretrained` is the one place a model and its processor are loaded from such a
+name.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import re
 from pathlib import Path
 
-from modeling_bioscanclip import BioscanInputError
+from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError
 
 REPO_TYPES = ("model", "dataset", "space")
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -58,7 +59,8 @@ def resolve_folder(
 
     Raises:
         `BioscanInputError`: ``spec`` is neither a folder nor a repository id, an unknown ``repo_type``, or the
-        subfolder is missing (one line naming ``spec``). Download errors are ``huggingface_hub``'s own.
+        subfolder is missing, or the Hub (offline: its cache) has no such repository or revision (one line naming
+        ``spec``). Other download errors (network, access) are ``huggingface_hub``'s own.
     """
     if repo_type not in REPO_TYPES:
         raise BioscanInputError(f"repo_type must be one of {REPO_TYPES}, got {repo_type!r}")
@@ -68,20 +70,47 @@ def resolve_folder(
     else:
         repo_id, inner = split_repo_spec(str(spec))
         inner = "/".join(part for part in (inner, subfolder or "") if part)
-        from huggingface_hub import snapshot_download  # only when the name is not a local folder
-
-        root = Path(
-            snapshot_download(
-                repo_id,
-                repo_type=repo_type,
-                revision=revision,
-                allow_patterns=[f"{inner}/**"] if inner else None,
-            )
-        )
+        root = _download(str(spec), repo_id, repo_type, revision, inner)
     folder = inside(root, inner, what=str(spec)) if inner else root
     if not folder.is_dir():
         raise BioscanInputError(f"{spec}: has no folder {inner!r}")
     return folder
+
+
+def _download(spec: str, repo_id: str, repo_type: str, revision: str | None, inner: str) -> Path:
+    """The snapshot folder of ``repo_id`` (only ``inner`` when given); a repository or revision the Hub (or, offline,
+    the cache) does not have is one line naming ``spec``."""
+    from huggingface_hub import snapshot_download  # only when the name is not a local folder
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        return Path(
+            snapshot_download(
+                repo_id, repo_type=repo_type, revision=revision, allow_patterns=[f"{inner}/**"] if inner else None
+            )
+        )
+    except GatedRepoError:
+        raise
+    except (LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError) as error:
+        where = "in the Hub cache (offline)" if isinstance(error, LocalEntryNotFoundError) else "on the Hub"
+        at = f" at revision {revision}" if revision else ""
+        raise BioscanInputError(
+            f"{spec}: no such folder, and no {repo_type} repository {repo_id}{at} {where}"
+        ) from None
+
+
+def load_pretrained(
+    spec: str | os.PathLike, *, revision: str | None = None, subfolder: str | None = None
+) -> tuple[BioscanClipModel, BioscanClipProcessor]:
+    """The model (in eval mode) and the processor saved in the folder ``spec`` names (:func:`resolve_folder`: a
+    local folder, or a Hub model repository ``owner/name[/sub/folder]`` at ``revision``)."""
+    folder = resolve_folder(spec, repo_type="model", revision=revision, subfolder=subfolder)
+    return BioscanClipModel.from_pretrained(folder).eval(), BioscanClipProcessor.from_pretrained(folder)
 
 
 def inside(root: Path, relative: str, *, what: str) -> Path:

@@ -119,6 +119,15 @@ class ProcessShard:
             ) from error
         return gathered
 
+    def close(self) -> None:
+        """Leaves the process group once this process's collectives are done. Without it a process that exits while
+        gloo still holds its sending threads can abort at exit ("terminate called without an active exception")."""
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
 
 def process_shard() -> ProcessShard:
     """This process's shard of a launched job, from the launcher's environment (``WORLD_SIZE``, ``RANK``).

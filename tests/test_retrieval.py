@@ -427,11 +427,11 @@ def test_index_params_round_trip_through_save_and_load(clustered_data, tmp_path)
 
 
 def test_auto_index_type_is_chosen_by_key_count(monkeypatch):
-    import bioscan_clip.retrieval.key_index as retrieval
+    import bioscan_clip.retrieval.index_types as index_types
 
     keys = np.random.default_rng(5).standard_normal((600, 16))
     assert KeyIndex.build(keys, _metadata(600), index_type="auto").index_type == "flat"
-    monkeypatch.setattr(retrieval, "AUTO_FLAT_MAX_KEYS", 500)
+    monkeypatch.setattr(index_types, "AUTO_FLAT_MAX_KEYS", 500)
     index = KeyIndex.build(keys, _metadata(600), index_type="auto")
     assert index.index_type == "ivfpq" and isinstance(index.index, faiss.IndexIVFPQFastScan)
     params = index.manifest["index_params"]
@@ -439,11 +439,10 @@ def test_auto_index_type_is_chosen_by_key_count(monkeypatch):
 
 
 def test_the_default_rerank_grows_with_the_key_count():
-    from bioscan_clip.retrieval import key_index as retrieval
-    from bioscan_clip.retrieval.key_index import resolve_index_params
+    from bioscan_clip.retrieval import default_rerank, resolve_index_params
 
     # The true neighbour sinks among the PQ scores as keys grow: 64 candidates per million keys, at least 64.
-    assert [retrieval.default_rerank(n) for n in (1_000, 1_000_000, 2_000_000, 5_150_000)] == [64, 64, 128, 330]
+    assert [default_rerank(n) for n in (1_000, 1_000_000, 2_000_000, 5_150_000)] == [64, 64, 128, 330]
     assert resolve_index_params("ivfpq", 2_000_000, 768)[1]["rerank"] == 128
     assert resolve_index_params("ivfpq", 2_000_000, 768, rerank=16)[1]["rerank"] == 16  # the caller's choice stands
 
@@ -478,3 +477,82 @@ def test_bad_search_params_are_refused(flat_index):
         flat_index.set_search_params(nprobe=4)
     with pytest.raises(BioscanInputError, match="a flat index is exact"):
         flat_index.set_search_params(rerank=5)
+
+
+def test_hnsw_build_settings_reach_faiss_and_the_manifest(random_data, tmp_path):
+    keys, _ = random_data
+    index = KeyIndex.build(keys, _metadata(len(keys)), index_type="hnsw", hnsw_m=8, ef_construction=24, ef_search=12)
+    assert index.index.hnsw.efConstruction == 24 and index.index.hnsw.efSearch == 12
+    loaded = KeyIndex.load(index.save(tmp_path / "keys"))
+    assert {name: loaded.manifest["index_params"][name] for name in ("hnsw_m", "ef_construction", "ef_search")} == {
+        "hnsw_m": 8, "ef_construction": 24, "ef_search": 12
+    }
+    assert loaded.index.hnsw.efSearch == 12
+
+
+# ---- adding an index type is one entry of INDEX_TYPES ---------------------------------------------------------------
+def _scalar_quantised_entry():
+    """A toy index type as a contributor adds one: 8-bit scalar-quantised vectors, re-ranked exactly, with a search
+    setting of its own that faiss does not have (only the manifest holds it)."""
+    from bioscan_clip.retrieval.index_types import IndexTypeEntry, SearchSetting
+
+    def resolve(params, count, dim):
+        rerank = 16 if params.rerank is None else params.rerank
+        if isinstance(rerank, bool) or not isinstance(rerank, int) or rerank < 0:
+            raise BioscanInputError(f"rerank must be an int >= 0, got {rerank!r}")
+        return {"rerank": min(rerank, count), "train_size": count}
+
+    def new_index(dim, params, seed):
+        return faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+
+    return IndexTypeEntry(
+        description="8-bit scalar quantiser, re-ranked exactly",
+        exact=False,
+        resolve=resolve,
+        new_index=new_index,
+        search_settings={"rerank": SearchSetting("approximate indexes", lambda value, params, count: int(value))},
+    )
+
+
+def test_an_index_type_added_to_the_table_builds_saves_searches_and_reaches_the_cli(
+    monkeypatch, clustered_data, tmp_path
+):
+    import argparse
+
+    from bioscan_clip.apps.commands import index as index_command
+    from bioscan_clip.retrieval import INDEX_TYPES, build_index_types
+
+    monkeypatch.setitem(INDEX_TYPES, "sq8", _scalar_quantised_entry())
+    keys, queries = clustered_data
+    index = KeyIndex.build(keys, _metadata(len(keys)), index_type="sq8")
+    assert isinstance(index.index, faiss.IndexScalarQuantizer) and not index.exact
+    assert index.manifest["index_params"] == {"rerank": 16, "train_size": len(keys)}
+    loaded = KeyIndex.load(index.save(tmp_path / "keys"))
+    assert loaded.index_type == "sq8" and loaded.recall_at_k(queries, 5) > 0.95  # re-ranked from exact vectors
+    _, rows = loaded.search(queries, 3, restrict={"order": "Odonata"})
+    assert set(np.asarray(loaded.keys["order"])[rows.ravel()]) == {"Odonata"}
+    loaded.set_search_params(rerank=0)
+    assert loaded.manifest["index_params"]["rerank"] == 0
+    assert "sq8" in build_index_types() and "sq8" in compare_index_types(keys, queries, 5, index_types=["sq8"])
+    parser = argparse.ArgumentParser()
+    index_command.add_arguments(parser)
+    args = parser.parse_args(["--model", "m", "--out", "o", "--index_type", "sq8", "--rerank", "8"])
+    assert args.index_type == "sq8" and args.rerank == 8
+    assert "sq8 = 8-bit scalar quantiser" in parser.format_help()
+
+
+def test_the_index_command_takes_every_index_setting_from_the_record():
+    """Its options are IndexParams' fields (help from their metadata), unset unless given."""
+    import argparse
+    import dataclasses
+
+    from bioscan_clip.apps.commands import index as index_command
+    from bioscan_clip.retrieval import IndexParams
+
+    parser = argparse.ArgumentParser()
+    index_command.add_arguments(parser)
+    for item in dataclasses.fields(IndexParams):
+        [action] = [a for a in parser._actions if a.dest == item.name]
+        assert action.help == item.metadata["help"] and action.default is None, item.name
+    args = parser.parse_args(["--model", "m", "--out", "o", "--ef_construction", "40", "--no-pq_fast_scan"])
+    assert args.ef_construction == 40 and args.pq_fast_scan is False

@@ -82,9 +82,11 @@ def _save_untrained(trained: Path, folder: Path, seed: int) -> None:
     """A freshly initialised model with the trained one's configuration and processor."""
     import torch
 
-    from modeling_bioscanclip import BioscanClipConfig, BioscanClipModel, BioscanClipProcessor
+    from bioscan_clip.resolve import load_pretrained
+    from modeling_bioscanclip import BioscanClipModel
 
+    trained_model, processor = load_pretrained(trained)
     torch.manual_seed(seed)
-    model = BioscanClipModel(BioscanClipConfig.from_pretrained(trained))
+    model = BioscanClipModel(trained_model.config)
     model.save_pretrained(folder)
-    BioscanClipProcessor.from_pretrained(trained).save_pretrained(folder)
+    processor.save_pretrained(folder)

@@ -11,48 +11,67 @@ from typing import Any
 
 import datasets
 
-from dataset_scripts import RETRIEVAL_SPLITS, load_bioscan
+from bioscan_clip.option_fields import option
+from dataset_scripts import load_bioscan
+from dataset_scripts.images import VERIFY_MODES
+from dataset_scripts.integrity import IMAGE_POLICIES
+from dataset_scripts.sources import RETRIEVAL_SPLITS
 from modeling_bioscanclip import BioscanInputError
 
 logger = logging.getLogger(__name__)
+
 
 
 @dataclass
 class DataSpec:
     """Where a job's records come from: a builder and its data root, or a ``DatasetDict`` saved on disk.
 
-    Args:
-        source (`str`, *optional*): a builder name (``mini``, ``bioscan5m``, ``bioscan1m``, ``bold``). With
-            ``dataset_path``, it names the split layout of the saved dataset (default ``mini``: BIOSCAN-5M's).
-        data_dir (`str`, *optional*): the builder's data root (the export file for ``bold``).
-        dataset_path (`str`, *optional*): instead of a builder, a ``DatasetDict`` saved with ``save_to_disk``.
-        cache_dir (`str`, *optional*): where builders keep their Arrow cache.
-        partition (`str`, *optional*): BOLD exports: ``none`` (the default) makes every record a training record
-            and a key (a reference library); ``clibd`` splits species into seen/unseen queries and keys.
-        image_policy (`str`, *optional*): a missing or corrupt image ``fail``s (the builders' default), is
-            ``skip``ped, or ``keep``s the record without image (metadata-only tables).
-        image_package (`str`, *optional*): the image folder under ``images/`` (builder default ``cropped_256``);
-            ``none`` reads the metadata only (barcodes and taxonomy, no images).
-        keep_provisional_names (`bool`, defaults to `False`): BOLD exports: keep ``sp.``/``cf.``/interim species
-            names as labels of their own instead of reading them as missing.
-        genus_from_species (`bool`, defaults to `False`): fill a missing genus from the species name, as the
-            ``bioscan-dataset`` loader of BIOSCAN-1M does.
-        verify_images (`str`, *optional*): how images are checked while preparing: ``header`` (the builders'
-            default), ``decode`` (a full decode) or ``none``.
-        num_proc (`int`, *optional*): processes that check the images and write the splits while preparing.
+    Each field is a data option of every command line (``bioscan-clip evaluate/index/embed``, ``train_accelerate.py``);
+    its help text and choices are declared here, in the field's metadata, and nowhere else. ``TrainConfig`` inherits
+    these fields. Options left ``None``/``False`` keep the builder's default (see :meth:`builder_options`).
     """
 
-    source: str | None = "mini"
-    data_dir: str | None = None
-    dataset_path: str | None = None
-    cache_dir: str | None = None
-    partition: str | None = None
-    image_policy: str | None = None
-    image_package: str | None = None
-    keep_provisional_names: bool = False
-    genus_from_species: bool = False
-    verify_images: str | None = None
-    num_proc: int | None = None
+    source: str | None = option(
+        "mini",
+        "dataset builder (default: %(default)s; mini is generated, synthetic); with --dataset_path, the split layout "
+        "of the saved dataset",
+        choices=tuple(sorted(RETRIEVAL_SPLITS)),
+    )
+    data_dir: str | None = option(
+        None,
+        "the builder's data root, or its metadata CSV/TSV file (for bold: the export, tab, comma or ';'); mini "
+        "needs none",
+    )
+    dataset_path: str | None = option(None, "instead of a builder, a DatasetDict saved with save_to_disk")
+    cache_dir: str | None = option(None, "where builders keep their Arrow cache (unset: the datasets cache)")
+    partition: str | None = option(
+        None,
+        "BOLD exports: 'none' (default) makes every record a key and a training record; 'clibd' splits species "
+        "into seen/unseen queries and keys. BIOSCAN-1M: auto, official or rebuild",
+    )
+    image_policy: str | None = option(
+        None, "a missing or corrupt image: fail (default), skip the record, or keep it without image",
+        choices=IMAGE_POLICIES,
+    )  # fmt: skip
+    image_package: str | None = option(
+        None, "image folder under images/ (default cropped_256); 'none' reads the metadata only (barcodes, no images)"
+    )
+    keep_provisional_names: bool = option(
+        False,
+        "BOLD exports: keep 'sp.'/'cf.'/interim species names as their own labels (default: read as missing)",
+    )
+    genus_from_species: bool = option(
+        False, "fill a missing genus from the species name, as the bioscan-dataset loader does"
+    )
+    verify_images: str | None = option(
+        None,
+        "how images are checked while preparing: header (the builders' default: format, size, truncation), "
+        "decode (a full decode), none",
+        choices=VERIFY_MODES,
+    )
+    num_proc: int | None = option(
+        None, "processes that check the images and write the splits while preparing"
+    )
 
     @classmethod
     def from_options(cls, options: Any) -> DataSpec:

@@ -32,8 +32,9 @@ from tqdm.auto import tqdm
 from bioscan_clip.data.spec import DataSpec, has_role, role_records
 from bioscan_clip.data.specimens import SpecimenDataset, available_modalities, with_modalities
 from bioscan_clip.features import DNA, IMAGE, available_pairs, embed_dataset, key_matrix, labels_of, pair_name
+from bioscan_clip.resolve import load_pretrained
 from bioscan_clip.retrieval.key_index import KeyIndex
-from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError
+from modeling_bioscanclip import BioscanInputError
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
 from .metric import metric_module
@@ -378,8 +379,7 @@ def evaluate(
         raise BioscanInputError(f"protocol: expected one of {PROTOCOLS}, got {protocol!r}")
     from .reports import plot_accuracy, update_model_card
 
-    network = BioscanClipModel.from_pretrained(model).eval()
-    processor = BioscanClipProcessor.from_pretrained(model)
+    network, processor = load_pretrained(model)
     splits, roles = data.load()
     out = Path(out) if out else Path(model).resolve().parent / f"evaluation-{split}"
     out.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ import json
 import logging
 import shutil
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from bioscan_clip.features import (
     labels_of,
     pair_name,
 )
+from bioscan_clip.resolve import load_pretrained
 from bioscan_clip.retrieval.key_index import KeyIndex
 from bioscan_clip.safe_io import (
     file_checksums,
@@ -36,13 +38,13 @@ from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 from .calibration import (
     CALIBRATION_SEED,
     DEFAULT_PRECISION,
+    DEFAULT_VOTE_TEMPERATURE,
     HELD_OUT_FRACTION,
     METHOD_NONE,
     calibrate_pair,
     plot_reliability,
     sample_rows,
 )
-from .identifier import DEFAULT_VOTE_TEMPERATURE
 from .key_folder import (
     CALIBRATION_FILE,
     CALIBRATION_PLOT,
@@ -55,6 +57,51 @@ from .key_folder import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How a key folder is built (the settings of :func:`build_key_folder`, which documents them)."""
+
+    precision: float = DEFAULT_PRECISION
+    calibrate: bool = True
+    index_type: str = "flat"
+    index_options: Mapping[str, Any] = field(default_factory=dict)
+    batch_size: int = 128
+    show_progress: bool = True
+
+
+@dataclass(frozen=True)
+class EmbeddedKeys:
+    """What a key folder is written from: the model and processor, the modalities indexed, the key records as a
+    :class:`SpecimenDataset`, their features (feature -> ``(keys, dim)`` matrix) and labels (``processid`` and rank
+    -> one label per key), and the validation queries to calibrate on (None: the keys calibrate themselves)."""
+
+    model: BioscanClipModel
+    processor: BioscanClipProcessor
+    modalities: list[str]
+    key_set: SpecimenDataset
+    features: dict[str, np.ndarray]
+    labels: dict[str, list]
+    calibration_queries: datasets.Dataset | None = None
+
+
+def _specimens(
+    records: datasets.Dataset, processor: BioscanClipProcessor, modalities: list[str], what: str
+) -> SpecimenDataset:
+    """The records that have every modality indexed, ready to embed."""
+    return SpecimenDataset(with_modalities(records, modalities, what=what), processor, modalities)
+
+
+def _embed(
+    model: BioscanClipModel, specimens: SpecimenDataset, options: BuildOptions, description: str, **where: Any
+) -> tuple[dict[str, np.ndarray], dict[str, list]]:
+    """The features and labels of ``specimens``; ``where`` (``out_dir``, ``features``) goes to :func:`embed_dataset`."""
+    features = embed_dataset(
+        model, specimens, batch_size=options.batch_size, description=description,
+        show_progress=options.show_progress, **where,
+    )  # fmt: skip
+    return features, labels_of(specimens)
 
 
 def build_key_folder(
@@ -95,27 +142,25 @@ def build_key_folder(
     """
     out_dir = Path(out_dir)
     refuse_foreign_output(out_dir, overwrite)
+    options = BuildOptions(
+        precision=precision, calibrate=calibrate, index_type=index_type, index_options=dict(index_options or {}),
+        batch_size=batch_size, show_progress=show_progress,
+    )  # fmt: skip
     # Metadata-only keys (barcodes, no images) are indexed with the modalities they have.
     modalities = available_modalities(keys, model.config.modalities, what="keys")
-    keys = with_modalities(keys, modalities, what="keys")
-    if len(keys) == 0:
+    key_set = _specimens(keys, processor, modalities, "keys")
+    if len(key_set) == 0:
         raise BioscanInputError(f"no key record has every modality the index needs ({', '.join(modalities)})")
-    key_set = SpecimenDataset(keys, processor, modalities)
     final_dir, staging = out_dir, staging_dir(out_dir)
     # The key embeddings go to disk batch by batch and are indexed one feature at a time from there, so memory
     # stays about one feature's index whatever the library's size. The scratch folder is a second staging folder:
     # removed here, or, after a kill, by the next build (stale staging folders of dead processes).
     scratch = staging_dir(out_dir)
     try:
-        features = embed_dataset(
-            model, key_set, batch_size=batch_size, description="embedding keys", show_progress=show_progress,
-            out_dir=scratch, features=KEY_FEATURES,
-        )  # fmt: skip
-        labels = labels_of(key_set)
+        features, labels = _embed(model, key_set, options, "embedding keys", out_dir=scratch, features=KEY_FEATURES)
         kill_point("index:embedded")
-        _write_key_folder(model, processor, modalities, key_set, features, labels, staging, calibration_queries,
-                          precision, index_type, batch_size, show_progress, calibrate=calibrate,
-                          index_options=index_options)  # fmt: skip
+        embedded = EmbeddedKeys(model, processor, modalities, key_set, features, labels, calibration_queries)
+        _write_key_folder(embedded, options, staging)
         refuse_foreign_output(final_dir, overwrite)  # nothing foreign appeared there while we embedded
         swap_in(staging, final_dir, stage_prefix="index:")
     except BaseException:
@@ -127,34 +172,18 @@ def build_key_folder(
     return final_dir
 
 
-def _write_key_folder(
-    model: BioscanClipModel,
-    processor: BioscanClipProcessor,
-    modalities: list[str],
-    key_set: SpecimenDataset,
-    features: dict[str, np.ndarray],
-    labels: dict[str, list],
-    out_dir: Path,
-    calibration_queries: datasets.Dataset | None,
-    precision: float,
-    index_type: str,
-    batch_size: int,
-    show_progress: bool,
-    *,
-    calibrate: bool = True,
-    index_options: Mapping[str, Any] | None = None,
-) -> None:
+def _write_key_folder(keys: EmbeddedKeys, options: BuildOptions, out_dir: Path) -> None:
     """The parts of a key folder, written into ``out_dir`` (a fresh staging folder), manifest last."""
-    options = dict(index_options or {})
-    for name, matrix in features.items():
-        if name in KEY_FEATURES:
-            KeyIndex.build(matrix, labels, index_type=index_type, modality=name, **options).save(out_dir / name)
-            kill_point(f"index:{name}")
-    calibration = _calibrate(model, processor, modalities, key_set, features, labels, out_dir, calibration_queries,
-                             precision, index_type, batch_size, show_progress, calibrate)  # fmt: skip
+    indexed = [name for name in keys.features if name in KEY_FEATURES]
+    for name in indexed:
+        KeyIndex.build(
+            keys.features[name], keys.labels, index_type=options.index_type, modality=name, **options.index_options
+        ).save(out_dir / name)
+        kill_point(f"index:{name}")
+    calibration = _calibrate(keys, options, out_dir)
     (out_dir / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2))
     kill_point("index:calibration")
-    stored = key_set.records
+    stored = keys.key_set.records
     if "image" in stored.column_names:
         stored = stored.cast_column("image", datasets.Image())
     stored.save_to_disk(str(out_dir / RECORDS_DIRNAME))
@@ -163,79 +192,61 @@ def _write_key_folder(
         "format": KEY_FOLDER_FORMAT,
         "format_version": KEY_FOLDER_VERSION,
         "model": {
-            "name_or_path": str(getattr(model.config, "_name_or_path", "") or ""),
-            "revision": getattr(model.config, "_commit_hash", None),
-            "config_sha256": config_hash(model),
+            "name_or_path": str(getattr(keys.model.config, "_name_or_path", "") or ""),
+            "revision": getattr(keys.model.config, "_commit_hash", None),
+            "config_sha256": config_hash(keys.model),
         },
-        "index_type": index_type,
-        "count": len(key_set),
-        "features": sorted(name for name in features if name in KEY_FEATURES),
+        "index_type": options.index_type,
+        "count": len(keys.key_set),
+        "features": sorted(indexed),
         "files": file_checksums(out_dir),
     }
     (out_dir / KEY_MANIFEST).write_text(sealed_json(manifest))
     kill_point("index:manifest")
 
 
-def _calibrate(
-    model: BioscanClipModel,
-    processor: BioscanClipProcessor,
-    modalities: list[str],
-    key_set: SpecimenDataset,
-    features: dict[str, np.ndarray],
-    labels: dict[str, list],
-    out_dir: Path,
-    calibration_queries: datasets.Dataset | None,
-    precision: float,
-    index_type: str,
-    batch_size: int,
-    show_progress: bool,
-    calibrate: bool,
-) -> dict[str, Any]:
+def _calibrate(keys: EmbeddedKeys, options: BuildOptions, out_dir: Path) -> dict[str, Any]:
     """The confidence thresholds of every calibrated pair and their report, and the reliability diagram in
     ``out_dir``; every fallback is logged and listed in ``warnings``."""
     calibration: dict[str, Any] = {
-        "precision": precision,
+        "precision": options.precision,
         "vote_temperature": DEFAULT_VOTE_TEMPERATURE,
         "thresholds": {},
         "held_out_fraction": HELD_OUT_FRACTION,
         "seed": CALIBRATION_SEED,
         "warnings": [],
     }
-    if not calibrate:
+    if not options.calibrate:
         calibration["method"] = METHOD_NONE
         calibration["warnings"].append(
             "calibration turned off: no rank is ever confident and every query is flagged unknown species"
         )
         logger.warning(calibration["warnings"][-1])
         return calibration
-    if calibration_queries is not None and len(calibration_queries):
-        query_set = SpecimenDataset(with_modalities(calibration_queries, modalities), processor, modalities)
-        rows = sample_rows(len(query_set))
-        query_features = embed_dataset(
-            model, query_set, batch_size=batch_size, description="calibration queries", show_progress=show_progress
-        )
-        query_features = {name: matrix[rows] for name, matrix in query_features.items()}
-        query_labels = labels_of(query_set)
-        truth = {rank: [query_labels[rank][r] for r in rows] for rank in TAXONOMIC_RANKS}
-        own_rows = None
+    if keys.calibration_queries is not None and len(keys.calibration_queries):
+        query_set = _specimens(keys.calibration_queries, keys.processor, keys.modalities, "calibration queries")
+        query_features, query_labels = _embed(keys.model, query_set, options, "calibration queries")
+        leave_one_out = False
         calibration["method"] = "validation queries, labels held out of the keys per rank"
     else:
         # No validation queries (e.g. a BOLD library with every record a key): the keys calibrate themselves,
         # each searched against the others, with a share of the species (and of each rank's labels) held out.
-        rows = sample_rows(len(key_set))
-        query_features = {name: matrix[rows] for name, matrix in features.items()}
-        truth = {rank: [labels[rank][r] for r in rows] for rank in TAXONOMIC_RANKS}
-        own_rows = rows
+        query_features, query_labels = keys.features, keys.labels
+        leave_one_out = True
         calibration["method"] = "leave-one-out over the keys, labels held out per rank (no validation queries)"
+    rows = sample_rows(len(query_labels["processid"]))
+    own_rows = rows if leave_one_out else None
+    query_features = {name: matrix[rows] for name, matrix in query_features.items()}
+    truth = {rank: [query_labels[rank][r] for r in rows] for rank in TAXONOMIC_RANKS}
     calibration["calibration_queries"] = int(len(rows))
     calibration["report"], curves = {}, {}
     for query_name, key_name in CALIBRATED_PAIRS:
-        if query_name not in query_features or key_name not in features:
+        if query_name not in query_features or key_name not in keys.features:
             continue
         name = pair_name((query_name, key_name))
         result = calibrate_pair(
-            query_features[query_name], truth, features[key_name], labels,
-            own_rows=own_rows, precision=precision, name=name,
+            query_features[query_name], truth, keys.features[key_name], keys.labels,
+            own_rows=own_rows, precision=options.precision, name=name,
         )  # fmt: skip
         calibration["thresholds"][name] = result["thresholds"]
         calibration["report"][name] = result["report"]
@@ -244,14 +255,15 @@ def _calibrate(
     for warning in calibration["warnings"]:
         logger.warning(warning)
     if curves:
-        plot_reliability(curves, calibration["thresholds"], out_dir / CALIBRATION_PLOT, precision=precision)
+        plot_reliability(curves, calibration["thresholds"], out_dir / CALIBRATION_PLOT, precision=options.precision)
         calibration["plot"] = CALIBRATION_PLOT
-    if index_type != "flat":  # what the approximation costs, measured on the calibration queries
-        calibration["recall_at_5"] = {
-            name: KeyIndex.load(out_dir / name).recall_at_k(query_features[name], min(5, len(key_set)))
-            for name in features
-            if name in KEY_FEATURES and name in query_features
-        }
+    # What an approximate index costs, measured on the calibration queries (an exact one loses nothing).
+    for name in keys.features:
+        if name in KEY_FEATURES and name in query_features:
+            index = KeyIndex.load(out_dir / name)
+            if not index.exact:
+                recall = index.recall_at_k(query_features[name], min(5, len(keys.key_set)))
+                calibration.setdefault("recall_at_5", {})[name] = recall
     return calibration
 
 
@@ -283,7 +295,7 @@ def build_index(
         if parts:
             calibration = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     keys = role_records(splits, roles, "keys")
-    network, processor = BioscanClipModel.from_pretrained(model).eval(), BioscanClipProcessor.from_pretrained(model)
+    network, processor = load_pretrained(model)
     return build_key_folder(
         network,
         processor,

@@ -45,6 +45,7 @@ from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 logger = logging.getLogger(__name__)
 
 DEFAULT_PRECISION = 0.9
+DEFAULT_VOTE_TEMPERATURE = 0.05  # of the confidence vote, in calibration.json: cosine hundredths decide neighbours
 HELD_OUT_FRACTION = 0.25  # of the queries, per rank: enough absent cases to shape the threshold, most keys kept
 CALIBRATION_SEED = 0
 MAX_CALIBRATION_QUERIES = 4000  # a seeded sample beyond this: thresholds need hundreds, not millions, of queries
@@ -444,11 +445,8 @@ def identity_confidence_report(
 
     thresholds = dict(IDENTITY_THRESHOLDS if thresholds is None else thresholds)
     found = identity_nearest(query_barcodes, key_barcodes, key_labels, thresholds=thresholds, **options)
-    absent = {rank: absent_from(query_labels[rank], key_labels[rank]) for rank in TAXONOMIC_RANKS}
     scores = np.where(found.rows >= 0, found.identity, -np.inf)
-    report = confidence_report(scores, found.labels, query_labels, absent, thresholds)
-    report["score"] = "alignment identity"
-    return report
+    return _against_all_keys(scores, found.labels, query_labels, key_labels, thresholds, "alignment identity")
 
 
 def embedding_confidence_report(
@@ -463,7 +461,18 @@ def embedding_confidence_report(
     :func:`identity_confidence_report`."""
     similarity, rows = held_out_nearest(queries, keys, key_labels, {"all keys": set()})["all keys"]
     predicted = {rank: [key_labels[rank][r] if r >= 0 else None for r in rows] for rank in TAXONOMIC_RANKS}
+    return _against_all_keys(similarity, predicted, query_labels, key_labels, thresholds, "cosine similarity")
+
+
+def _against_all_keys(
+    scores: np.ndarray,
+    predicted: Mapping[str, Sequence[Any]],
+    query_labels: Mapping[str, Sequence[Any]],
+    key_labels: Mapping[str, Sequence[Any]],
+    thresholds: Mapping[str, float],
+    score: str,
+) -> dict[str, Any]:
+    """:func:`confidence_report` of calls searched against every key (none held out): a query's answer is absent
+    when no key has its label; ``score`` names what the scores are."""
     absent = {rank: absent_from(query_labels[rank], key_labels[rank]) for rank in TAXONOMIC_RANKS}
-    report = confidence_report(similarity, predicted, query_labels, absent, thresholds)
-    report["score"] = "cosine similarity"
-    return report
+    return {**confidence_report(scores, predicted, query_labels, absent, thresholds), "score": score}

@@ -34,19 +34,17 @@ from bioscan_clip.features import (
     pair_name,
     query_feature,
 )
+from bioscan_clip.resolve import load_pretrained
 from bioscan_clip.retrieval.key_index import KeyIndex
-from bioscan_clip.safe_io import (
-    read_json,
-)
+from bioscan_clip.safe_io import read_json
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError, load_image_safely
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
+from .calibration import DEFAULT_VOTE_TEMPERATURE
 from .key_folder import CALIBRATION_FILE, config_hash, key_records, verify_key_folder
-from .library import resolve_key_library
+from .library import resolve_key_folder, resolve_key_library
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_VOTE_TEMPERATURE = 0.05  # cosine differences of a few hundredths decide between neighbours
 
 
 @dataclass
@@ -127,28 +125,41 @@ class Identifier:
         self.records = records
 
     @classmethod
-    def load(cls, model_dir: str | Path, key_dir: str | Path) -> Identifier:
-        """Loads a saved model folder and a key folder written by :func:`build_key_folder`.
+    def load(
+        cls,
+        model: str | Path,
+        keys: str | Path,
+        *,
+        model_revision: str | None = None,
+        keys_revision: str | None = None,
+    ) -> Identifier:
+        """Loads a model and a key folder written by :func:`build_key_folder`.
+
+        Args:
+            model: a saved model folder or a Hub model repository id (:func:`bioscan_clip.resolve.load_pretrained`).
+            keys: a key folder, or a key library (its folder or Hub dataset repository id; its ``keys/`` folder is
+                used, its model is not: see :meth:`from_pretrained` for that), through
+                :func:`~bioscan_clip.identification.library.resolve_key_folder`.
+            model_revision, keys_revision: Hub revisions (branch, tag or commit sha) of those repositories.
 
         The key folder is verified against its manifest before the model is loaded (see :func:`verify_key_folder`),
         and refused when it was built with a model of another configuration.
         """
-        key_dir = Path(key_dir)
+        key_dir = resolve_key_folder(keys, revision=keys_revision)
         manifest = verify_key_folder(key_dir)
         indexes = {
             name: KeyIndex.load(key_dir / name, verify=False) for name in KEY_FEATURES if (key_dir / name).exists()
         }
         records = key_records(key_dir)
         calibration = read_json(key_dir / CALIBRATION_FILE, "the calibration")
-        model = BioscanClipModel.from_pretrained(model_dir)
-        processor = BioscanClipProcessor.from_pretrained(model_dir)
+        network, processor = load_pretrained(model, revision=model_revision)
         built_with = manifest.get("model", {}).get("config_sha256")
-        if built_with is not None and built_with != config_hash(model):
+        if built_with is not None and built_with != config_hash(network):
             raise BioscanInputError(
                 f"{key_dir}: built with another model ({manifest['model'].get('name_or_path')}, config "
-                f"{built_with[:12]}) than {model_dir} (config {config_hash(model)[:12]}); rebuild the keys with it"
+                f"{built_with[:12]}) than {model} (config {config_hash(network)[:12]}); rebuild the keys with it"
             )
-        return cls(model, processor, indexes, calibration, records)
+        return cls(network, processor, indexes, calibration, records)
 
     @classmethod
     def from_pretrained(

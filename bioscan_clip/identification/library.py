@@ -14,7 +14,7 @@ from bioscan_clip.resolve import inside, resolve_folder
 from bioscan_clip.safe_io import read_json
 from modeling_bioscanclip import BioscanInputError
 
-from .key_folder import KEY_MANIFEST
+from .key_folder import KEY_MANIFEST, is_key_folder
 
 KEY_LIBRARY_FILE = "bioscan_clip_keys.json"  # at the root of a key-library repository
 KEY_LIBRARY_FORMAT = "bioscan-clip-key-library"
@@ -24,9 +24,10 @@ KEYS_SUBFOLDER = "keys"
 def _library(
     spec: str | os.PathLike, revision: str | None, repo_type: str = "dataset"
 ) -> tuple[Path, dict[str, Any] | None]:
-    """The resolved folder and its key-library file (None for a plain key folder)."""
+    """The resolved folder and its key-library file (None for a key folder, verified by its reader: a partial or an
+    older one is refused there by name)."""
     root = resolve_folder(spec, repo_type=repo_type, revision=revision)
-    if (root / KEY_MANIFEST).is_file():
+    if is_key_folder(root):
         return root, None
     library_file = root / KEY_LIBRARY_FILE
     if not library_file.is_file():
@@ -42,9 +43,7 @@ def _keys_of(root: Path, library: dict[str, Any], spec: str | os.PathLike) -> Pa
     return inside(root, keys, what=f"{spec} ({KEY_LIBRARY_FILE} 'keys')")
 
 
-def resolve_key_folder(
-    spec: str | os.PathLike, *, revision: str | None = None, repo_type: str = "dataset"
-) -> Path:
+def resolve_key_folder(spec: str | os.PathLike, *, revision: str | None = None, repo_type: str = "dataset") -> Path:
     """The key folder of a key folder or key library: local, or a Hub repository by id at ``revision`` (a dataset
     repository, as ``bioscan-clip push keys`` publishes; ``owner/name/sub/folder`` for a key folder inside one)."""
     root, library = _library(spec, revision, repo_type)

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bioscan_clip.safe_io import staging_dir, swap_in
+
 CHECKPOINT_MARKER = "COMPLETE"
 STATE_FILE = "train_state.json"
 SCHEDULER_FILE = "scheduler_state.json"
@@ -155,12 +157,15 @@ def load_checkpoint(accelerator: Any, path: Path, state: TrainState, scheduler: 
 
 
 def save_pretrained(model: Any, processor: Any, folder: Path) -> None:
-    """Model + processor + code, loadable with AutoModel/AutoProcessor(trust_remote_code=True); atomic."""
-    temporary = folder.with_name(f".tmp-{folder.name}")
-    if temporary.exists():
-        shutil.rmtree(temporary)
-    model.save_pretrained(temporary)
-    processor.save_pretrained(temporary)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(temporary, folder)
+    """Model + processor + code, loadable with AutoModel/AutoProcessor(trust_remote_code=True); atomic: written into
+    a staging sibling and swapped in whole (:func:`~bioscan_clip.safe_io.swap_in`), so a crash leaves the old folder
+    or the new one, never a mixture or nothing; on an error the staging folder is removed and the old one stays."""
+    folder = Path(folder)
+    staging = staging_dir(folder)
+    try:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        swap_in(staging, folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

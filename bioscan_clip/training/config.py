@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bioscan_clip.data.spec import DataSpec
-from dataset_scripts import RETRIEVAL_SPLITS
+from bioscan_clip.option_fields import option
 from modeling_bioscanclip.configuration_bioscanclip import DNA_POOLINGS, IMAGE_POOLINGS, MODALITIES, TEXT_POOLINGS
 
 from . import presets
@@ -17,89 +17,71 @@ from . import presets
 logger = logging.getLogger(__name__)
 
 
-def _option(default: Any, help: str, **argparse_kwargs: Any) -> Any:
-    """A dataclass field whose help (and argparse settings) ``HfArgumentParser`` turns into a command-line option."""
-    return field(default=default, metadata={"help": help, **argparse_kwargs})
 
-
+# TrainConfig *is* a DataSpec: it inherits the data options (source, data_dir, ... num_proc) with their defaults,
+# help and choices, so they are declared once, in DataSpec, and HfArgumentParser turns them into options here exactly
+# as ``bioscan-clip`` commands do (tests/test_data_options.py fails if one is declared again). ``data()`` still gives
+# a plain DataSpec. Dataclass inheritance puts the inherited fields first.
 @dataclass
-class TrainConfig:
+class TrainConfig(DataSpec):
     """Every option of a run. A preset fills the defaults; the command line (or the caller) overrides any field."""
 
-    preset: str = _option("tiny", "defaults for every other option", choices=presets.PRESET_NAMES)
-    source: str | None = _option(
-        "mini", "dataset builder (mini is generated, synthetic)", choices=tuple(RETRIEVAL_SPLITS)
-    )
-    data_dir: str | None = _option(
-        None, "data root of the builder, or its metadata CSV/TSV (for bold: the export file); mini needs none"
-    )
-    dataset_path: str | None = _option(None, "instead of a builder, a DatasetDict saved with save_to_disk")
-    cache_dir: str | None = _option(None, "where builders keep their Arrow cache (None: the datasets cache)")
-    partition: str | None = _option(
-        None, "BOLD exports: 'none' (default) trains on every record; 'clibd' holds out seen/unseen queries"
-    )
-    image_policy: str | None = _option(
-        None, "a missing or corrupt image: fail (default), skip the record, keep it without image",
-        choices=("fail", "skip", "keep"),
-    )  # fmt: skip
-    image_package: str | None = _option(None, "image folder under images/ (default cropped_256); 'none': no images")
-    keep_provisional_names: bool = _option(False, "BOLD exports: keep 'sp.'/'cf.'/interim names as their own labels")
-    genus_from_species: bool = _option(False, "fill a missing genus from the species name (as bioscan-dataset)")
-    output_dir: str = _option("runs/train", "checkpoints, logs, the final and the best model")
-    modalities: str = _option("image,dna,text", "two or three of image,dna,text (dna,text for barcode-only data)")
-    epochs: int = _option(20, "passes over the training records")
-    max_steps: int | None = _option(None, "stop after this many optimiser steps (the schedule still spans --epochs)")
-    batch_size: int = _option(64, "records per process per step; negatives come from the global batch")
-    learning_rate: float = _option(1e-3, "peak one-cycle learning rate at --lr_reference_batch, scaled linearly")
-    lr_reference_batch: int = _option(64, "global batch at which --learning_rate applies (500 in the paper)")
-    weight_decay: float = _option(0.01, "AdamW weight decay")
-    warmup_fraction: float = _option(0.3, "fraction of the steps spent warming up (one-cycle pct_start)")
-    gradient_accumulation_steps: int = _option(1, "batches per optimiser step")
-    max_grad_norm: float | None = _option(1.0, "clip gradients to this norm (0 or none: no clipping, as the paper)")
-    mixed_precision: str = _option("no", "fp16/bf16 need a device that supports them", choices=("no", "bf16", "fp16"))
-    seed: int = _option(42, "seeds model initialisation, dropout, sample order and augmentation")
-    num_workers: int | None = _option(
+    preset: str = option("tiny", "defaults for every other option", choices=presets.PRESET_NAMES)
+    output_dir: str = option("runs/train", "checkpoints, logs, the final and the best model")
+    modalities: str = option("image,dna,text", "two or three of image,dna,text (dna,text for barcode-only data)")
+    epochs: int = option(20, "passes over the training records")
+    max_steps: int | None = option(None, "stop after this many optimiser steps (the schedule still spans --epochs)")
+    batch_size: int = option(64, "records per process per step; negatives come from the global batch")
+    learning_rate: float = option(1e-3, "peak one-cycle learning rate at --lr_reference_batch, scaled linearly")
+    lr_reference_batch: int = option(64, "global batch at which --learning_rate applies (500 in the paper)")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    warmup_fraction: float = option(0.3, "fraction of the steps spent warming up (one-cycle pct_start)")
+    gradient_accumulation_steps: int = option(1, "batches per optimiser step")
+    max_grad_norm: float | None = option(1.0, "clip gradients to this norm (0 or none: no clipping, as the paper)")
+    mixed_precision: str = option("no", "fp16/bf16 need a device that supports them", choices=("no", "bf16", "fp16"))
+    seed: int = option(42, "seeds model initialisation, dropout, sample order and augmentation")
+    num_workers: int | None = option(
         None,
         "DataLoader worker processes per process (None: 1 per 2 cores, at most 8, with images; 0 without); "
         "the run is the same with any number",
     )
-    num_threads: int | None = _option(
+    num_threads: int | None = option(
         None,
         "torch threads per process (None: every core this process may use, shared among the processes on "
         "this machine; `accelerate launch` would otherwise leave one, through OMP_NUM_THREADS=1)",
     )
-    same_species_positives: bool = _option(False, "treat records of the same species in a batch as positives")
-    crop_scale_min: float = _option(0.08, "smallest area fraction of the random resized crop (0.08 in the paper)")
-    dna_augmentation: bool = _option(
+    same_species_positives: bool = option(False, "treat records of the same species in a batch as positives")
+    crop_scale_min: float = option(0.08, "smallest area fraction of the random resized crop (0.08 in the paper)")
+    dna_augmentation: bool = option(
         False, "augment training barcodes: random reading frame, end trimming, a few N (off in the paper's recipe)"
     )
-    dna_frames: int | None = _option(
+    dna_frames: int | None = option(
         None, "DNA embeddings at inference average the barcode read from its first N bases (None/1: one frame)"
     )
-    text_vocab_size: int = _option(2000, "size of the taxonomy WordPiece vocabulary built from the training names")
-    image_tower: str | None = _option(None, "start the image tower from this pretrained vision model folder")
-    dna_tower: str | None = _option(None, "start the DNA tower from this pretrained BERT over 5-mers (BarcodeBERT)")
-    text_tower: str | None = _option(None, "start the text tower from this BERT folder; its tokenizer is then used")
-    text_tokenizer: str | None = _option(None, "a tokenizer folder for the taxonomy text (None: built from the names)")
-    projection_dim: int | None = _option(None, "size of the shared embedding space (None: the preset's)")
-    image_pooling: str | None = _option(None, "image pooling (None: the preset's)", choices=IMAGE_POOLINGS)
-    dna_pooling: str | None = _option(None, "softmax_mean is the original's head (None: mean)", choices=DNA_POOLINGS)
-    text_pooling: str | None = _option(None, "mean_all is the original's (None: mean)", choices=TEXT_POOLINGS)
-    dna_use_attention_mask: bool = _option(True, "--no_dna_use_attention_mask attends to the N padding (original)")
-    dna_reference_mode: bool = _option(False, "DNA ids exactly as the original (<MASK> prefix), for BarcodeBERT")
-    eval_every_epochs: int = _option(1, "validation retrieval every N epochs (0: never); it picks the best model")
-    eval_batch_size: int = _option(128, "embedding batch size of the validation")
-    checkpoint_every_steps: int | None = _option(None, "also checkpoint every N steps (always at each epoch end)")
-    checkpoints_total_limit: int = _option(2, "complete checkpoints kept (the newest ones)")
-    resume_from_checkpoint: str | None = _option(None, "'latest' or a checkpoint folder: continue exactly there")
-    max_nan_skips: int = _option(5, "abort after this many consecutive non-finite losses")
-    report_to: str = _option("tensorboard", "Accelerate trackers", choices=("tensorboard", "wandb", "all", "none"))
-    push_to_hub: bool = _option(False, "upload the chosen model to --hub_model_id at the end")
-    hub_model_id: str | None = _option(None, "repository for --push_to_hub (owner/name)")
-    cpu: bool = _option(False, "run on the CPU even when a GPU is present")
-    expect_processes: int | None = _option(None, "fail unless exactly this many processes run (catches fall-backs)")
-    log_every_steps: int = _option(10, "log loss, learning rate and temperature every N steps")
-    log_batch_ids: bool = _option(False, "append every step's record ids to batch_ids.jsonl (audits sample order)")
+    text_vocab_size: int = option(2000, "size of the taxonomy WordPiece vocabulary built from the training names")
+    image_tower: str | None = option(None, "start the image tower from this pretrained vision model folder")
+    dna_tower: str | None = option(None, "start the DNA tower from this pretrained BERT over 5-mers (BarcodeBERT)")
+    text_tower: str | None = option(None, "start the text tower from this BERT folder; its tokenizer is then used")
+    text_tokenizer: str | None = option(None, "a tokenizer folder for the taxonomy text (None: built from the names)")
+    projection_dim: int | None = option(None, "size of the shared embedding space (None: the preset's)")
+    image_pooling: str | None = option(None, "image pooling (None: the preset's)", choices=IMAGE_POOLINGS)
+    dna_pooling: str | None = option(None, "softmax_mean is the original's head (None: mean)", choices=DNA_POOLINGS)
+    text_pooling: str | None = option(None, "mean_all is the original's (None: mean)", choices=TEXT_POOLINGS)
+    dna_use_attention_mask: bool = option(True, "--no_dna_use_attention_mask attends to the N padding (original)")
+    dna_reference_mode: bool = option(False, "DNA ids exactly as the original (<MASK> prefix), for BarcodeBERT")
+    eval_every_epochs: int = option(1, "validation retrieval every N epochs (0: never); it picks the best model")
+    eval_batch_size: int = option(128, "embedding batch size of the validation")
+    checkpoint_every_steps: int | None = option(None, "also checkpoint every N steps (always at each epoch end)")
+    checkpoints_total_limit: int = option(2, "complete checkpoints kept (the newest ones)")
+    resume_from_checkpoint: str | None = option(None, "'latest' or a checkpoint folder: continue exactly there")
+    max_nan_skips: int = option(5, "abort after this many consecutive non-finite losses")
+    report_to: str = option("tensorboard", "Accelerate trackers", choices=("tensorboard", "wandb", "all", "none"))
+    push_to_hub: bool = option(False, "upload the chosen model to --hub_model_id at the end")
+    hub_model_id: str | None = option(None, "repository for --push_to_hub (owner/name)")
+    cpu: bool = option(False, "run on the CPU even when a GPU is present")
+    expect_processes: int | None = option(None, "fail unless exactly this many processes run (catches fall-backs)")
+    log_every_steps: int = option(10, "log loss, learning rate and temperature every N steps")
+    log_batch_ids: bool = option(False, "append every step's record ids to batch_ids.jsonl (audits sample order)")
 
     def __post_init__(self) -> None:
         presets.get_preset(self.preset)
@@ -123,6 +105,7 @@ class TrainConfig:
         return [m for m in MODALITIES if m in names]
 
     def data(self) -> DataSpec:
+        """The data options of this run, as a plain :class:`DataSpec`."""
         return DataSpec.from_options(self)
 
     def model_overrides(self) -> dict[str, Any]:

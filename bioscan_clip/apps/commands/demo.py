@@ -92,13 +92,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def resolve_demo_folders(args: argparse.Namespace) -> tuple[Path, Path]:
+    """``(model_dir, key_dir)`` of the parsed ``--model``, ``--keys`` (a key folder, or a key library's ``keys/``),
+    ``--revision`` and ``--keys_repo_type``: local folders, or Hub repositories downloaded or found in the cache."""
+    model_dir = resolve_folder(args.model, repo_type="model", revision=args.revision)
+    key_dir = resolve_key_folder(args.keys, repo_type=args.keys_repo_type, revision=args.revision)
+    return model_dir, key_dir
+
+
 def run(args: argparse.Namespace) -> int:
     """Loads the model and keys (local folders or Hub repo ids) and serves the demo until interrupted."""
     upload_dir = args.upload_dir or os.environ.get("GRADIO_TEMP_DIR") or DEFAULT_UPLOAD_DIR
     Path(upload_dir).mkdir(parents=True, exist_ok=True)  # our own folder: the cap never deletes another app's files
     os.environ["GRADIO_TEMP_DIR"] = str(Path(upload_dir).resolve())
-    model_dir = resolve_folder(args.model, repo_type="model", revision=args.revision)
-    key_dir = resolve_key_folder(args.keys, repo_type=args.keys_repo_type, revision=args.revision)
+    model_dir, key_dir = resolve_demo_folders(args)
     demo = build_demo(model_dir, key_dir, examples_dir=args.examples_dir)
     launch(
         demo,

@@ -121,16 +121,18 @@ def run(args: argparse.Namespace) -> int:
     # Inputs are checked before the model loads and before any split: a bad input fails every process the same way.
     queries = None if args.split else collect_queries(args)
     shard = process_shard()
-    model, processor = load_model(args.model)
-    model.to(shard.device)
-    if args.split:
-        result = _embed_split_shard(args, model, processor, shard)
-    else:
-        result = _embed_query_shard(queries, model, processor, shard, args.batch_size)
     try:
+        model, processor = load_model(args.model)
+        model.to(shard.device)
+        if args.split:
+            result = _embed_split_shard(args, model, processor, shard)
+        else:
+            result = _embed_query_shard(queries, model, processor, shard, args.batch_size)
         shards = shard.gather(result)  # the only collective, once every shard is done
     except ShardFailedError as error:  # one line, not a traceback: the failed process has printed the cause
         raise SystemExit(f"bioscan-clip embed: {error}; nothing was written") from None
+    finally:
+        shard.close()
     if not shard.is_main:
         return 0  # the main process writes the one output
     rows = _merge_shards(shards)

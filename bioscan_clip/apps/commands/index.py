@@ -8,19 +8,22 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from bioscan_clip.apps.commands.options import (
-    add_data_arguments,
-    data_spec,
-)
+from bioscan_clip.apps.commands.options import add_data_arguments, add_field_arguments, data_spec
 from bioscan_clip.features import KEY_FEATURES
 from bioscan_clip.identification.build import build_index
 from bioscan_clip.identification.calibration import DEFAULT_PRECISION
-from bioscan_clip.retrieval.key_index import AUTO_FLAT_MAX_KEYS, BUILD_INDEX_TYPES
+from bioscan_clip.retrieval.index_types import (
+    AUTO,
+    INDEX_TYPES,
+    IndexParams,
+    auto_description,
+    build_index_types,
+    index_option_names,
+)
 
 logger = logging.getLogger(__name__)
 
 
-# ---- index ----------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Embed the key records of a dataset once and save a key folder: one faiss index per feature (image, DNA, "
@@ -35,26 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the key folder to write (replaced if it is one)")
     parser.add_argument(
         "--index_type",
-        default="auto",
-        choices=BUILD_INDEX_TYPES,
-        help=f"auto (default) = exact flat below {AUTO_FLAT_MAX_KEYS:,} keys, else IVF-PQ fast scan re-ranked exactly; "
-        "flat = exact; ivf/hnsw/ivfpq are approximate, for millions of keys",
+        default=AUTO,
+        choices=build_index_types(),
+        help=f"auto (default) = {auto_description()}; "
+        + "; ".join(f"{name} = {entry.description}" for name, entry in INDEX_TYPES.items()),
     )
-    index = parser.add_argument_group("index settings (approximate indexes; defaults chosen by key count)")
-    index.add_argument("--nlist", type=int, help="IVF lists (default about sqrt(keys))")
-    index.add_argument("--nprobe", type=int, help="IVF lists searched per query (default 16)")
-    index.add_argument("--pq_m", type=int, help="IVF-PQ sub-quantisers; must divide the dimension")
-    index.add_argument("--pq_nbits", type=int, help="bits per IVF-PQ code (8, or 4 with fast scan)")
-    index.add_argument(
-        "--pq_fast_scan",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="IVF-PQ as faiss IndexIVFPQFastScan (4-bit codes; on by default for auto)",
-    )
-    index.add_argument("--rerank", type=int, help="candidates re-scored exactly per query (IVF-PQ default: 64 per million keys, at least 64)")
-    index.add_argument("--hnsw_m", type=int, help="HNSW graph degree (default 32)")
-    index.add_argument("--ef_search", type=int, help="HNSW search beam width (default 64)")
-    index.add_argument("--train_size", type=int, help="keys IVF/PQ k-means trains on (default 64 per list)")
+    # Every IndexParams field, unset by default: the index type then chooses from the key count and dimension.
+    index = parser.add_argument_group("index settings (each index type reads its own; defaults chosen by key count)")
+    add_field_arguments(index, IndexParams, defaults=dict.fromkeys(index_option_names()))
     parser.add_argument(
         "--precision",
         type=float,
@@ -70,16 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace --out even if it is not a key folder")
 
 
-INDEX_OPTIONS = ("nlist", "nprobe", "pq_m", "pq_nbits", "pq_fast_scan", "rerank", "hnsw_m", "ef_search", "train_size")
-
-
 def run(args: argparse.Namespace) -> int:
     out = build_index(
         args.model,
         data_spec(args),
         args.out,
         index_type=args.index_type,
-        index_options={name: getattr(args, name) for name in INDEX_OPTIONS if getattr(args, name) is not None},
+        index_options={name: getattr(args, name) for name in index_option_names() if getattr(args, name) is not None},
         precision=args.precision,
         calibrate=not args.no_calibration,
         batch_size=args.batch_size,

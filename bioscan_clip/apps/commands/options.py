@@ -15,9 +15,6 @@ import pandas as pd
 
 from bioscan_clip.data.spec import DataSpec
 from bioscan_clip.safe_io import atomic_output_file
-from dataset_scripts import RETRIEVAL_SPLITS
-from dataset_scripts.images import VERIFY_MODES
-from dataset_scripts.integrity import IMAGE_POLICIES
 from dataset_scripts.queries import BARCODE_COLUMNS, read_fasta, read_query_table
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError
 from modeling_bioscanclip.constants_bioscanclip import IMAGE_FORMATS
@@ -40,57 +37,41 @@ def add_option(
 
 
 def load_model(folder: str) -> tuple[BioscanClipModel, BioscanClipProcessor]:
-    return BioscanClipModel.from_pretrained(folder).eval(), BioscanClipProcessor.from_pretrained(folder)
+    """The model (eval mode) and processor of ``--model``: a folder or a Hub repository id (:func:`load_pretrained`)."""
+    from bioscan_clip.resolve import load_pretrained
+
+    return load_pretrained(folder)
 
 
-# ---- data options ---------------------------------------------------------------------------------------------------
+# ---- options declared as dataclass fields --------------------------------------------------------------------------
+def add_field_arguments(
+    group: argparse._ArgumentGroup, record: type, *, defaults: dict[str, Any] | None = None
+) -> None:
+    """One ``--NAME`` per field of the dataclass ``record``, with the help (and ``choices``) of the field's metadata,
+    declared there only. ``defaults`` overrides a field's default on this command line. A ``bool`` field is a flag;
+    a ``bool | None`` one is ``--NAME/--no-NAME`` (unset: None); ``X | None`` parses as ``X``."""
+    import dataclasses
+    import typing
+
+    types = typing.get_type_hints(record)  # resolved here: the fields' own ``type`` may be a string
+    for item in dataclasses.fields(record):
+        kwargs: dict[str, Any] = dict(item.metadata)
+        default = (defaults or {}).get(item.name, item.default)
+        kind = types[item.name]
+        argument_type = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+        if kind is bool:  # a flag: given or not (it defaults to False)
+            kwargs["action"] = "store_true"
+        elif argument_type is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif argument_type is not str:
+            kwargs["type"] = argument_type
+        group.add_argument(f"--{item.name}", default=default, **kwargs)
+
+
 def add_data_arguments(parser: argparse.ArgumentParser, *, default_source: str | None = "mini") -> None:
-    """The options every command uses to name a dataset (the fields of :class:`DataSpec`)."""
-    group = parser.add_argument_group("data")
-    group.add_argument(
-        "--source",
-        default=default_source,
-        choices=sorted(RETRIEVAL_SPLITS),
-        help=f"dataset builder (default: {default_source}; mini is generated, synthetic)",
-    )
-    group.add_argument(
-        "--data_dir",
-        help="the builder's data root, or its metadata CSV/TSV file (for bold: the export, tab, comma or ';')",
-    )
-    group.add_argument("--dataset_path", help="instead, a DatasetDict saved with save_to_disk")
-    group.add_argument("--cache_dir", help="where builders keep their Arrow cache")
-    group.add_argument(
-        "--partition",
-        help="BOLD exports: 'none' (default) makes every record a key and a training record; 'clibd' splits "
-        "species into seen/unseen queries and keys. BIOSCAN-1M: auto, official or rebuild",
-    )
-    group.add_argument(
-        "--image_policy",
-        choices=IMAGE_POLICIES,
-        help="a missing or corrupt image: fail (default), skip the record, or keep it without image",
-    )
-    group.add_argument(
-        "--image_package",
-        help="image folder under images/ (default cropped_256); 'none' reads the metadata only (barcodes, no images)",
-    )
-    group.add_argument(
-        "--verify_images",
-        choices=VERIFY_MODES,
-        help="how images are checked while preparing: header (default: format, size, truncation), decode, none",
-    )
-    group.add_argument(
-        "--num_proc", type=int, help="processes that check the images and write the splits while preparing"
-    )
-    group.add_argument(
-        "--keep_provisional_names",
-        action="store_true",
-        help="BOLD exports: keep 'sp.'/'cf.'/interim species names as their own labels (default: read as missing)",
-    )
-    group.add_argument(
-        "--genus_from_species",
-        action="store_true",
-        help="fill a missing genus from the species name, as the bioscan-dataset loader does",
-    )
+    """The options every command uses to name a dataset: one per field of :class:`DataSpec` (help and choices are
+    the field's); ``default_source`` overrides the default of ``--source``."""
+    add_field_arguments(parser.add_argument_group("data"), DataSpec, defaults={"source": default_source})
 
 
 def data_spec(args: argparse.Namespace) -> DataSpec:

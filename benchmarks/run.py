@@ -68,7 +68,16 @@ def measure_in_process(path: Path, size: str, timeout: float) -> dict[str, Any]:
     """Runs one benchmark in a fresh interpreter; its record, or one with `error` when it fails or times out."""
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         out = Path(tmp) / "figures.json"
-        command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(path), "--size", size, "--json", str(out)]
+        command = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            str(path),
+            "--size",
+            size,
+            "--json",
+            str(out),
+        ]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
         started = time.perf_counter()
         try:
@@ -242,7 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{path.name} ({args.size}) ...", file=sys.stderr, flush=True)
         record = measure_in_process(path, args.size, timeout)
         report["benchmarks"].append(record)
-        state = f"FAILED: {record['error'].splitlines()[-1]}" if "error" in record else f"{len(record['figures'])} figures"
+        state = (
+            f"FAILED: {record['error'].splitlines()[-1]}" if "error" in record else f"{len(record['figures'])} figures"
+        )
         print(f"  {record.get('seconds')} s, {state}", file=sys.stderr, flush=True)
     report["seconds"] = round(time.perf_counter() - started, 1)
     out = Path(args.out)

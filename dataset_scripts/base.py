@@ -251,7 +251,9 @@ class BioscanBuilderBase(datasets.ArrowBasedBuilder):
             # digest is expected, since it needs the whole file before the first record).
             self._start_summary(metadata, hash_file=False)
             return [
-                datasets.SplitGenerator(name=split, gen_kwargs={"split": split, "members": metasplits.get(split, (split,))})
+                datasets.SplitGenerator(
+                    name=split, gen_kwargs={"split": split, "members": metasplits.get(split, (split,))}
+                )
                 for split in (*splits, *metasplits)
             ]
         summary = self._start_summary(metadata)
@@ -510,5 +512,3 @@ def record_frame(
     for rank in ALL_RANKS:
         frame[rank] = take_column(raw, rank, arrow=True)  # a rank the source lacks (5M has no tribe) is all None
     return frame
-
-

@@ -47,7 +47,6 @@ __all__ = ["BoldExport", "BoldExportConfig"]
 _PARTITION_MODES = ("auto", "none", "clibd")  # auto = none: an export is a reference library unless asked
 
 
-
 _DESCRIPTION = """\
 A BOLD Systems specimen export (BCDM or the older BOLD TSV), COI-5P barcodes with their taxonomy, read into the
 bioscan-clip record schema. DNA only: no images."""
@@ -125,5 +124,3 @@ class BoldExport(BioscanBuilderBase):
         else:
             frame["split"] = "train"
         return frame
-
-

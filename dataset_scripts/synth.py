@@ -615,5 +615,3 @@ def generate_mini_bioscan(
     frame.to_csv(csv_path, index=False, lineterminator="\n")
     (out_dir / "README.md").write_text(_card(out_dir, seed, size, frame))  # last: marks a complete dataset
     return out_dir
-
-

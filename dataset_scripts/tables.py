@@ -166,5 +166,3 @@ def _tidy(frame: pd.DataFrame, sep: str) -> pd.DataFrame:
 
 def _name(sep: str) -> str:
     return {"\t": "tab-separated", ";": "';'-separated", ",": "comma-separated"}[sep]
-
-

@@ -134,7 +134,9 @@ def test_the_circle_rule_fails_when_a_circle_is_added(tmp_path):
         shutil.copytree(REPO_ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO_ROOT / "train_accelerate.py", tmp_path)
     resolver = tmp_path / "bioscan_clip" / "resolve.py"
-    resolver.write_text(resolver.read_text() + "\n\ndef _late():\n    from bioscan_clip.identification import identifier\n")
+    resolver.write_text(
+        resolver.read_text() + "\n\ndef _late():\n    from bioscan_clip.identification import identifier\n"
+    )
     assert circles(import_graph(tmp_path))
 
 

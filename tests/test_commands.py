@@ -114,7 +114,9 @@ def test_evaluate_species_held_out_compares_identifiers_on_real_barcodes(tmp_pat
     assert "novelty AUROC" in printed and COMBINED_IDENTIFIER in printed
     summary = json.loads((out / "results.json").read_text())
     # The novel queries are the val split's unseen species, all of their records, and no key has those species.
-    splits, roles = DataSpec(source="bold", partition="clibd", data_dir=str(table), cache_dir=str(tmp_path / "cache")).load()
+    splits, roles = DataSpec(
+        source="bold", partition="clibd", data_dir=str(table), cache_dir=str(tmp_path / "cache")
+    ).load()
     held = set(splits["val_unseen"]["species"])
     novel_count = len(splits["val_unseen"]) + len(splits["val_unseen_keys"])
     assert summary["queries"]["novel"] == novel_count > 0

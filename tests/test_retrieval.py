@@ -485,7 +485,9 @@ def test_hnsw_build_settings_reach_faiss_and_the_manifest(random_data, tmp_path)
     assert index.index.hnsw.efConstruction == 24 and index.index.hnsw.efSearch == 12
     loaded = KeyIndex.load(index.save(tmp_path / "keys"))
     assert {name: loaded.manifest["index_params"][name] for name in ("hnsw_m", "ef_construction", "ef_search")} == {
-        "hnsw_m": 8, "ef_construction": 24, "ef_search": 12
+        "hnsw_m": 8,
+        "ef_construction": 24,
+        "ef_search": 12,
     }
     assert loaded.index.hnsw.efSearch == 12
 

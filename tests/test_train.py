@@ -277,7 +277,9 @@ def test_training_starts_from_a_pretrained_text_tower(tmp_path, mini_dir, mini_c
 def test_dataloader_workers_do_not_change_the_run(tmp_path, mini_dir, mini_cache):
     # Augmentation draws from (seed, epoch, index), not from a worker's random state.
     for workers in ("0", "2"):
-        train_app.main(base_args(mini_dir, mini_cache, tmp_path / workers, "--max_steps", "2", "--num_workers", workers))
+        train_app.main(
+            base_args(mini_dir, mini_cache, tmp_path / workers, "--max_steps", "2", "--num_workers", workers)
+        )
     a = load_file(tmp_path / "0" / "final_model" / "model.safetensors")
     b = load_file(tmp_path / "2" / "final_model" / "model.safetensors")
     for name in a:

@@ -58,8 +58,9 @@ def expose_test_dependencies(python: Path) -> tuple[Path, set[str]]:
     """Lists the test venv's site-packages in a ``.pth`` of the fresh venv (call it after installing our wheel, so
     pip never sees the editable install); returns the fresh venv's site-packages and the listed folders."""
     site_packages = Path(
-        check(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], **TEXT))
-        .strip()
+        check(
+            subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], **TEXT)
+        ).strip()
     )
     dependency_dirs = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (site_packages / "_bioscan_clip_test_dependencies.pth").write_text("\n".join(sorted(dependency_dirs)) + "\n")

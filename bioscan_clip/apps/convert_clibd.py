@@ -933,5 +933,3 @@ def convert_clibd_checkpoint(
     (out_dir / "README.md").write_text(_model_card(report, source_name, tokenizer is not None), encoding="utf-8")
     (out_dir / "conversion_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     return report
-
-

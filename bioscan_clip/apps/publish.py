@@ -166,7 +166,9 @@ def export_keys(
         "features": manifest.get("features", []),
     }
     (out / KEY_LIBRARY_FILE).write_text(json.dumps(library, indent=2) + "\n")
-    (out / "README.md").write_text(_dataset_card(records, manifest, repo_id, model_repo, model_revision, source, license))
+    (out / "README.md").write_text(
+        _dataset_card(records, manifest, repo_id, model_repo, model_revision, source, license)
+    )
     return out
 
 
@@ -184,7 +186,9 @@ def _dataset_card(
     )
     licences = ""
     if "copyright_license" in records.column_names:
-        licences = "; image licences in the records: " + ", ".join(sorted({str(v) for v in records["copyright_license"]}))
+        licences = "; image licences in the records: " + ", ".join(
+            sorted({str(v) for v in records["copyright_license"]})
+        )
     pinned = f" at revision `{revision}`" if revision else ""
     size = "n<1K" if count < 1000 else "1K<n<10K" if count < 10_000 else "10K<n<100K" if count < 100_000 else "n>100K"
     return f"""---
@@ -270,9 +274,7 @@ def export_metric(out: str | os.PathLike, *, repo_id: str) -> Path:
         "with gr.Blocks() as demo:\n    gr.Markdown(card)\n\n"
         'if __name__ == "__main__":\n    demo.launch()\n'
     )
-    (out / "requirements.txt").write_text(
-        f"evaluate=={importlib.metadata.version('evaluate')}\ndatasets\nnumpy\n"
-    )
+    (out / "requirements.txt").write_text(f"evaluate=={importlib.metadata.version('evaluate')}\ndatasets\nnumpy\n")
     return out
 
 
@@ -388,9 +390,7 @@ def publish(
         exist_ok=True,
         **({"space_sdk": "gradio"} if repo_type == "space" else {}),
     )
-    info = api.create_commit(
-        repo_id, operations, commit_message=commit_message, repo_type=repo_type, revision=revision
-    )
+    info = api.create_commit(repo_id, operations, commit_message=commit_message, repo_type=repo_type, revision=revision)
     logger.info("pushed %d files to %s (%s): %s", len(operations), repo_id, repo_type, getattr(info, "oid", info))
     return info
 
@@ -415,5 +415,3 @@ def export(kind: str, out: str | os.PathLike, *, repo_id: str, **options: Any) -
     if kind == "space":
         return export_space(out, repo_id=repo_id, **options)
     raise ValueError(f"expected one of {ARTEFACTS}, got {kind!r}")
-
-

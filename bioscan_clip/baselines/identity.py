@@ -60,7 +60,7 @@ def alignment_identity(first: str, second: str, *, min_overlap: int = MIN_OVERLA
     found = edlib.align(query, target, mode="HW", task="path", additionalEqualities=_EQUALITIES)
     columns = np.concatenate([np.full(int(n), op) for n, op in _CIGAR.findall(found["cigar"] or "")])
     score = np.where(columns == "=", 1, -1)
-    (start, end), = found["locations"][:1]
+    ((start, end),) = found["locations"][:1]
     # Where the alignment reaches an end of the longer barcode, the shorter one may overhang it: edlib scores the
     # overhang as edits (gaps or chance mismatches, at equal cost), so drop the end stretch with the lowest net
     # score (+1 match, -1 otherwise), as an overlap alignment with free end gaps would.

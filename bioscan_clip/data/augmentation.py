@@ -124,5 +124,3 @@ class DnaAugmentation:
         for position in positions:
             bases[position] = ord(AMBIGUOUS_BASE)
         return bases.decode("ascii")
-
-

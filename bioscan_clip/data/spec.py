@@ -21,7 +21,6 @@ from modeling_bioscanclip import BioscanInputError
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass
 class DataSpec:
     """Where a job's records come from: a builder and its data root, or a ``DatasetDict`` saved on disk.
@@ -69,9 +68,7 @@ class DataSpec:
         "decode (a full decode), none",
         choices=VERIFY_MODES,
     )
-    num_proc: int | None = option(
-        None, "processes that check the images and write the splits while preparing"
-    )
+    num_proc: int | None = option(None, "processes that check the images and write the splits while preparing")
 
     @classmethod
     def from_options(cls, options: Any) -> DataSpec:

@@ -34,7 +34,6 @@ DEFAULT_RERANK = 64
 RERANK_PER_KEYS = 1_000_000
 
 
-
 @dataclass(frozen=True, kw_only=True)
 class IndexParams:
     """The index settings a caller chooses; each index type reads the fields it has and ignores the others.
@@ -201,7 +200,9 @@ def _set_nprobe(index: faiss.Index, value: int) -> None:
     faiss.extract_index_ivf(index).nprobe = value
 
 
-NPROBE = SearchSetting("IVF indexes", lambda value, params, count: _int_param(value, "nprobe", 1, params["nlist"]), _set_nprobe)
+NPROBE = SearchSetting(
+    "IVF indexes", lambda value, params, count: _int_param(value, "nprobe", 1, params["nlist"]), _set_nprobe
+)
 # The search reads rerank from the manifest: nothing to set on the faiss index.
 RERANK = SearchSetting("approximate indexes", lambda value, params, count: min(_int_param(value, "rerank", 0), count))
 
@@ -294,7 +295,9 @@ def _resolve_ivfpq(params: IndexParams, count: int, dim: int) -> dict[str, Any]:
     if dim % pq_m != 0:
         raise BioscanInputError(f"pq_m must divide the dimension {dim}, got {pq_m}")
     if count < 2**pq_nbits:
-        raise BioscanInputError(f"IVF-PQ with pq_nbits={pq_nbits} needs at least {2**pq_nbits} keys to train, got {count}")
+        raise BioscanInputError(
+            f"IVF-PQ with pq_nbits={pq_nbits} needs at least {2**pq_nbits} keys to train, got {count}"
+        )
     resolved.update({"pq_m": pq_m, "pq_nbits": pq_nbits, "pq_fast_scan": fast_scan})
     minimum_train = max(resolved["nlist"], 2**pq_nbits)
     resolved["train_size"] = _train_size(params.train_size, count, resolved["nlist"], minimum_train)

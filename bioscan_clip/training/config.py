@@ -17,7 +17,6 @@ from . import presets
 logger = logging.getLogger(__name__)
 
 
-
 # TrainConfig *is* a DataSpec: it inherits the data options (source, data_dir, ... num_proc) with their defaults,
 # help and choices, so they are declared once, in DataSpec, and HfArgumentParser turns them into options here exactly
 # as ``bioscan-clip`` commands do (tests/test_data_options.py fails if one is declared again). ``data()`` still gives

@@ -402,4 +402,3 @@ def _count_nan_skip(state: TrainState, limit: int) -> None:
             f"loss was not finite for {state.consecutive_nan_skips} consecutive steps "
             f"(last at step {state.global_step}); lower the learning rate or check the data"
         )
-

@@ -162,5 +162,3 @@ def write_rows(rows: list[dict[str, Any]], out: Path) -> None:
             temporary.write_text(frame.to_json(orient="records", indent=2))
         else:
             frame.to_parquet(temporary, index=False)
-
-

@@ -394,5 +394,3 @@ def build_demo(
 # --- the public-Space protections: per-client upload rate, a cap on the upload cache, no server paths in /config ---
 
 CACHE_SWEEP_S, CACHE_MAX_AGE_S = 600, 1800  # gradio's own cleanup: every 10 min, files older than 30 min
-
-

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -235,6 +236,31 @@ def test_predict_on_real_images_and_barcodes(tmp_path, trained_tiny, key_folder,
     assert set(table["deepest_confident_rank"].dropna()) <= set(TAXONOMIC_RANKS)
     neighbours = json.loads(table["neighbours"].iloc[0])
     assert len(neighbours) == 3 and neighbours[0]["similarity"] >= neighbours[-1]["similarity"]
+
+
+def test_predict_pairs_photos_and_barcodes_by_id_and_keeps_the_input_order(
+    tmp_path, trained_tiny, key_folder, realdata, capsys
+):
+    """A FASTA record is identified with the photo of the same name; the rest stand alone; rows in input order."""
+    images = sorted(str(p) for p in (realdata / "zahrag__BIOSCAN-1M/cropped_images").glob("BIOUG*.jpg"))[:3]
+    stems = [Path(p).stem for p in images]
+    with open(realdata / "coi_fulltax_sample.tsv", newline="") as handle:
+        barcodes = [row["nuc"] for row in list(csv.DictReader(handle, delimiter="\t"))[:3]]
+    fasta = tmp_path / "barcodes.fasta"  # an unmatched record first: it comes after the photos, in file order
+    fasta.write_text(f">LONE1\n{barcodes[0]}\n>{stems[2]}\n{barcodes[1]}\n>{stems[1]}\n{barcodes[2]}\n")
+    out = tmp_path / "predictions.csv"
+    common = ["predict", "--model", str(trained_tiny), "--keys", str(key_folder), "--fasta", str(fasta)]
+    assert main([*common, "--images", *images, "--out", str(out), "--batch_size", "1"]) == 0
+    table = pd.read_csv(out)
+    assert list(table["id"]) == [*stems, "LONE1"]
+    assert list(table["query_feature"]) == ["image", "averaged", "averaged", "dna"]
+    # Two photos of one name and a record of that name: a guess, refused in one line.
+    twin = tmp_path / "elsewhere" / Path(images[1]).name
+    twin.parent.mkdir()
+    twin.write_bytes(Path(images[1]).read_bytes())
+    assert main([*common, "--images", *images, str(twin), "--out", str(tmp_path / "x.csv")]) == 2
+    assert not (tmp_path / "x.csv").exists()
+    assert f"record '{stems[1]}' matches several images" in capsys.readouterr().err
 
 
 def test_predict_restricted_to_a_taxon(tmp_path, trained_tiny, key_folder, mini_dir, mini_cache):

@@ -114,12 +114,7 @@ def collect_queries(args: argparse.Namespace) -> list[dict[str, Any]]:
             raise BioscanInputError(f"{args.images_dir}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         queries += [{"id": p.stem, "image": str(p)} for p in found]
     if args.fasta:
-        fasta = read_fasta(args.fasta)
-        if queries and len(queries) == len(fasta) and not args.table:
-            for query, (_, sequence) in zip(queries, fasta, strict=True):  # pair images and barcodes in order
-                query["barcode"] = sequence
-        else:
-            queries += [{"id": identifier, "barcode": sequence} for identifier, sequence in fasta]
+        queries = pair_by_id(queries, read_fasta(args.fasta), args.fasta)
     if args.table:
         table_queries, summary = read_query_table(args.table)
         print(summary.describe())
@@ -129,11 +124,53 @@ def collect_queries(args: argparse.Namespace) -> list[dict[str, Any]]:
     return queries
 
 
+def pair_by_id(images: list[dict[str, Any]], fasta: list[tuple[str, str]], source: str) -> list[dict[str, Any]]:
+    """The image queries with the barcode of the FASTA record whose id is the image's file name (without suffix),
+    then the FASTA records that no image has, in file order: one specimen's photo and barcode are identified
+    together only when their names say so, never by position.
+
+    Raises:
+        `BioscanInputError`: a FASTA id that two image files share, or that two FASTA records carry, while an image
+        has it (the pairing would be a guess).
+    """
+    by_id: dict[str, list[dict[str, Any]]] = {}
+    for query in images:
+        by_id.setdefault(query["id"], []).append(query)
+    paired: dict[str, str] = {}
+    unpaired = []
+    for identifier, sequence in fasta:
+        matches = by_id.get(identifier, [])
+        if len(matches) > 1:
+            files = ", ".join(str(q["image"]) for q in matches)
+            raise BioscanInputError(f"{source}: record {identifier!r} matches several images ({files}); rename them")
+        if matches and identifier in paired:
+            raise BioscanInputError(
+                f"{source}: record {identifier!r} appears twice and matches the image {matches[0]['image']}"
+            )
+        if matches:
+            paired[identifier] = sequence
+        else:
+            unpaired.append({"id": identifier, "barcode": sequence})
+    for query in images:
+        if query["id"] in paired:
+            query["barcode"] = paired[query["id"]]
+    if images and fasta and not paired:
+        logger.warning(
+            f"{source}: no FASTA id is the file name of an image, so images and barcodes are identified apart "
+            f"(name a photo Q1.jpg and its record >Q1 to identify them together)"
+        )
+    return [*images, *unpaired]
+
+
 def add_query_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("queries")
     group.add_argument("--images", nargs="+", help=f"image files ({', '.join(IMAGE_FORMATS)})")
     group.add_argument("--images_dir", help="a folder of images")
-    group.add_argument("--fasta", help="barcodes in FASTA (paired in order with --images when the counts match)")
+    group.add_argument(
+        "--fasta",
+        help="barcodes in FASTA; a record whose id is an image's file name (>Q1 for Q1.jpg) is identified "
+        "together with that image",
+    )
     group.add_argument(
         "--table",
         help="a BOLD export, or a CSV/TSV with a barcode column (" + ", ".join(BARCODE_COLUMNS) + ") and/or an "
@@ -147,9 +184,9 @@ def query_name(query: dict[str, Any]) -> str:
     return f"{query['id']} ({image})" if isinstance(image, str) else str(query["id"])
 
 
-def batches(queries: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    for start in range(0, len(queries), size):
-        yield queries[start : start + size]
+def batches(items: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def write_rows(rows: list[dict[str, Any]], out: Path) -> None:

@@ -59,27 +59,25 @@ def run(args: argparse.Namespace) -> int:
     queries = collect_queries(args)  # the inputs are read and checked before any model is loaded
     restrict = parse_restrict(args.restrict)
     identifier = Identifier.load(args.model, args.keys)
-    rows = []
-    kinds = {(("image" in q and q["image"] is not None), ("barcode" in q)) for q in queries}
-    for with_image, with_barcode in sorted(kinds):
-        group = [
-            q
-            for q in queries
-            if ("image" in q and q["image"] is not None) == with_image and ("barcode" in q) == with_barcode
-        ]
-        for batch in tqdm(list(batches(group, args.batch_size)), desc="identifying", leave=False):
-            answers = identifier.identify(
-                images=[q["image"] for q in batch] if with_image else None,
-                barcodes=[q["barcode"] for q in batch] if with_barcode else None,
-                k=args.k,
-                key_feature=args.key_feature,
-                restrict=restrict,
-                names=[query_name(q) for q in batch],
-            )
-            rows += [
-                {"id": q["id"], **answer.to_row(), **_truth_columns(q)}
-                for q, answer in zip(batch, answers, strict=True)
-            ]
+    # Queries of one kind (image, barcode, both) are identified in batches together; rows keep the input's order.
+    rows: list[dict[str, Any] | None] = [None] * len(queries)
+    kinds = [(q.get("image") is not None, "barcode" in q) for q in queries]
+    with tqdm(total=len(queries), desc="identifying", leave=False) as progress:
+        for with_image, with_barcode in sorted(set(kinds)):
+            positions = [i for i, kind in enumerate(kinds) if kind == (with_image, with_barcode)]
+            for batch in batches(positions, args.batch_size):
+                group = [queries[i] for i in batch]
+                answers = identifier.identify(
+                    images=[q["image"] for q in group] if with_image else None,
+                    barcodes=[q["barcode"] for q in group] if with_barcode else None,
+                    k=args.k,
+                    key_feature=args.key_feature,
+                    restrict=restrict,
+                    names=[query_name(q) for q in group],
+                )
+                for i, query, answer in zip(batch, group, answers, strict=True):
+                    rows[i] = {"id": query["id"], **answer.to_row(), **_truth_columns(query)}
+                progress.update(len(batch))
     out = Path(args.out)
     write_rows(rows, out)
     table = pd.DataFrame(rows)[

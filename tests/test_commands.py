@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import json
 from pathlib import Path
 
@@ -254,6 +255,11 @@ def test_predict_pairs_photos_and_barcodes_by_id_and_keeps_the_input_order(
     table = pd.read_csv(out)
     assert list(table["id"]) == [*stems, "LONE1"]
     assert list(table["query_feature"]) == ["image", "averaged", "averaged", "dna"]
+    # Every row says what made it: the package, the model and the sealed key manifest it was answered from.
+    manifest = json.loads((key_folder / "key_folder.json").read_text())
+    assert set(table["keys_manifest_sha256"]) == {manifest["manifest_sha256"]}
+    assert set(table["model"]) == {str(trained_tiny)} and set(table["model_revision"]) == {"none"}
+    assert set(table["bioscan_clip_version"]) == {importlib.metadata.version("bioscan-clip")}
     # Two photos of one name and a record of that name: a guess, refused in one line.
     twin = tmp_path / "elsewhere" / Path(images[1]).name
     twin.parent.mkdir()

@@ -36,7 +36,7 @@ from bioscan_clip.features import (
 )
 from bioscan_clip.resolve import load_pretrained
 from bioscan_clip.retrieval.key_index import KeyIndex
-from bioscan_clip.safe_io import read_json
+from bioscan_clip.safe_io import SEAL_KEY, read_json
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError, load_image_safely
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
@@ -117,12 +117,28 @@ class Identifier:
         indexes: dict[str, KeyIndex],
         calibration: dict[str, Any],
         records: datasets.Dataset | None = None,
+        keys_manifest_sha256: str | None = None,
     ) -> None:
         self.model = model.eval()
         self.processor = processor
         self.indexes = indexes
         self.calibration = calibration
         self.records = records
+        self.keys_manifest_sha256 = keys_manifest_sha256
+
+    @property
+    def provenance(self) -> dict[str, str]:
+        """What made the answers, for the record beside them: the package version, the model (its folder or Hub id)
+        and Hub revision, and the sealed sha256 of the key folder's manifest ("none" where unknown)."""
+        import importlib.metadata
+
+        config = self.model.config
+        return {
+            "bioscan_clip_version": importlib.metadata.version("bioscan-clip"),
+            "model": str(getattr(config, "_name_or_path", "") or "none"),
+            "model_revision": str(getattr(config, "_commit_hash", None) or "none"),
+            "keys_manifest_sha256": self.keys_manifest_sha256 or "none",
+        }
 
     @classmethod
     def load(
@@ -159,7 +175,7 @@ class Identifier:
                 f"{key_dir}: built with another model ({manifest['model'].get('name_or_path')}, config "
                 f"{built_with[:12]}) than {model} (config {config_hash(network)[:12]}); rebuild the keys with it"
             )
-        return cls(network, processor, indexes, calibration, records)
+        return cls(network, processor, indexes, calibration, records, manifest.get(SEAL_KEY))
 
     @classmethod
     def from_pretrained(

@@ -31,11 +31,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Identify specimens against a key folder (from `bioscan-clip index`): one row per query with the predicted "
         "taxon at each rank, its confidence, the deepest rank whose confidence passes its calibrated threshold, an "
-        "'unknown species' flag and the k nearest keys. An image and a barcode of the same specimen are searched "
-        "together (averaged image+DNA embedding)."
+        "'unknown species' flag and the k nearest keys, in the order of the input; every row also names what made "
+        "it (bioscan_clip_version, model, model_revision, keys_manifest_sha256). A photo and a barcode of the same "
+        "specimen (the FASTA id is the photo's file name, or one row of --table) are searched together (averaged "
+        "image+DNA embedding)."
     )
-    parser.add_argument("--model", required=True, help="a saved model folder")
-    parser.add_argument("--keys", required=True, help="a key folder written by `bioscan-clip index`")
+    parser.add_argument("--model", required=True, help="a saved model folder or a Hub model repository id")
+    parser.add_argument(
+        "--keys",
+        required=True,
+        help="a key folder written by `bioscan-clip index`, or a key library (folder or Hub dataset repository id)",
+    )
     add_query_arguments(parser)
     parser.add_argument("--k", type=int, default=5, help="nearest keys per query (default 5)")
     parser.add_argument(
@@ -59,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     queries = collect_queries(args)  # the inputs are read and checked before any model is loaded
     restrict = parse_restrict(args.restrict)
     identifier = Identifier.load(args.model, args.keys)
+    provenance = identifier.provenance  # on every row: a table copied elsewhere still says what made it
     # Queries of one kind (image, barcode, both) are identified in batches together; rows keep the input's order.
     rows: list[dict[str, Any] | None] = [None] * len(queries)
     kinds = [(q.get("image") is not None, "barcode" in q) for q in queries]
@@ -76,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                     names=[query_name(q) for q in group],
                 )
                 for i, query, answer in zip(batch, group, answers, strict=True):
-                    rows[i] = {"id": query["id"], **answer.to_row(), **_truth_columns(query)}
+                    rows[i] = {"id": query["id"], **answer.to_row(), **_truth_columns(query), **provenance}
                 progress.update(len(batch))
     out = Path(args.out)
     write_rows(rows, out)

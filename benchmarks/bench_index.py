@@ -158,7 +158,7 @@ def _sgemm(queries: np.ndarray, keys: np.ndarray, query_block: int, key_block: i
 def _figures_at(count: int, dim: int, n_queries: int, work: Path) -> list[Figure]:
     import faiss
 
-    from bioscan_clip.retrieval.key_index import BLAS_KEY_BLOCK, BLAS_QUERY_BLOCK, KeyIndex, resolve_index_params
+    from bioscan_clip.retrieval import BLAS_KEY_BLOCK, BLAS_QUERY_BLOCK, KeyIndex, resolve_index_params
 
     keys_path = _clustered(count, dim, 0, work / f"keys{count}.npy")
     queries = np.load(_clustered(n_queries, dim, 1, work / f"queries{count}.npy"))

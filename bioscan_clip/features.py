@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bioscan_clip.data.barcodes import clean_barcodes, frame_shifted_barcodes
 from bioscan_clip.data.specimens import SpecimenDataset, model_inputs
 from bioscan_clip.sharding import usable_cores
 from modeling_bioscanclip import BioscanInputError
@@ -144,16 +143,11 @@ def dna_frames_of(model: Any) -> int:
     return int(getattr(getattr(model, "config", None), "dna_frames", 1) or 1)
 
 
-def _frame_averaged(
-    model: Any, dataset: SpecimenDataset, indices: torch.Tensor, first: torch.Tensor, frames: int
-) -> torch.Tensor:
-    """The mean of the unit DNA embeddings of frames 0 (``first``, already computed) to ``frames - 1``, unit length
-    again."""
-    total = first.clone()
-    for shift in range(1, frames):
-        inputs = {name: value.to(first.device) for name, value in dataset.dna_inputs(indices.tolist(), shift).items()}
-        total += model.embed(**inputs)[DNA]
-    return torch.nn.functional.normalize(total, dim=-1)
+def _checked_frames(model: Any, dna_frames: int | None) -> int:
+    frames = dna_frames_of(model) if dna_frames is None else int(dna_frames)
+    if frames < 1:
+        raise ValueError(f"dna_frames: expected >= 1, got {frames}")
+    return frames
 
 
 @torch.inference_mode()
@@ -167,22 +161,19 @@ def embed_inputs(
     dna_frames: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """Unit-length ``image`` and ``dna`` embeddings of raw queries (CPU, float32), made as :func:`embed_dataset`
-    makes a dataset's: with the model's reading frames averaged for DNA (see ``dna_frames`` there), so that queries
-    and keys embedded either way compare. Errors name a query by ``names`` when given, else by its position."""
+    makes a dataset's: the processor gives each barcode in the model's reading frames (see ``dna_frames`` there)
+    and the model averages them, so that queries and keys embedded either way compare. Errors name a query by
+    ``names`` when given, else by its position."""
     names = list(names) if names is not None else None
-    inputs = processor(images=list(images) if images else None, dna=list(barcodes) if barcodes else None, names=names)
+    frames = _checked_frames(model, dna_frames)
+    inputs = processor(
+        images=list(images) if images else None,
+        dna=list(barcodes) if barcodes else None,
+        names=names,
+        dna_frames=frames,
+    )
     device = next(model.parameters()).device
     embeds = model.embed(**{name: value.to(device) for name, value in inputs.items()})
-    frames = dna_frames_of(model) if dna_frames is None else int(dna_frames)
-    if frames < 1:
-        raise ValueError(f"dna_frames: expected >= 1, got {frames}")
-    if frames > 1 and DNA in embeds:
-        cleaned = clean_barcodes(barcodes, names)
-        total = embeds[DNA].clone()
-        for shift in range(1, frames):
-            shifted = processor(dna=frame_shifted_barcodes(cleaned, shift), names=names)
-            total += model.embed(**{name: value.to(device) for name, value in shifted.items()})[DNA]
-        embeds[DNA] = torch.nn.functional.normalize(total, dim=-1)
     return {name: value.float().cpu() for name, value in embeds.items()}
 
 
@@ -216,7 +207,9 @@ def embed_dataset(
     ``dna_frames`` (None: the model's :func:`dna_frames_of`): with F > 1, a barcode's DNA embedding is the mean of
     the embeddings of the barcode read from each of its first F bases (``barcode[s:]``, s = 0..F-1), unit length
     again: the non-overlapping 5-mers then see every reading frame, so where a barcode starts matters much less.
-    It costs F DNA forwards per record.
+    The model computes it (``dna_input_ids`` of shape (batch, F, seq), made per batch by
+    :meth:`SpecimenDataset.dna_inputs`), exactly as for a Hub user of the model; it costs F DNA sequences per
+    record.
     """
     if out_dir is not None and accelerator is not None:
         raise ValueError("embed_dataset: out_dir does not combine with an accelerator (one writer per file)")
@@ -235,9 +228,7 @@ def embed_dataset(
         loader = accelerator.prepare(loader)
         core = accelerator.unwrap_model(model)
         show_progress = show_progress and accelerator.is_local_main_process
-    frames = dna_frames_of(core) if dna_frames is None else int(dna_frames)
-    if frames < 1:
-        raise ValueError(f"dna_frames: expected >= 1, got {frames}")
+    frames = _checked_frames(core, dna_frames)
     was_training = core.training
     core.eval()
     parts: dict[str, list[torch.Tensor]] = {}
@@ -246,9 +237,10 @@ def embed_dataset(
         if isinstance(batch, _Failed):
             raise batch.error
         device = next(core.parameters()).device  # a prepared loader has moved the batch there already
-        embeds = core.embed(**{name: value.to(device) for name, value in model_inputs(batch).items()})
-        if frames > 1 and DNA in embeds:
-            embeds[DNA] = _frame_averaged(core, dataset, batch["index"], embeds[DNA], frames)
+        inputs = model_inputs(batch)
+        if frames > 1 and "dna_input_ids" in inputs:  # the stored ids are one frame: the batch's in all its frames
+            inputs.update(dataset.dna_inputs(batch["index"].tolist(), frames))
+        embeds = core.embed(**{name: value.to(device) for name, value in inputs.items()})
         embeds["index"] = batch["index"]
         if accelerator is not None:
             embeds = accelerator.gather_for_metrics(embeds)

@@ -78,10 +78,13 @@ class BioscanClipConfig(PreTrainedConfig):
         dna_use_attention_mask (`bool`, *optional*, defaults to `True`):
             `False` reproduces the original, which attends to (and pools over) the ``N`` padding.
         text_pooling (`str`, *optional*, defaults to ``"mean"``): ``cls``, masked ``mean`` or ``mean_all``.
-        dna_frames (`int`, *optional*, defaults to 1): reading frames averaged by the package's embedding paths
-            (``embed_dataset``, ``Identifier``, ``bioscan-clip embed``): a barcode's DNA embedding is the mean of
-            those of ``barcode[s:]`` for s = 0..F-1, so that non-overlapping k-mers see every frame. 1 (the original,
-            and converted CLIBD weights) embeds the barcode as given; ``model.embed`` on token ids is always one frame.
+        dna_frames (`int`, *optional*, defaults to 1): reading frames averaged at inference: a barcode's DNA
+            embedding is the mean of the unit embeddings of ``barcode[s:]`` for s = 0..F-1 (cleaned), unit length
+            again, so that non-overlapping k-mers see every frame. The processor loaded beside the model reads it
+            and gives ids of shape (batch, F, seq), which ``get_dna_features``, ``embed`` and ``forward`` average;
+            the package's paths (``embed_dataset``, ``Identifier``, ``bioscan-clip embed``) go through the same
+            code. 1 (the original, and converted CLIBD weights) embeds the barcode as given. Training takes one
+            (random) frame per record.
         initializer_range (`float`, *optional*, defaults to 0.02): std of the projection initialisation.
 
     Example:

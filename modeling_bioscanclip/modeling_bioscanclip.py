@@ -412,10 +412,14 @@ class BioscanClipModel(BioscanClipPreTrainedModel):
     def _encode_dna(
         self, dna_input_ids: torch.Tensor, dna_attention_mask: torch.Tensor | None, **tower_kwargs: Any
     ) -> tuple[torch.Tensor, ModelOutput]:
-        """Projected DNA embeddings and the DNA tower's output."""
+        """Projected DNA embeddings and the DNA tower's output; (batch, frames, seq) ids give the frame average."""
         self._require("dna")
+        if dna_input_ids.ndim == 3:
+            return self._encode_dna_frames(dna_input_ids, dna_attention_mask, **tower_kwargs)
         if dna_input_ids.ndim != 2:
-            raise BioscanInputError(f"dna_input_ids: expected shape (batch, seq), got {tuple(dna_input_ids.shape)}")
+            raise BioscanInputError(
+                f"dna_input_ids: expected shape (batch, seq) or (batch, frames, seq), got {tuple(dna_input_ids.shape)}"
+            )
         mask = dna_attention_mask if self.config.dna_use_attention_mask else None
         outputs = self.dna_model(input_ids=dna_input_ids, attention_mask=mask, return_dict=True, **tower_kwargs)
         hidden = outputs.last_hidden_state
@@ -428,6 +432,36 @@ class BioscanClipModel(BioscanClipPreTrainedModel):
         else:
             embeds = self.dna_projection(masked_mean(hidden, mask))
         return embeds, outputs
+
+    def _encode_dna_frames(
+        self, dna_input_ids: torch.Tensor, dna_attention_mask: torch.Tensor | None, **tower_kwargs: Any
+    ) -> tuple[torch.Tensor, ModelOutput]:
+        """The sum of the unit embeddings of each barcode's reading frames (batch, projection_dim), and the DNA
+        tower's output over the ``batch * frames`` sequences (record-major: row ``b * frames + f``).
+
+        The frames go through the tower as one batch. Each frame's embedding is made unit length first, so that
+        every frame weighs the same; the frames are summed in order, frame 0 first. ``F.normalize`` of the sum is
+        the direction of their mean, and the embedding of the package's key libraries. The sum, not the mean, is
+        returned because dividing by the count would move the normalised vector by a float32 rounding step, and
+        key libraries embedded before the model averaged frames itself hold exactly ``F.normalize(sum)``. One frame
+        is the one-frame path itself (the projected embedding, not made unit length twice).
+        """
+        batch, frames, length = dna_input_ids.shape
+        if dna_attention_mask is not None and dna_attention_mask.shape != dna_input_ids.shape:
+            raise BioscanInputError(
+                f"dna_attention_mask: expected the shape of dna_input_ids {tuple(dna_input_ids.shape)}, "
+                f"got {tuple(dna_attention_mask.shape)}"
+            )
+        if frames == 1:  # the one-frame path itself, so that a frame axis of length 1 changes no bit
+            mask = None if dna_attention_mask is None else dna_attention_mask[:, 0]
+            return self._encode_dna(dna_input_ids[:, 0], mask, **tower_kwargs)
+        flat_mask = None if dna_attention_mask is None else dna_attention_mask.reshape(batch * frames, length)
+        embeds, outputs = self._encode_dna(dna_input_ids.reshape(batch * frames, length), flat_mask, **tower_kwargs)
+        unit = F.normalize(embeds, dim=-1).view(batch, frames, -1)  # (batch, frames, projection_dim)
+        total = unit[:, 0]
+        for frame in range(1, frames):
+            total = total + unit[:, frame]
+        return total, outputs
 
     def _encode_text(
         self,
@@ -471,7 +505,17 @@ class BioscanClipModel(BioscanClipPreTrainedModel):
         dna_attention_mask: torch.Tensor | None = None,
         normalize: bool = False,
     ) -> torch.Tensor:
-        """Projected DNA embeddings (batch, projection_dim) from k-mer ids (batch, seq)."""
+        """Projected DNA embeddings (batch, projection_dim) from k-mer ids.
+
+        Args:
+            dna_input_ids (`torch.LongTensor` of shape `(batch, seq)` or `(batch, frames, seq)`):
+                from the processor. With a frame axis (a model whose ``config.dna_frames`` is over 1, whose
+                processor then gives every reading frame of each barcode), the embedding is the sum of the frames'
+                unit embeddings (its norm over ``frames`` says how well they agree); with ``normalize=True`` it is
+                their normalised mean, exactly what the model's key libraries hold.
+            dna_attention_mask (`torch.LongTensor` of the shape of ``dna_input_ids``, *optional*).
+            normalize (`bool`, *optional*, defaults to `False`): return unit vectors.
+        """
         embeds, _ = self._encode_dna(dna_input_ids, dna_attention_mask)
         return F.normalize(embeds, dim=-1) if normalize else embeds
 
@@ -487,7 +531,8 @@ class BioscanClipModel(BioscanClipPreTrainedModel):
         return F.normalize(embeds, dim=-1) if normalize else embeds
 
     def embed(self, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """L2-normalised embeddings of every modality present in ``inputs`` (processor output)."""
+        """L2-normalised embeddings of every modality present in ``inputs`` (processor output); DNA given in
+        reading frames, `(batch, frames, seq)`, is embedded as their average (see [`get_dna_features`])."""
         embeds = {}
         if inputs.get("pixel_values") is not None:
             embeds["image"] = self.get_image_features(inputs["pixel_values"], normalize=True)
@@ -519,8 +564,10 @@ class BioscanClipModel(BioscanClipPreTrainedModel):
 
         Args:
             pixel_values (`torch.FloatTensor` of shape `(batch, 3, H, W)`, *optional*): from the image processor.
-            dna_input_ids, dna_attention_mask (`torch.LongTensor` of shape `(batch, seq)`, *optional*):
-                from the DNA tokenizer.
+            dna_input_ids, dna_attention_mask (`torch.LongTensor` of shape `(batch, seq)` or
+                `(batch, frames, seq)`, *optional*): from the processor; with a frame axis, ``dna_embeds`` is the
+                average of the frames (see [`get_dna_features`]) and ``dna_model_output`` holds the tower's output
+                for the ``batch * frames`` sequences.
             input_ids, attention_mask, token_type_ids (`torch.LongTensor` of shape `(batch, seq)`, *optional*):
                 taxonomy text from the text tokenizer.
             return_loss (`bool`, *optional*, defaults to `False`):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -60,6 +61,12 @@ class BioscanClipProcessor(ProcessorMixin):
         dna_tokenizer ([`BioscanDnaTokenizer`]): k-mer tokenizer, saved in the ``dna_tokenizer/`` subfolder.
         tokenizer ([`PreTrainedTokenizerBase`]): the taxonomy-text tokenizer (a BERT WordPiece tokenizer).
         text_max_length (`int`, *optional*, defaults to 20): taxonomy strings are padded/truncated to this.
+        dna_frames (`int`, *optional*, defaults to 1): reading frames of each barcode given to the model (see
+            [`BioscanDnaTokenizer.encode_frames`]): with more than one, ``dna_input_ids`` and
+            ``dna_attention_mask`` have shape `(batch, frames, seq)` and the model averages the frames' embeddings.
+            ``from_pretrained`` takes it from the model's ``config.json`` beside the processor when that has
+            ``dna_frames`` (the model's configuration is the one place that says how its keys were embedded), so a
+            processor loaded with its model gives the vectors the model's key library holds.
     """
 
     def __init__(
@@ -68,11 +75,13 @@ class BioscanClipProcessor(ProcessorMixin):
         dna_tokenizer: Any,
         tokenizer: Any,
         text_max_length: int = TEXT_MAX_LENGTH,
+        dna_frames: int = 1,
         **kwargs: Any,
     ) -> None:
         if text_max_length < 2:
             raise ValueError(f"text_max_length: expected >= 2, got {text_max_length}")
         self.text_max_length = int(text_max_length)
+        self.dna_frames = _checked_frames(dna_frames)
         super().__init__(image_processor, dna_tokenizer, tokenizer, **kwargs)
 
     def __call__(
@@ -85,6 +94,7 @@ class BioscanClipProcessor(ProcessorMixin):
         names: Sequence[Any] | None = None,
         on_error: str = "raise",
         augmentation: Callable[[Any], Any] | None = None,
+        dna_frames: int | None = None,
         **kwargs: Any,
     ) -> BatchFeature:
         """Preprocesses the modalities given; record ``i`` of every modality is one specimen.
@@ -104,6 +114,9 @@ class BioscanClipProcessor(ProcessorMixin):
             augmentation (`Callable[[PIL.Image.Image], PIL.Image.Image]`, *optional*):
                 Train-time image transform applied instead of the resize and centre crop (see
                 [`BioscanClipImageProcessor.preprocess`]).
+            dna_frames (`int`, *optional*, defaults to the processor's ``dna_frames``):
+                Reading frames per barcode; 1 gives ``dna_input_ids`` of shape `(batch, seq)`, more
+                `(batch, frames, seq)` (training takes one frame, see ``bioscan_clip.data.specimens``).
 
         Returns:
             [`BatchFeature`] with ``pixel_values``, ``dna_input_ids``, ``dna_attention_mask``, ``input_ids`` and
@@ -114,6 +127,7 @@ class BioscanClipProcessor(ProcessorMixin):
             raise TypeError(f"unexpected arguments for BioscanClipProcessor: {sorted(kwargs)}")
         if on_error not in ON_ERROR_MODES:
             raise ValueError(f"on_error: expected one of {ON_ERROR_MODES}, got {on_error!r}")
+        frames = self.dna_frames if dna_frames is None else _checked_frames(dna_frames)
         batches: dict[str, list[Any]] = {}
         if images is not None:
             batches["image"] = as_image_list(images)
@@ -156,7 +170,10 @@ class BioscanClipProcessor(ProcessorMixin):
         pixels = attempt("image", lambda source, label: self.image_processor.process_one(source, label, augmentation))
         dna_batch = None
         if "barcode" in batches:  # cleaned and encoded in one vectorised call, which names a refused barcode
-            dna_batch = self.dna_tokenizer.encode_batch(batches["barcode"], names=names, on_error=on_error)
+            if frames == 1:  # (batch, seq), exactly as without frames
+                dna_batch = self.dna_tokenizer.encode_batch(batches["barcode"], names=names, on_error=on_error)
+            else:  # (batch, frames, seq)
+                dna_batch = self.dna_tokenizer.encode_frames(batches["barcode"], frames, names=names, on_error=on_error)
             for index, reason in dna_batch.errors.items():
                 refused.setdefault(index, reason)
         strings = attempt("taxonomy", _taxonomy_text)
@@ -192,6 +209,36 @@ class BioscanClipProcessor(ProcessorMixin):
         if on_error == "drop":
             data["kept"] = np.asarray(kept, dtype=np.int64)
         return BatchFeature(data, tensor_type=return_tensors)
+
+    @classmethod
+    def get_processor_dict(
+        cls, pretrained_model_name_or_path: Any, **kwargs: Any
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """transformers' processor settings, with ``dna_frames`` taken from the model's ``config.json`` beside them.
+
+        The model's configuration holds the reading frames its key library was embedded with; reading them here
+        (however the repository is reached: folder, Hub, Hub cache, pinned revision) gives a processor loaded
+        with its model those frames, also for folders saved before the processor kept ``dna_frames`` itself. A
+        ``dna_frames`` passed to ``from_pretrained`` still wins; without a model configuration, the processor's
+        own setting (default 1) stays.
+        """
+        processor_dict, remaining = super().get_processor_dict(pretrained_model_name_or_path, **kwargs)
+        if os.path.isfile(pretrained_model_name_or_path):  # a processor_config.json given alone: no model beside it
+            return processor_dict, remaining
+        hub_kwargs = {key: kwargs[key] for key in (*_HUB_KWARGS, "subfolder") if key in kwargs}
+        config_file = cached_file(
+            pretrained_model_name_or_path,
+            "config.json",
+            _raise_exceptions_for_missing_entries=False,
+            _raise_exceptions_for_connection_errors=False,
+            **hub_kwargs,
+        )
+        if config_file is not None:
+            with open(config_file, encoding="utf-8") as handle:
+                frames = json.load(handle).get("dna_frames")
+            if frames is not None:
+                processor_dict = {**processor_dict, "dna_frames": frames}
+        return processor_dict, remaining
 
     @classmethod
     def _load_tokenizer_from_pretrained(
@@ -233,6 +280,13 @@ class BioscanClipProcessor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         return ["pixel_values", "dna_input_ids", "dna_attention_mask", "input_ids", "attention_mask"]
+
+
+def _checked_frames(frames: Any) -> int:
+    # The model configuration's bounds (BioscanClipConfig.dna_frames).
+    if not isinstance(frames, int) or isinstance(frames, bool) or not 1 <= frames <= 8:
+        raise ValueError(f"dna_frames: expected 1 to 8 reading frames, got {frames!r}")
+    return frames
 
 
 def _taxonomy_text(record: Mapping[str, Any] | str, label: str | None) -> str:

@@ -92,10 +92,11 @@ _BATCH_CHUNK = 1024  # barcodes encoded at once: bounded memory, throughput flat
 
 @dataclass
 class EncodedBarcodes:
-    """What :meth:`BioscanDnaTokenizer.encode_batch` returns.
+    """What :meth:`BioscanDnaTokenizer.encode_batch` (and :meth:`~BioscanDnaTokenizer.encode_frames`) returns.
 
     Attributes:
-        input_ids, attention_mask (`np.ndarray` of int64, shape `(kept, sequence_length)`): the kept barcodes.
+        input_ids, attention_mask (`np.ndarray` of int64, shape `(kept, sequence_length)`, or
+            `(kept, frames, sequence_length)` from ``encode_frames``): the kept barcodes.
         kept (`np.ndarray` of int64): indices, into the input, of the barcodes encoded (all of them unless dropped).
         truncated_bases, ambiguous_bases (`np.ndarray` of int64, shape `(kept,)`): per kept barcode.
         errors (`dict[int, str]`): input index -> why that barcode was refused (``on_error="drop"``).
@@ -192,6 +193,51 @@ def normalize_barcode(
     else:
         ambiguous = len(sequence) - sum(sequence.count(base) for base in NUCLEOTIDES)
     return NormalizedBarcode(sequence, ambiguous, truncated)
+
+
+def clean_barcodes(barcodes: Sequence[Any], names: Sequence[Any] | None = None) -> list[str]:
+    """The cleaned barcodes (:func:`normalize_barcode`, default mode), whole length: not cut to a tokenizer's.
+
+    Args:
+        barcodes (`Sequence[str]`): plain or one FASTA record each.
+        names (`Sequence`, *optional*): one name per barcode for error messages (``record X (barcode): ...``);
+            without them a barcode is named by its position (``barcode 3: ...``).
+
+    Raises:
+        `BioscanInputError`: a barcode the tokenizer would refuse.
+
+    Example:
+
+    ```python
+    >>> clean_barcodes(["--acgu-\\nNNtA"], names=["R1"])
+    ['ACGTNNTA']
+
+    ```
+    """
+    check_names(names, len(barcodes), "barcode")
+    labels = (
+        [f"barcode {i}" for i in range(len(barcodes))] if names is None else [record_label(n, "barcode") for n in names]
+    )
+    return [normalize_barcode(barcode, record=label).sequence for barcode, label in zip(barcodes, labels, strict=True)]
+
+
+def frame_shifted_barcodes(sequences: Sequence[str], shift: int, kmer_size: int = KMER_SIZE) -> list[str]:
+    """Each cleaned barcode (see :func:`clean_barcodes`) read from base ``shift`` on: reading frame ``shift``.
+
+    A barcode too short to keep a ``kmer_size``-mer after the shift stays whole (its frame is then its own embedding again,
+    which leaves it unchanged by the averaging).
+
+    Example:
+
+    ```python
+    >>> frame_shifted_barcodes(["ACGTACGTAC", "ACGTAC"], 2)
+    ['GTACGTAC', 'ACGTAC']
+
+    ```
+    """
+    if shift < 0:
+        raise ValueError(f"shift: expected >= 0, got {shift}")
+    return [sequence[shift:] if len(sequence) - shift >= kmer_size else sequence for sequence in sequences]
 
 
 class BioscanDnaTokenizer(PreTrainedTokenizer):
@@ -468,6 +514,48 @@ class BioscanDnaTokenizer(PreTrainedTokenizer):
             first = errors[min(errors)]
             raise BioscanInputError(f"every one of the {len(barcodes)} records was refused; the first: {first}")
         return EncodedBarcodes(ids[:count], mask[:count], kept[:count], truncated[:count], ambiguous[:count], errors)
+
+    def encode_frames(
+        self, barcodes: Sequence[Any], frames: int, *, names: Sequence[Any] | None = None, on_error: str = "raise"
+    ) -> EncodedBarcodes:
+        """Every barcode in its first ``frames`` reading frames: ``input_ids`` and ``attention_mask`` of shape
+        `(kept, frames, sequence_length)`, which the model averages into one embedding per barcode.
+
+        Non-overlapping k-mers cut a barcode started one base later into entirely different tokens; a model that
+        averages the embeddings of several frames depends much less on where the barcode starts (measured in
+        ``bioscan_clip/data/augmentation.py``). Frame 0 is the barcode encoded as :meth:`encode_batch` encodes
+        it; frame ``s`` is the cleaned barcode (:func:`clean_barcodes`, whole length) read from base ``s`` on
+        (:func:`frame_shifted_barcodes`), then encoded likewise, so it can reach bases past the first
+        ``max_nucleotides``. Errors, ``kept``, ``errors`` and the quality counts are those of :meth:`encode_batch`
+        (frame 0). With ``frames=1`` the ids are ``encode_batch``'s with a frame axis of length 1.
+
+        Example:
+
+        ```python
+        >>> encoded = BioscanDnaTokenizer().encode_frames(["ACGTACGTACGT"], frames=3)
+        >>> encoded.input_ids.shape
+        (1, 3, 133)
+        >>> tokenizer = BioscanDnaTokenizer()
+        >>> bool((encoded.input_ids[0, 2] == tokenizer.encode_batch(["GTACGTACGT"]).input_ids[0]).all())
+        True
+
+        ```
+        """
+        if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:
+            raise ValueError(f"frames: expected a positive int, got {frames!r}")
+        barcodes = list(barcodes)
+        first = self.encode_batch(barcodes, names=names, on_error=on_error)
+        kept, count = first.kept.tolist(), len(first.kept)
+        ids = np.empty((count, frames, self.sequence_length), dtype=np.int64)
+        mask = np.empty_like(ids)
+        ids[:, 0], mask[:, 0] = first.input_ids, first.attention_mask
+        if frames > 1:
+            # Every kept barcode passed validation above, so cleaning raises nothing here.
+            cleaned = clean_barcodes([barcodes[i] for i in kept])
+            for shift in range(1, frames):
+                shifted = self.encode_batch(frame_shifted_barcodes(cleaned, shift, self.kmer_size))
+                ids[:, shift], mask[:, shift] = shifted.input_ids, shifted.attention_mask
+        return EncodedBarcodes(ids, mask, first.kept, first.truncated_bases, first.ambiguous_bases, first.errors)
 
     def _label(self, index: int, names: Sequence[Any] | None) -> str:
         return f"barcode {index}" if names is None else record_label(names[index], "barcode")

@@ -8,9 +8,11 @@ different frames. Two remedies, used apart or together:
 - :class:`DnaAugmentation` (training): each time a record is drawn, drop 0..k-1 leading nucleotides (a random
   reading frame), sometimes trim either end as real records are trimmed, and sometimes put a few ambiguous ``N``
   bases at random positions, all drawn from (seed, epoch, index) like the image augmentation.
-- :func:`frame_shifted_barcodes` (inference): the barcode read from each of its first ``frames`` starting bases;
-  ``features.embed_dataset`` averages their embeddings (``dna_frames``), which makes the embedding depend much less
-  on where the barcode happens to start.
+- reading-frame averaging (inference, ``dna_frames`` in the model's config): the processor gives the barcode read
+  from each of its first ``frames`` starting bases (:meth:`~modeling_bioscanclip.BioscanDnaTokenizer.encode_frames`)
+  and the model averages their embeddings (``get_dna_features``/``embed`` on ids of shape (batch, frames, seq)),
+  which makes the embedding depend much less on where the barcode happens to start. Training stays one frame per
+  record: the random one drawn here.
 
 Measured on the 8,949 real BOLD v3 records in ``../shared/realdata/matteodegobbi__InsectClassification`` (CLIBD
 partition; 596 seen / 447 unseen test queries against 1,497 keys; DNA+text tiny preset, 8 epochs, seed 0), DNA->DNA

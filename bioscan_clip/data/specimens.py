@@ -23,7 +23,7 @@ from modeling_bioscanclip import BioscanClipProcessor, BioscanInputError
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
 from .augmentation import DNA_STREAM, DnaAugmentation
-from .barcodes import clean_barcodes, frame_shifted_barcodes
+from .barcodes import clean_barcodes
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +193,9 @@ class SpecimenDataset(torch.utils.data.Dataset):
         )
         if n and (dna is not None or text is not None):
             names = [str(name) for name in metadata.get("processid", range(n))]
-            encoded = processor(dna=dna, text=text, names=names, on_error="drop", return_tensors="np")
+            # One reading frame: training draws a random one per record (the augmentation); inference asks for
+            # the model's frames per batch (`dna_inputs`).
+            encoded = processor(dna=dna, text=text, names=names, on_error="drop", return_tensors="np", dna_frames=1)
             kept = encoded.pop("kept")
             self.dropped = n - len(kept)
             if self.dropped:
@@ -237,17 +239,16 @@ class SpecimenDataset(torch.utils.data.Dataset):
         stored = self.images[index].as_py()
         return stored["bytes"] or stored["path"]
 
-    def dna_inputs(self, indices: Sequence[int], shift: int = 0) -> dict[str, torch.Tensor]:
-        """``dna_input_ids`` and ``dna_attention_mask`` of the records at ``indices``, each barcode read from base
-        ``shift`` of its cleaned sequence on (the reading frames that inference averages; see
-        :func:`~bioscan_clip.data.barcodes.frame_shifted_barcodes`)."""
+    def dna_inputs(self, indices: Sequence[int], frames: int) -> dict[str, torch.Tensor]:
+        """``dna_input_ids`` and ``dna_attention_mask`` of the records at ``indices`` in their first ``frames``
+        reading frames, shape (len(indices), frames, seq) for frames > 1 (the processor's
+        ``dna_frames``; the model averages them)."""
         if "dna_input_ids" not in self.tokens:
             raise BioscanInputError("this dataset was built without the DNA modality")
         indices = [int(i) for i in indices]
         names = self._record_names(indices)
         raw = self.records.select_columns(["dna_barcode"])[indices]["dna_barcode"]
-        shifted = frame_shifted_barcodes(clean_barcodes(raw, names), shift)
-        encoded = self.processor(dna=shifted, names=names, return_tensors="pt")
+        encoded = self.processor(dna=raw, names=names, return_tensors="pt", dna_frames=frames)
         return {"dna_input_ids": encoded["dna_input_ids"], "dna_attention_mask": encoded["dna_attention_mask"]}
 
     def image(self, index: int) -> Image.Image:
@@ -294,7 +295,7 @@ class SpecimenDataset(torch.utils.data.Dataset):
             for i in indices
         ]
         names = self._record_names(indices)
-        encoded = self.processor(dna=augmented, names=names, return_tensors="pt")
+        encoded = self.processor(dna=augmented, names=names, return_tensors="pt", dna_frames=1)
         ids, mask = encoded["dna_input_ids"], encoded["dna_attention_mask"]
         return [{"dna_input_ids": ids[row], "dna_attention_mask": mask[row]} for row in range(len(indices))]
 

@@ -317,6 +317,19 @@ def _new_ivfpq(dim: int, params: Mapping[str, Any], seed: int) -> faiss.Index:
 
 # ---------------------------------------------------------------------------------------------------- the table
 
+
+def _ivf_family(description: str, resolve: Callable, new_index: Callable) -> IndexTypeEntry:
+    """An IVF index type: searched with its nprobe (kept in a restricted search too), re-ranked on request."""
+    return IndexTypeEntry(
+        description=description,
+        exact=False,
+        resolve=resolve,
+        new_index=new_index,
+        search_parameters=_ivf_search_parameters,
+        search_settings={"nprobe": NPROBE, "rerank": RERANK},
+    )
+
+
 INDEX_TYPES: dict[str, IndexTypeEntry] = {
     "flat": IndexTypeEntry(
         description="exact (faiss IndexFlatIP)",
@@ -327,14 +340,7 @@ INDEX_TYPES: dict[str, IndexTypeEntry] = {
         own_storage=_flat_storage,
         mmap_on_load=True,  # the vectors themselves: mapped, not read (faiss >= 1.11 maps IndexFlat codes)
     ),
-    "ivf": IndexTypeEntry(
-        description="IVF-Flat, approximate",
-        exact=False,
-        resolve=_resolve_ivf,
-        new_index=_new_ivf,
-        search_parameters=_ivf_search_parameters,
-        search_settings={"nprobe": NPROBE, "rerank": RERANK},
-    ),
+    "ivf": _ivf_family("IVF-Flat, approximate", _resolve_ivf, _new_ivf),
     "hnsw": IndexTypeEntry(
         description="HNSW-Flat, approximate",
         exact=False,
@@ -348,13 +354,8 @@ INDEX_TYPES: dict[str, IndexTypeEntry] = {
             "rerank": RERANK,
         },
     ),
-    "ivfpq": IndexTypeEntry(
-        description="IVF-PQ, approximate and compressed for millions of keys, re-ranked exactly",
-        exact=False,
-        resolve=_resolve_ivfpq,
-        new_index=_new_ivfpq,
-        search_parameters=_ivf_search_parameters,
-        search_settings={"nprobe": NPROBE, "rerank": RERANK},
+    "ivfpq": _ivf_family(
+        "IVF-PQ, approximate and compressed for millions of keys, re-ranked exactly", _resolve_ivfpq, _new_ivfpq
     ),
 }
 

@@ -255,6 +255,10 @@ def test_predict_pairs_photos_and_barcodes_by_id_and_keeps_the_input_order(
     table = pd.read_csv(out)
     assert list(table["id"]) == [*stems, "LONE1"]
     assert list(table["query_feature"]) == ["image", "averaged", "averaged", "dna"]
+    # Barcode queries' neighbours carry what barcoders read (identity, overlap, BIN); a photo's do not.
+    hits = [json.loads(cell) for cell in table["neighbours"]]
+    assert all(n["percent_identity"] is None for n in hits[0])
+    assert all(0 <= n["percent_identity"] <= 100 and n["overlap"] >= 0 for row in hits[1:] for n in row)
     # Every row says what made it: the package, the model and the sealed key manifest it was answered from.
     manifest = json.loads((key_folder / "key_folder.json").read_text())
     assert set(table["keys_manifest_sha256"]) == {manifest["manifest_sha256"]}
@@ -267,6 +271,28 @@ def test_predict_pairs_photos_and_barcodes_by_id_and_keeps_the_input_order(
     assert main([*common, "--images", *images, str(twin), "--out", str(tmp_path / "x.csv")]) == 2
     assert not (tmp_path / "x.csv").exists()
     assert f"record '{stems[1]}' matches several images" in capsys.readouterr().err
+
+
+def test_barcode_neighbours_report_identity_overlap_and_bin(trained_tiny, key_folder):
+    """A key's own barcode as the query: its neighbour row is 100 % identical over the whole barcode, with its BIN;
+    every other hit's identity is that of the two barcodes aligned (the right key row, not a neighbour's)."""
+    from bioscan_clip.baselines.identity import alignment_identity
+    from bioscan_clip.data.barcodes import clean_barcodes
+
+    identifier = Identifier.load(trained_tiny, key_folder)
+    records = identifier.records
+    query = records[3]["dna_barcode"]
+    [answer] = identifier.identify(barcodes=[query], k=5)
+    [cleaned] = clean_barcodes([query])
+    by_row = {n.row: n for n in answer.neighbours}
+    assert 3 in by_row, "a key's own barcode is among its nearest keys"
+    assert by_row[3].percent_identity == 100.0 and by_row[3].overlap == len(cleaned)
+    for neighbour in answer.neighbours:
+        assert neighbour.processid == records[neighbour.row]["processid"]
+        assert neighbour.bin == records[neighbour.row].get("dna_bin")
+        [key] = clean_barcodes([records[neighbour.row]["dna_barcode"]])
+        identity, overlap = alignment_identity(cleaned, key)
+        assert (neighbour.percent_identity, neighbour.overlap) == (round(100 * identity, 2), overlap)
 
 
 def test_predict_restricted_to_a_taxon(tmp_path, trained_tiny, key_folder, mini_dir, mini_cache):

@@ -265,6 +265,10 @@ def test_identify_real_photo_and_barcode(served, client, real_image, real_barcod
     assert len(gallery) == 5
     assert all("similarity" in item["caption"] and Path(item["image"]).is_file() for item in gallery)
     assert [item["caption"].split(" · ")[-1] for item in gallery] == [n.processid for n in expected.neighbours]
+    # With a barcode, each hit says how identical its barcode is, as BOLD's and BLAST's results do.
+    assert all(n.percent_identity is not None for n in expected.neighbours)
+    for item, n in zip(gallery, expected.neighbours, strict=True):
+        assert f"{n.percent_identity:.1f} % identity over {n.overlap} bp" in item["caption"]
     # Cross-modal: the photo alone against the DNA keys.
     [cross_expected] = served.identifier.identify(images=[str(real_image)], k=5, key_feature="dna")
     assert "DNA barcodes" in cross_text

@@ -60,12 +60,17 @@ class RankPrediction:
 
 @dataclass
 class Neighbour:
-    """One of the nearest keys."""
+    """One of the nearest keys. For a barcode query against keys with barcodes, also what barcoders read in BOLD
+    or BLAST: the percent identity of the two barcodes aligned, the overlap (alignment columns) it is measured
+    over (below :data:`~bioscan_clip.baselines.identity.MIN_OVERLAP` the identity is 0) and the key's BIN."""
 
     row: int
     processid: str
     similarity: float
     taxonomy: dict[str, str | None]
+    percent_identity: float | None = None
+    overlap: int | None = None
+    bin: str | None = None
 
 
 @dataclass
@@ -250,6 +255,7 @@ class Identifier:
         thresholds = self.calibration.get("thresholds", {}).get(pair_name((searched, key_feature)), {})
         temperature = self.calibration.get("vote_temperature", DEFAULT_VOTE_TEMPERATURE)
         ids = index.keys["processid"]
+        hits = self._barcode_hits(barcodes, names) if barcodes else None
         answers = []
         for q in range(len(found.scores)):
             similarities = found.scores[q]
@@ -277,11 +283,34 @@ class Identifier:
                     processid=ids[int(row)],
                     similarity=float(similarities[j]),
                     taxonomy={rank: found.labels[rank][q][j] for rank in TAXONOMIC_RANKS},
+                    **(hits(q, int(row)) if hits else {}),
                 )
                 for j, row in enumerate(found.indices[q])
             ]
             answers.append(Identification(searched, key_feature, ranks, deepest, not ranks[-1].confident, neighbours))
         return answers
+
+    def _barcode_hits(self, barcodes: Sequence[str], names: Sequence[Any] | None) -> Any:
+        """``(query, key row) -> {percent_identity, overlap, bin}`` for barcode queries, or None when the key
+        records hold no barcodes (a key folder built without records)."""
+        from bioscan_clip.baselines.identity import alignment_identity
+        from bioscan_clip.data.barcodes import clean_barcodes
+
+        if self.records is None or "dna_barcode" not in self.records.column_names:
+            return None
+        queries = clean_barcodes(barcodes, names)
+        wanted = [c for c in ("processid", "dna_barcode", "dna_bin") if c in self.records.column_names]
+        columns = self.records.select_columns(wanted)
+
+        def hit(query: int, row: int) -> dict[str, Any]:
+            record = columns[row]
+            if not record["dna_barcode"]:  # a key without barcode (an image-only record)
+                return {"bin": record.get("dna_bin")}
+            [key] = clean_barcodes([record["dna_barcode"]], [record.get("processid", row)])
+            identity, overlap = alignment_identity(queries[query], key)
+            return {"percent_identity": round(100 * identity, 2), "overlap": overlap, "bin": record.get("dna_bin")}
+
+        return hit
 
     def key_image(self, row: int) -> Image.Image | None:
         """The stored image of key ``row``, decoded by the safe loader, or None when it has none."""

@@ -156,6 +156,13 @@ def _format_neighbours(answer: Identification) -> list[list[Any]]:
     ]
 
 
+def _identity_text(neighbour: Any) -> str:
+    """``"99.2 % identity over 658 bp · "`` for a barcode query's hit (what BOLD and BLAST users read), else ``""``."""
+    if neighbour.percent_identity is None:
+        return ""
+    return f"{neighbour.percent_identity:.1f} % identity over {neighbour.overlap} bp · "
+
+
 def _summary_markdown(answer: Identification, query: str) -> str:
     deepest = answer.deepest_confident_rank
     if deepest is None:
@@ -263,7 +270,7 @@ class DemoHandler:
             caption = (
                 f"{position + 1}. {taxonomy.get('species') or taxonomy.get('genus') or '?'} · "
                 f"{taxonomy.get('family') or '?'} · {taxonomy.get('order') or '?'} · "
-                f"similarity {neighbour.similarity:.3f} · {neighbour.processid}"
+                f"similarity {neighbour.similarity:.3f} · {_identity_text(neighbour)}{neighbour.processid}"
             )
             gallery.append((thumbnail, caption))
         if cross is None:

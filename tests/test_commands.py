@@ -105,6 +105,7 @@ def test_evaluate_species_held_out_compares_identifiers_on_real_barcodes(tmp_pat
         IDENTITY_IDENTIFIER,
         KMER_IDENTIFIER,
         MODEL_IDENTIFIER,
+        UNION_IDENTIFIER,
     )
 
     table = realdata / "coi_fulltax_sample.tsv"
@@ -127,7 +128,9 @@ def test_evaluate_species_held_out_compares_identifiers_on_real_barcodes(tmp_pat
     dna = summary["results"]["dna->dna"]
     assert dna["novel/species/n_queries"] == novel_count and dna["novel/species/micro/top1"] == 0.0
     compared = summary["identification"]
-    assert set(compared) == {MODEL_IDENTIFIER, KMER_IDENTIFIER, IDENTITY_IDENTIFIER, COMBINED_IDENTIFIER}
+    assert set(compared) == {
+        MODEL_IDENTIFIER, KMER_IDENTIFIER, IDENTITY_IDENTIFIER, COMBINED_IDENTIFIER, UNION_IDENTIFIER
+    }  # fmt: skip
     for entry in compared.values():
         confidence = entry["confidence"]
         assert 0 <= confidence["novel_flagged"] <= 1 and 0 <= confidence["known_flagged"] <= 1

@@ -49,6 +49,9 @@ MODEL_IDENTIFIER = "model (dna->dna)"
 KMER_IDENTIFIER = "5-mer profile 1-NN"
 IDENTITY_IDENTIFIER = "alignment identity 1-NN"
 COMBINED_IDENTIFIER = "model top-20 re-ranked by alignment identity"
+# The union keeps the 5-mer candidates first, so it differs from identity 1-NN only where a model candidate is
+# strictly more identical: it cannot inherit the model's misses.
+UNION_IDENTIFIER = "model + 5-mer top-20 re-ranked by alignment identity"
 RERANK_CANDIDATES = 20
 
 
@@ -267,10 +270,15 @@ def compare_identifiers(
     compared: dict[str, dict[str, Any]] = {}
     compared[MODEL_IDENTIFIER], model_found = embedding_identifier(query_dna, key_dna, "dna->dna")
     key_profiles = kmer_profile(keys.records["dna_barcode"])
-    compared[KMER_IDENTIFIER], _ = embedding_identifier(kmer_profile(barcodes), key_profiles, "5-mer profile")
+    compared[KMER_IDENTIFIER], kmer_found = embedding_identifier(kmer_profile(barcodes), key_profiles, "5-mer profile")
     if identity:
         absent = {rank: absent_from(truth[rank], key_labels[rank]) for rank in TAXONOMIC_RANKS}
-        for name, candidate_rows in ((IDENTITY_IDENTIFIER, None), (COMBINED_IDENTIFIER, model_found.indices)):
+        union = np.concatenate([kmer_found.indices, model_found.indices], axis=1)
+        for name, candidate_rows in (
+            (IDENTITY_IDENTIFIER, None),
+            (COMBINED_IDENTIFIER, model_found.indices),
+            (UNION_IDENTIFIER, union),
+        ):
             nearest = identity_nearest(barcodes, keys.records["dna_barcode"], key_labels, candidate_rows=candidate_rows)
             scores = np.where(nearest.rows >= 0, nearest.identity, -np.inf)
             compared[name] = {

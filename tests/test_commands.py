@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import importlib.metadata
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +143,14 @@ def test_evaluate_species_held_out_compares_identifiers_on_real_barcodes(tmp_pat
     # On real COI, alignment identity separates novel species from known ones (the field's own anchor).
     identity = compared[IDENTITY_IDENTIFIER]["confidence"]
     assert identity["novelty_auroc"] > 0.9 and identity["novel_flagged"] > identity["known_flagged"]
+    # The README's tables are this file through scripts/identification_table.py (ranges over runs).
+    script = Path(__file__).resolve().parents[1] / "scripts" / "identification_table.py"
+    printed = subprocess.run(
+        [sys.executable, str(script), str(out / "results.json"), str(out / "results.json")],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    union = compared[UNION_IDENTIFIER]["scores"]["novel/genus/micro/top1"]
+    assert f"| {UNION_IDENTIFIER} |" in printed and f"{100 * union:.1f}" in printed
     # A BOLD library without the partition has no second split to hold species out of: one clear error.
     library = ["evaluate", "--model", str(trained_tiny), "--source", "bold", "--data_dir", str(table),
                "--cache_dir", str(tmp_path / "cache2"), "--out", str(tmp_path / "x"), "--protocol", "species_held_out"]  # fmt: skip

@@ -175,12 +175,17 @@ def build_key_folder(
 def _write_key_folder(keys: EmbeddedKeys, options: BuildOptions, out_dir: Path) -> None:
     """The parts of a key folder, written into ``out_dir`` (a fresh staging folder), manifest last."""
     indexed = [name for name in keys.features if name in KEY_FEATURES]
+    approximate = []  # what "auto" or the caller chose per feature: only approximate indexes have a recall to measure
     for name in indexed:
-        KeyIndex.build(
+        index = KeyIndex.build(
             keys.features[name], keys.labels, index_type=options.index_type, modality=name, **options.index_options
-        ).save(out_dir / name)
+        )
+        index.save(out_dir / name)
+        if not index.exact:
+            approximate.append(name)
+        del index  # one feature's index in memory at a time
         kill_point(f"index:{name}")
-    calibration = _calibrate(keys, options, out_dir)
+    calibration = _calibrate(keys, options, out_dir, approximate)
     (out_dir / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2))
     kill_point("index:calibration")
     stored = keys.key_set.records
@@ -205,7 +210,7 @@ def _write_key_folder(keys: EmbeddedKeys, options: BuildOptions, out_dir: Path) 
     kill_point("index:manifest")
 
 
-def _calibrate(keys: EmbeddedKeys, options: BuildOptions, out_dir: Path) -> dict[str, Any]:
+def _calibrate(keys: EmbeddedKeys, options: BuildOptions, out_dir: Path, approximate: list[str]) -> dict[str, Any]:
     """The confidence thresholds of every calibrated pair and their report, and the reliability diagram in
     ``out_dir``; every fallback is logged and listed in ``warnings``."""
     calibration: dict[str, Any] = {
@@ -258,12 +263,10 @@ def _calibrate(keys: EmbeddedKeys, options: BuildOptions, out_dir: Path) -> dict
         plot_reliability(curves, calibration["thresholds"], out_dir / CALIBRATION_PLOT, precision=options.precision)
         calibration["plot"] = CALIBRATION_PLOT
     # What an approximate index costs, measured on the calibration queries (an exact one loses nothing).
-    for name in keys.features:
-        if name in KEY_FEATURES and name in query_features:
-            index = KeyIndex.load(out_dir / name)
-            if not index.exact:
-                recall = index.recall_at_k(query_features[name], min(5, len(keys.key_set)))
-                calibration.setdefault("recall_at_5", {})[name] = recall
+    for name in approximate:
+        if name in query_features:
+            recall = KeyIndex.load(out_dir / name).recall_at_k(query_features[name], min(5, len(keys.key_set)))
+            calibration.setdefault("recall_at_5", {})[name] = recall
     return calibration
 
 

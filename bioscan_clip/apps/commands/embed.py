@@ -14,12 +14,12 @@ from bioscan_clip.apps.commands.options import (
     batches,
     collect_queries,
     data_spec,
-    load_model,
     query_name,
     write_rows,
 )
 from bioscan_clip.data.specimens import SpecimenDataset, available_modalities, image_file_records, with_modalities
 from bioscan_clip.features import DNA, IMAGE, embed_dataset, embed_inputs, labels_of, loader_workers
+from bioscan_clip.resolve import load_pretrained
 from modeling_bioscanclip import BioscanInputError
 
 
@@ -31,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "starts one process) each process embeds a contiguous shard of the items on its own device and the main "
         "process writes the one output, the same rows in the same order as one process writes."
     )
-    parser.add_argument("--model", required=True, help="a saved model folder")
+    parser.add_argument("--model", required=True, help="a saved model folder or a Hub model repository id")
     add_query_arguments(parser)
     add_data_arguments(parser, default_source=None)
     parser.add_argument("--split", help="embed the records of this split of the dataset")
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     queries = None if args.split else collect_queries(args)
     shard = process_shard()
     try:
-        model, processor = load_model(args.model)
+        model, processor = load_pretrained(args.model)
         model.to(shard.device)
         if args.split:
             result = _embed_split_shard(args, model, processor, shard)

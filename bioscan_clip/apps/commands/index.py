@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "calibration.json reports the precision and coverage of confident calls and the novel-species detection "
         "AUROC, calibration.png the reliability diagram. `predict` and the demo read it without re-embedding."
     )
-    parser.add_argument("--model", required=True, help="a saved model folder")
+    parser.add_argument("--model", required=True, help="a saved model folder or a Hub model repository id")
     add_data_arguments(parser)
     parser.add_argument("--out", required=True, help="the key folder to write (replaced if it is one)")
     parser.add_argument(

@@ -1,5 +1,5 @@
 """What the subcommands share: the data options (parsed from :class:`~bioscan_clip.data.DataSpec`'s fields),
-the query options and readers, loading a model, and writing a table of rows atomically. A subcommand imports this
+the query options and readers, and writing a table of rows atomically. A subcommand imports this
 module and the library, never another subcommand."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pandas as pd
 from bioscan_clip.data.spec import DataSpec
 from bioscan_clip.safe_io import atomic_output_file
 from dataset_scripts.queries import BARCODE_COLUMNS, read_fasta, read_query_table
-from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError
+from modeling_bioscanclip import BioscanInputError
 from modeling_bioscanclip.constants_bioscanclip import IMAGE_FORMATS
 
 logger = logging.getLogger(__name__)
@@ -34,13 +34,6 @@ def add_option(
     if alias != name:
         hidden = {key: value for key, value in kwargs.items() if key not in ("help", "default", "required")}
         parser.add_argument(alias, dest=name.lstrip("-"), help=argparse.SUPPRESS, default=argparse.SUPPRESS, **hidden)
-
-
-def load_model(folder: str) -> tuple[BioscanClipModel, BioscanClipProcessor]:
-    """The model (eval mode) and processor of ``--model``: a folder or a Hub repository id (:func:`load_pretrained`)."""
-    from bioscan_clip.resolve import load_pretrained
-
-    return load_pretrained(folder)
 
 
 # ---- options declared as dataclass fields --------------------------------------------------------------------------

@@ -50,6 +50,10 @@ PAPER_PAIRS: tuple[Pair, ...] = (
 VALIDATION_PAIRS: tuple[Pair, ...] = ((IMAGE, IMAGE), (DNA, DNA), (IMAGE, DNA), (IMAGE, TEXT), (DNA, TEXT))
 # A key folder holds one index per key feature, and confidence thresholds for the pairs a user queries.
 KEY_FEATURES = (IMAGE, DNA, TEXT, AVERAGED)
+# Key side only, needs no model: the 5-mer profiles of the keys' barcodes, the barcode identifier's model-free
+# candidates (bioscan_clip.identification.barcode_search).
+KMER = "kmer"
+INDEXED_FEATURES = (*KEY_FEATURES, KMER)
 CALIBRATED_PAIRS: tuple[Pair, ...] = ((IMAGE, IMAGE), (DNA, DNA), (AVERAGED, AVERAGED), (IMAGE, DNA))
 
 

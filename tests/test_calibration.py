@@ -17,6 +17,7 @@ import pytest
 from bioscan_clip.apps.cli import main
 from bioscan_clip.data.spec import load_splits, role_records
 from bioscan_clip.identification import calibration as calibration_module
+from bioscan_clip.identification.barcode_search import ALIGNMENT_PAIR
 from bioscan_clip.identification.build import build_key_folder
 from bioscan_clip.identification.calibration import (
     METHOD_HELD_OUT,
@@ -299,7 +300,11 @@ def test_bold_library_without_partition_is_calibrated(tmp_path, trained_tiny, re
     assert main(["index", "--model", str(trained_tiny), *data, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     report = json.loads((out / "calibration.json").read_text())
-    assert report["method"].startswith("leave-one-out over the keys") and set(report["thresholds"]) == {"dna->dna"}
+    assert report["method"].startswith("leave-one-out over the keys")
+    assert set(report["thresholds"]) == {"dna->dna", ALIGNMENT_PAIR}  # the embedding's and the barcode hits'
+    alignment = report["report"][ALIGNMENT_PAIR]["ranks"]
+    assert alignment["species"]["absent_queries"] > 0 and alignment["species"]["method"] == "held-out labels"
+    assert all(0.5 < report["thresholds"][ALIGNMENT_PAIR][rank] <= 1 for rank in ("genus", "species"))
     assert "novel-species detection AUROC" in printed
     print(printed)
     species = report["report"]["dna->dna"]["ranks"]["species"]

@@ -107,7 +107,7 @@ def test_evaluate_species_held_out_compares_identifiers_on_real_barcodes(tmp_pat
         IDENTITY_IDENTIFIER,
         KMER_IDENTIFIER,
         MODEL_IDENTIFIER,
-        UNION_IDENTIFIER,
+        PRODUCT_IDENTIFIER,
     )
 
     table = realdata / "coi_fulltax_sample.tsv"
@@ -130,9 +130,10 @@ def test_evaluate_species_held_out_compares_identifiers_on_real_barcodes(tmp_pat
     dna = summary["results"]["dna->dna"]
     assert dna["novel/species/n_queries"] == novel_count and dna["novel/species/micro/top1"] == 0.0
     compared = summary["identification"]
-    assert set(compared) == {
-        MODEL_IDENTIFIER, KMER_IDENTIFIER, IDENTITY_IDENTIFIER, COMBINED_IDENTIFIER, UNION_IDENTIFIER
-    }  # fmt: skip
+    assert {MODEL_IDENTIFIER, KMER_IDENTIFIER, IDENTITY_IDENTIFIER, COMBINED_IDENTIFIER, PRODUCT_IDENTIFIER} <= set(
+        compared
+    )
+    assert len(compared) == 6  # and the product with the other answer rule
     for entry in compared.values():
         confidence = entry["confidence"]
         assert 0 <= confidence["novel_flagged"] <= 1 and 0 <= confidence["known_flagged"] <= 1
@@ -149,8 +150,10 @@ def test_evaluate_species_held_out_compares_identifiers_on_real_barcodes(tmp_pat
         [sys.executable, str(script), str(out / "results.json"), str(out / "results.json")],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    union = compared[UNION_IDENTIFIER]["scores"]["novel/genus/micro/top1"]
-    assert f"| {UNION_IDENTIFIER} |" in printed and f"{100 * union:.1f}" in printed
+    product = compared[PRODUCT_IDENTIFIER]["scores"]["novel/genus/micro/top1"]
+    assert f"| {PRODUCT_IDENTIFIER} |" in printed and f"{100 * product:.1f}" in printed
+    # The product's thresholds come from the keys themselves (alignment identity, held-out labels), not BOLD's.
+    assert "calibrated on the keys" in compared[PRODUCT_IDENTIFIER]["thresholds"]
     # A BOLD library without the partition has no second split to hold species out of: one clear error.
     library = ["evaluate", "--model", str(trained_tiny), "--source", "bold", "--data_dir", str(table),
                "--cache_dir", str(tmp_path / "cache2"), "--out", str(tmp_path / "x"), "--protocol", "species_held_out"]  # fmt: skip

@@ -58,20 +58,34 @@ def alignment_identity(first: str, second: str, *, min_overlap: int = MIN_OVERLA
     if not query:
         return 0.0, 0
     found = edlib.align(query, target, mode="HW", task="path", additionalEqualities=_EQUALITIES)
-    columns = np.concatenate([np.full(int(n), op) for n, op in _CIGAR.findall(found["cigar"] or "")])
-    score = np.where(columns == "=", 1, -1)
+    # The alignment as runs of one column kind; the net score (+1 match, -1 otherwise) moves monotonically within
+    # a run, so its lowest point, where an overhang is cut, lies on a run boundary: runs suffice, columns need not
+    # be spelled out (this is the hot loop of every barcode identification).
+    runs = [(int(n), op == "=") for n, op in _CIGAR.findall(found["cigar"] or "")]
     ((start, end),) = found["locations"][:1]
+    first_kept, last_kept = 0, len(runs)
     # Where the alignment reaches an end of the longer barcode, the shorter one may overhang it: edlib scores the
     # overhang as edits (gaps or chance mismatches, at equal cost), so drop the end stretch with the lowest net
-    # score (+1 match, -1 otherwise), as an overlap alignment with free end gaps would.
-    first_kept = int(np.argmin(np.concatenate([[0], np.cumsum(score)]))) if start == 0 else 0
-    last_kept = len(score) - int(np.argmin(np.concatenate([[0], np.cumsum(score[::-1])])))
-    if end != len(target) - 1:
-        last_kept = len(score)
-    kept = columns[first_kept:last_kept]
-    if kept.size < min_overlap:
-        return 0.0, int(kept.size)
-    return float((kept == "=").sum() / kept.size), int(kept.size)
+    # score, as an overlap alignment with free end gaps would.
+    if start == 0:
+        first_kept = _lowest_prefix(runs)
+    if end == len(target) - 1:
+        last_kept = len(runs) - _lowest_prefix(runs[::-1])
+    kept = runs[first_kept:last_kept]
+    columns = sum(n for n, _ in kept)
+    if columns < min_overlap:
+        return 0.0, int(columns)
+    return sum(n for n, match in kept if match) / columns, int(columns)
+
+
+def _lowest_prefix(runs: list[tuple[int, bool]]) -> int:
+    """How many leading runs to drop: the first point where the running net score is lowest (0 = none)."""
+    lowest, best, total = 0, 0, 0
+    for i, (n, match) in enumerate(runs, start=1):
+        total += n if match else -n
+        if total < lowest:
+            lowest, best = total, i
+    return best
 
 
 def best_identity(

@@ -49,9 +49,11 @@ MODEL_IDENTIFIER = "model (dna->dna)"
 KMER_IDENTIFIER = "5-mer profile 1-NN"
 IDENTITY_IDENTIFIER = "alignment identity 1-NN"
 COMBINED_IDENTIFIER = "model top-20 re-ranked by alignment identity"
-# The union keeps the 5-mer candidates first, so it differs from identity 1-NN only where a model candidate is
-# strictly more identical: it cannot inherit the model's misses.
-UNION_IDENTIFIER = "model + 5-mer top-20 re-ranked by alignment identity"
+# The product's barcode identifier (bioscan_clip.identification.barcode_search), exactly as `index` + `predict`
+# run it: model + 5-mer candidates re-ranked by alignment identity, thresholds calibrated on the keys; beside it
+# the same with the other answer rule (best hit <-> consensus of the near-best hits), the measurement behind MARGIN.
+PRODUCT_IDENTIFIER = "bioscan-clip barcode identifier"
+CONSENSUS_MARGIN = 0.01
 RERANK_CANDIDATES = 20
 
 
@@ -224,6 +226,13 @@ def compare_identifiers(
     """
     from bioscan_clip.baselines.identity import IDENTITY_THRESHOLDS, identity_nearest
     from bioscan_clip.baselines.kmer import kmer_profile
+    from bioscan_clip.data.barcodes import clean_barcodes
+    from bioscan_clip.identification.barcode_search import (
+        MARGIN,
+        BarcodeSearch,
+        KeyBarcodes,
+        calibrate_barcode_search,
+    )
     from bioscan_clip.identification.calibration import (
         DEFAULT_PRECISION,
         absent_from,
@@ -273,12 +282,7 @@ def compare_identifiers(
     compared[KMER_IDENTIFIER], kmer_found = embedding_identifier(kmer_profile(barcodes), key_profiles, "5-mer profile")
     if identity:
         absent = {rank: absent_from(truth[rank], key_labels[rank]) for rank in TAXONOMIC_RANKS}
-        union = np.concatenate([kmer_found.indices, model_found.indices], axis=1)
-        for name, candidate_rows in (
-            (IDENTITY_IDENTIFIER, None),
-            (COMBINED_IDENTIFIER, model_found.indices),
-            (UNION_IDENTIFIER, union),
-        ):
+        for name, candidate_rows in ((IDENTITY_IDENTIFIER, None), (COMBINED_IDENTIFIER, model_found.indices)):
             nearest = identity_nearest(barcodes, keys.records["dna_barcode"], key_labels, candidate_rows=candidate_rows)
             scores = np.where(nearest.rows >= 0, nearest.identity, -np.inf)
             compared[name] = {
@@ -286,6 +290,30 @@ def compare_identifiers(
                 "confidence": confidence_report(scores, nearest.labels, truth, absent, IDENTITY_THRESHOLDS),
                 "thresholds": "BOLD-style identity: "
                 + ", ".join(f"{r} {t:.0%}" for r, t in IDENTITY_THRESHOLDS.items()),
+            }
+        search = BarcodeSearch(
+            KeyBarcodes(keys.records["dna_barcode"]),
+            KeyIndex.build(key_profiles, index_labels),
+            KeyIndex.build(key_dna, index_labels),
+        )
+        alternative = CONSENSUS_MARGIN if MARGIN == 0 else 0.0
+        rule = {0.0: "best hit"}.get(alternative, f"consensus of the hits within {alternative:.0%} of the best")
+        for name, margin in ((PRODUCT_IDENTIFIER, MARGIN), (f"{PRODUCT_IDENTIFIER}, {rule}", alternative)):
+            search.margin = margin
+            calibration = calibrate_barcode_search(
+                search, dna_vectors=key_dna, precision=DEFAULT_PRECISION if precision is None else precision
+            )
+            for warning in calibration["warnings"]:
+                logger.warning("calibration: %s", warning)
+            search.thresholds.update(calibration["thresholds"])
+            calls = [search.calls(hits) for hits in search.hits(clean_barcodes(barcodes), query_dna)]
+            predicted = {rank: [call[rank].label for call in calls] for rank in TAXONOMIC_RANKS}
+            scores = np.array([call["species"].identity if call["species"].label else -np.inf for call in calls])
+            compared[name] = {
+                "scores": top1_scores(predicted, queries),
+                "confidence": confidence_report(scores, predicted, truth, absent, search.thresholds),
+                "thresholds": "alignment identity, calibrated on the keys (leave-one-out, held-out labels): "
+                + ", ".join(f"{r} {t:.1%}" for r, t in calibration["thresholds"].items()),
             }
     return compared
 

@@ -14,11 +14,14 @@ from typing import Any
 import datasets
 import numpy as np
 
+from bioscan_clip.baselines.kmer import build_kmer_key_index, kmer_profile
 from bioscan_clip.data.spec import DataSpec, has_role, role_records
 from bioscan_clip.data.specimens import SpecimenDataset, available_modalities, with_modalities
 from bioscan_clip.features import (
     CALIBRATED_PAIRS,
+    DNA,
     KEY_FEATURES,
+    KMER,
     embed_dataset,
     labels_of,
     pair_name,
@@ -35,6 +38,7 @@ from bioscan_clip.safe_io import (
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
+from .barcode_search import ALIGNMENT_PAIR, BarcodeSearch, KeyBarcodes, calibrate_barcode_search
 from .calibration import (
     CALIBRATION_SEED,
     DEFAULT_PRECISION,
@@ -73,14 +77,15 @@ class BuildOptions:
 
 @dataclass(frozen=True)
 class EmbeddedKeys:
-    """What a key folder is written from: the model and processor, the modalities indexed, the key records as a
-    :class:`SpecimenDataset`, their features (feature -> ``(keys, dim)`` matrix) and labels (``processid`` and rank
-    -> one label per key), and the validation queries to calibrate on (None: the keys calibrate themselves)."""
+    """What a key folder is written from: the model and processor (None: barcodes only, no embeddings), the
+    modalities indexed, the key records, their features (feature -> ``(keys, dim)`` matrix) and labels
+    (``processid`` and rank -> one label per key), and the validation queries to calibrate on (None: the keys
+    calibrate themselves)."""
 
-    model: BioscanClipModel
-    processor: BioscanClipProcessor
+    model: BioscanClipModel | None
+    processor: BioscanClipProcessor | None
     modalities: list[str]
-    key_set: SpecimenDataset
+    records: datasets.Dataset
     features: dict[str, np.ndarray]
     labels: dict[str, list]
     calibration_queries: datasets.Dataset | None = None
@@ -104,9 +109,17 @@ def _embed(
     return features, labels_of(specimens)
 
 
+def record_labels(records: datasets.Dataset) -> dict[str, list]:
+    """``processid`` and the ranks of key records (None where a column is missing), as :func:`labels_of` gives."""
+    return {
+        column: records[column] if column in records.column_names else [None] * len(records)
+        for column in ("processid", *TAXONOMIC_RANKS)
+    }
+
+
 def build_key_folder(
-    model: BioscanClipModel,
-    processor: BioscanClipProcessor,
+    model: BioscanClipModel | None,
+    processor: BioscanClipProcessor | None,
     keys: datasets.Dataset,
     out_dir: str | Path,
     *,
@@ -119,7 +132,10 @@ def build_key_folder(
     show_progress: bool = True,
     overwrite: bool = False,
 ) -> Path:
-    """Embeds ``keys`` once and writes a key folder: one index per feature, the records, the calibration.
+    """Embeds ``keys`` once and writes a key folder: one index per feature, the records, the calibration; keys
+    with barcodes also get the 5-mer index and the identity calibration of the barcode identifier
+    (:mod:`~bioscan_clip.identification.barcode_search`). Without a model (``model=None``) only that is built:
+    barcodes are then identified against the library with no embedding at all.
 
     Everything is written into a sibling temporary folder, with ``key_folder.json`` last, and swapped in by rename:
     a crash at any point leaves the previous folder (or none), never a partial or mixed one.
@@ -147,19 +163,29 @@ def build_key_folder(
         batch_size=batch_size, show_progress=show_progress,
     )  # fmt: skip
     # Metadata-only keys (barcodes, no images) are indexed with the modalities they have.
-    modalities = available_modalities(keys, model.config.modalities, what="keys")
-    key_set = _specimens(keys, processor, modalities, "keys")
-    if len(key_set) == 0:
-        raise BioscanInputError(f"no key record has every modality the index needs ({', '.join(modalities)})")
+    if model is None:
+        modalities, key_set = [DNA], None
+        keys = with_modalities(keys, modalities, what="keys")
+        if len(keys) == 0:
+            raise BioscanInputError("no key record has a DNA barcode: without a model only barcodes are indexed")
+    else:
+        modalities = available_modalities(keys, model.config.modalities, what="keys")
+        key_set = _specimens(keys, processor, modalities, "keys")
+        if len(key_set) == 0:
+            raise BioscanInputError(f"no key record has every modality the index needs ({', '.join(modalities)})")
+        keys = key_set.records
     final_dir, staging = out_dir, staging_dir(out_dir)
     # The key embeddings go to disk batch by batch and are indexed one feature at a time from there, so memory
     # stays about one feature's index whatever the library's size. The scratch folder is a second staging folder:
     # removed here, or, after a kill, by the next build (stale staging folders of dead processes).
     scratch = staging_dir(out_dir)
     try:
-        features, labels = _embed(model, key_set, options, "embedding keys", out_dir=scratch, features=KEY_FEATURES)
+        if key_set is None:
+            features, labels = {}, record_labels(keys)
+        else:
+            features, labels = _embed(model, key_set, options, "embedding keys", out_dir=scratch, features=KEY_FEATURES)
         kill_point("index:embedded")
-        embedded = EmbeddedKeys(model, processor, modalities, key_set, features, labels, calibration_queries)
+        embedded = EmbeddedKeys(model, processor, modalities, keys, features, labels, calibration_queries)
         _write_key_folder(embedded, options, staging)
         refuse_foreign_output(final_dir, overwrite)  # nothing foreign appeared there while we embedded
         swap_in(staging, final_dir, stage_prefix="index:")
@@ -185,10 +211,19 @@ def _write_key_folder(keys: EmbeddedKeys, options: BuildOptions, out_dir: Path) 
             approximate.append(name)
         del index  # one feature's index in memory at a time
         kill_point(f"index:{name}")
+    barcodes = keys.records["dna_barcode"] if "dna_barcode" in keys.records.column_names else []
+    if len(barcodes) and all(barcodes):  # the barcode identifier's model-free candidates, rows as the records
+        index = build_kmer_key_index(barcodes, keys.labels, index_type=options.index_type, **options.index_options)
+        index.save(out_dir / KMER)
+        indexed.append(KMER)
+        if not index.exact:
+            approximate.append(KMER)
+        del index
+        kill_point(f"index:{KMER}")
     calibration = _calibrate(keys, options, out_dir, approximate)
     (out_dir / CALIBRATION_FILE).write_text(json.dumps(calibration, indent=2))
     kill_point("index:calibration")
-    stored = keys.key_set.records
+    stored = keys.records
     if "image" in stored.column_names:
         stored = stored.cast_column("image", datasets.Image())
     stored.save_to_disk(str(out_dir / RECORDS_DIRNAME))
@@ -196,13 +231,15 @@ def _write_key_folder(keys: EmbeddedKeys, options: BuildOptions, out_dir: Path) 
     manifest = {
         "format": KEY_FOLDER_FORMAT,
         "format_version": KEY_FOLDER_VERSION,
-        "model": {
+        "model": None
+        if keys.model is None
+        else {
             "name_or_path": str(getattr(keys.model.config, "_name_or_path", "") or ""),
             "revision": getattr(keys.model.config, "_commit_hash", None),
             "config_sha256": config_hash(keys.model),
         },
         "index_type": options.index_type,
-        "count": len(keys.key_set),
+        "count": len(keys.records),
         "features": sorted(indexed),
         "files": file_checksums(out_dir),
     }
@@ -228,7 +265,11 @@ def _calibrate(keys: EmbeddedKeys, options: BuildOptions, out_dir: Path, approxi
         )
         logger.warning(calibration["warnings"][-1])
         return calibration
-    if keys.calibration_queries is not None and len(keys.calibration_queries):
+    if keys.model is None:  # barcodes only: the library calibrates the alignment identity itself, below
+        query_features, query_labels = {}, keys.labels
+        leave_one_out = True
+        calibration["method"] = "leave-one-out over the keys, labels held out per rank (barcodes only, no model)"
+    elif keys.calibration_queries is not None and len(keys.calibration_queries):
         query_set = _specimens(keys.calibration_queries, keys.processor, keys.modalities, "calibration queries")
         query_features, query_labels = _embed(keys.model, query_set, options, "calibration queries")
         leave_one_out = False
@@ -257,6 +298,19 @@ def _calibrate(keys: EmbeddedKeys, options: BuildOptions, out_dir: Path, approxi
         calibration["report"][name] = result["report"]
         calibration["warnings"].extend(result["warnings"])
         curves[name] = result["curves"]
+    if (out_dir / KMER).exists():
+        # The barcode identifier: always on the library itself (every key against the others), whatever the
+        # embeddings were calibrated on, since its hits come from the library's own barcodes.
+        search = BarcodeSearch(
+            KeyBarcodes(keys.records["dna_barcode"]),
+            KeyIndex.load(out_dir / KMER),
+            KeyIndex.load(out_dir / DNA) if DNA in keys.features else None,
+        )
+        result = calibrate_barcode_search(search, dna_vectors=keys.features.get(DNA), precision=options.precision)
+        calibration["thresholds"][ALIGNMENT_PAIR] = result["thresholds"]
+        calibration["report"][ALIGNMENT_PAIR] = result["report"]
+        calibration["warnings"].extend(result["warnings"])
+        curves[ALIGNMENT_PAIR] = result["curves"]
     for warning in calibration["warnings"]:
         logger.warning(warning)
     if curves:
@@ -264,14 +318,21 @@ def _calibrate(keys: EmbeddedKeys, options: BuildOptions, out_dir: Path, approxi
         calibration["plot"] = CALIBRATION_PLOT
     # What an approximate index costs, measured on the calibration queries (an exact one loses nothing).
     for name in approximate:
-        if name in query_features:
-            recall = KeyIndex.load(out_dir / name).recall_at_k(query_features[name], min(5, len(keys.key_set)))
-            calibration.setdefault("recall_at_5", {})[name] = recall
+        if name == KMER:
+            sample = sample_rows(len(keys.records))
+            barcodes = keys.records["dna_barcode"]
+            vectors = kmer_profile([barcodes[int(r)] for r in sample])
+        elif name in query_features:
+            vectors = query_features[name]
+        else:
+            continue
+        recall = KeyIndex.load(out_dir / name).recall_at_k(vectors, min(5, len(keys.records)))
+        calibration.setdefault("recall_at_5", {})[name] = recall
     return calibration
 
 
 def build_index(
-    model: str | Path,
+    model: str | Path | None,
     data: DataSpec,
     out: str | Path,
     *,
@@ -282,7 +343,8 @@ def build_index(
     batch_size: int = 128,
     overwrite: bool = False,
 ) -> Path:
-    """Embeds the keys of a dataset with a saved model and writes a key folder (see :func:`build_key_folder`),
+    """Embeds the keys of a dataset with a saved model (None: barcodes only) and writes a key folder (see
+    :func:`build_key_folder`),
     calibrated on the dataset's validation queries when it has them, else leave-one-out over the keys (a BOLD
     library with ``partition="none"``); ``calibrate=False`` writes no thresholds. The output and the data are
     checked before the model is loaded."""
@@ -298,7 +360,7 @@ def build_index(
         if parts:
             calibration = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     keys = role_records(splits, roles, "keys")
-    network, processor = load_pretrained(model)
+    network, processor = load_pretrained(model) if model is not None else (None, None)
     return build_key_folder(
         network,
         processor,

@@ -313,19 +313,39 @@ def calibrate_pair(
         ``held_out_labels`` per rank), ``warnings`` (list of str) and ``curves`` (per rank the scores and
         correctness, for :func:`plot_reliability`).
     """
-    rng = np.random.default_rng(seed)
-    held_out = {rank: hold_out_labels(query_labels[rank], key_labels[rank], fraction, rng) for rank in TAXONOMIC_RANKS}
+    held_out = held_out_per_rank(query_labels, key_labels, fraction, seed)
     found = held_out_nearest(queries, keys, key_labels, held_out, own_rows)
-    scores, predicted, absent = {}, {}, {}
+    scores = {rank: found[rank][0] for rank in TAXONOMIC_RANKS}
+    predicted = {rank: [key_labels[rank][r] if r >= 0 else None for r in found[rank][1]] for rank in TAXONOMIC_RANKS}
+    return calibrate_calls(scores, predicted, query_labels, key_labels, held_out, own_rows, precision, name)
+
+
+def held_out_per_rank(
+    query_labels: Mapping[str, Sequence[Any]], key_labels: Mapping[str, Sequence[Any]], fraction: float, seed: int
+) -> dict[str, set[Any]]:
+    """Per rank, the labels held out of the keys (:func:`hold_out_labels`, one seeded draw after another)."""
+    rng = np.random.default_rng(seed)
+    return {rank: hold_out_labels(query_labels[rank], key_labels[rank], fraction, rng) for rank in TAXONOMIC_RANKS}
+
+
+def calibrate_calls(
+    scores: Mapping[str, np.ndarray],
+    predicted: Mapping[str, Sequence[Any]],
+    query_labels: Mapping[str, Sequence[Any]],
+    key_labels: Mapping[str, Sequence[Any]],
+    held_out: Mapping[str, set[Any]],
+    own_rows: np.ndarray | None,
+    precision: float,
+    name: str,
+) -> dict[str, Any]:
+    """Thresholds, report and warnings from calls already made with ``held_out`` labels kept out of the keys: per
+    rank each query's score and predicted label (whatever identifier made them; see :func:`calibrate_pair`)."""
     key_counts = {rank: Counter(key_labels[rank]) for rank in TAXONOMIC_RANKS}
+    absent = {}
     for rank in TAXONOMIC_RANKS:
-        similarity, rows = found[rank]
-        scores[rank] = similarity
-        predicted[rank] = [key_labels[rank][r] if r >= 0 else None for r in rows]
-        truth = query_labels[rank]
         # Present = some searched key has the label: not held out, and not only the query's own row.
         left = []
-        for q, label in enumerate(truth):
+        for q, label in enumerate(query_labels[rank]):
             count = 0 if label is None or label in held_out[rank] else key_counts[rank][label]
             if own_rows is not None and count and key_labels[rank][own_rows[q]] == label:
                 count -= 1

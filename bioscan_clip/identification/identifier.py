@@ -1,12 +1,20 @@
-"""Identify specimens: a saved model plus saved key indexes answer "what is this, at each rank, how sure".
+"""Identify specimens: a key folder (and, for images, the model that embedded it) answers "what is this, at each
+rank, how sure".
 
 A key folder (:mod:`bioscan_clip.identification.key_folder`) is verified before anything in it is used.
 
-Prediction at each rank is the label of the nearest key (1-NN, as the paper). Its *confidence* is the
+A *barcode* is answered by its hits, as BOLD's identification engine and BLAST answer: candidate keys from the
+5-mer profile index and, with a model, the learned DNA index, re-ranked by alignment identity; the answer at each
+rank, its confidence and its calibrated identity threshold are those of
+:mod:`bioscan_clip.identification.barcode_search`. No model is needed for barcodes.
+
+An *image* is answered as in the paper: the label of the nearest key (1-NN) at each rank. Its *confidence* is the
 similarity-weighted share of the k nearest keys that agree with it. A rank is *confident* when the nearest key's
 cosine similarity reaches that rank's threshold, calibrated so that confident predictions reach a target precision
 (default 90 %) on queries whose answer at that rank is in the keys as well as absent from them (labels held out of
 the keys; on validation queries, or leave-one-out over the keys without them: :mod:`bioscan_clip.identification.calibration`).
+A photo with its barcode (one specimen) takes each rank from the barcode where it is confident there.
+
 The *unknown species* flag is raised when the species rank is not confident: the query is probably from a species
 absent from the keys. ``calibration.json`` holds the thresholds and their report (precision and coverage of the
 confident calls, novel-species detection AUROC, warnings where calibration had to fall back) and
@@ -24,11 +32,16 @@ from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
 import torch
 from PIL import Image
 
+from bioscan_clip.data.barcodes import clean_barcodes
 from bioscan_clip.features import (
-    KEY_FEATURES,
+    AVERAGED,
+    DNA,
+    INDEXED_FEATURES,
+    KMER,
     add_combined_features,
     embed_inputs,
     pair_name,
@@ -40,11 +53,15 @@ from bioscan_clip.safe_io import SEAL_KEY, read_json
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError, load_image_safely
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
+from .barcode_search import ALIGNMENT_PAIR, DEFAULT_HITS, BarcodeSearch, KeyBarcodes
 from .calibration import DEFAULT_VOTE_TEMPERATURE
 from .key_folder import CALIBRATION_FILE, config_hash, key_records, verify_key_folder
 from .library import resolve_key_folder, resolve_key_library
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_NEIGHBOURS = 5  # nearest keys of an image query, returned and voting on its confidence
+HITS_FEATURE = "dna (alignment hits)"  # key_feature of a barcode answered by its hits
 
 
 @dataclass
@@ -105,6 +122,28 @@ def vote_confidence(similarities: np.ndarray, labels: Sequence[str | None], temp
     return float(weights[agree].sum() / weights.sum())
 
 
+def _answer(
+    searched: str, key_feature: str, ranks: list[RankPrediction], neighbours: list[Neighbour]
+) -> Identification:
+    """An identification from its rank calls: the deepest confident rank (ranks run from order to species; stop at
+    the first unsure one) and the unknown-species flag (species not confident)."""
+    deepest = None
+    for prediction in ranks:
+        if not prediction.confident:
+            break
+        deepest = prediction.rank
+    return Identification(searched, key_feature, ranks, deepest, not ranks[-1].confident, neighbours)
+
+
+def _paired(by_barcode: Identification, by_both: Identification) -> Identification:
+    """One specimen's photo and barcode: per rank the barcode's call where confident, else the averaged image+DNA
+    embedding's where confident, else the barcode's; the barcode's hits as neighbours."""
+    ranks = []
+    for barcode_call, both_call in zip(by_barcode.ranks, by_both.ranks, strict=True):
+        ranks.append(barcode_call if barcode_call.confident or not both_call.confident else both_call)
+    return _answer(AVERAGED, f"{HITS_FEATURE} + {AVERAGED}", ranks, by_barcode.neighbours)
+
+
 class Identifier:
     """A model, its processor and a key folder, ready to identify queries.
 
@@ -117,19 +156,27 @@ class Identifier:
 
     def __init__(
         self,
-        model: BioscanClipModel,
-        processor: BioscanClipProcessor,
+        model: BioscanClipModel | None,
+        processor: BioscanClipProcessor | None,
         indexes: dict[str, KeyIndex],
         calibration: dict[str, Any],
         records: datasets.Dataset | None = None,
         keys_manifest_sha256: str | None = None,
     ) -> None:
-        self.model = model.eval()
+        self.model = model.eval() if model is not None else None
         self.processor = processor
         self.indexes = indexes
         self.calibration = calibration
         self.records = records
         self.keys_manifest_sha256 = keys_manifest_sha256
+        self.barcode_search = None  # barcodes are answered by their hits where the keys hold barcodes
+        if KMER in indexes and records is not None and "dna_barcode" in records.column_names:
+            self.barcode_search = BarcodeSearch(
+                KeyBarcodes(records.data.column("dna_barcode")),
+                indexes[KMER],
+                indexes.get(DNA) if model is not None else None,
+                thresholds=calibration.get("thresholds", {}).get(ALIGNMENT_PAIR),
+            )
 
     @property
     def provenance(self) -> dict[str, str]:
@@ -137,7 +184,7 @@ class Identifier:
         and Hub revision, and the sealed sha256 of the key folder's manifest ("none" where unknown)."""
         import importlib.metadata
 
-        config = self.model.config
+        config = self.model.config if self.model is not None else None
         return {
             "bioscan_clip_version": importlib.metadata.version("bioscan-clip"),
             "model": str(getattr(config, "_name_or_path", "") or "none"),
@@ -148,7 +195,7 @@ class Identifier:
     @classmethod
     def load(
         cls,
-        model: str | Path,
+        model: str | Path | None,
         keys: str | Path,
         *,
         model_revision: str | None = None,
@@ -157,7 +204,8 @@ class Identifier:
         """Loads a model and a key folder written by :func:`build_key_folder`.
 
         Args:
-            model: a saved model folder or a Hub model repository id (:func:`bioscan_clip.resolve.load_pretrained`).
+            model: a saved model folder or a Hub model repository id (:func:`bioscan_clip.resolve.load_pretrained`),
+                or None: barcodes only, answered from the keys' barcodes (5-mer candidates and alignment).
             keys: a key folder, or a key library (its folder or Hub dataset repository id; its ``keys/`` folder is
                 used, its model is not: see :meth:`from_pretrained` for that), through
                 :func:`~bioscan_clip.identification.library.resolve_key_folder`.
@@ -169,12 +217,16 @@ class Identifier:
         key_dir = resolve_key_folder(keys, revision=keys_revision)
         manifest = verify_key_folder(key_dir)
         indexes = {
-            name: KeyIndex.load(key_dir / name, verify=False) for name in KEY_FEATURES if (key_dir / name).exists()
+            name: KeyIndex.load(key_dir / name, verify=False) for name in INDEXED_FEATURES if (key_dir / name).exists()
         }
         records = key_records(key_dir)
         calibration = read_json(key_dir / CALIBRATION_FILE, "the calibration")
+        if model is None:
+            if KMER not in indexes:
+                raise BioscanInputError(f"{key_dir}: holds no barcodes to identify against without a model; give one")
+            return cls(None, None, indexes, calibration, records, manifest.get(SEAL_KEY))
         network, processor = load_pretrained(model, revision=model_revision)
-        built_with = manifest.get("model", {}).get("config_sha256")
+        built_with = (manifest.get("model") or {}).get("config_sha256")
         if built_with is not None and built_with != config_hash(network):
             raise BioscanInputError(
                 f"{key_dir}: built with another model ({manifest['model'].get('name_or_path')}, config "
@@ -220,6 +272,11 @@ class Identifier:
             raise BioscanInputError(
                 f"paired queries need as many images as barcodes, got {len(images)} and {len(barcodes)}"
             )
+        if self.model is None:
+            raise BioscanInputError(
+                "this identifier has no model: it identifies barcodes against the key folder's barcodes only; "
+                "give a model (--model) to identify images"
+            )
         # As the keys were embedded: the model's DNA reading frames averaged (features.embed_inputs).
         embedded = embed_inputs(self.model, self.processor, images=images, barcodes=barcodes, names=names)
         return add_combined_features({name: value.numpy() for name, value in embedded.items()})
@@ -229,33 +286,62 @@ class Identifier:
         images: Sequence[Any] | None = None,
         barcodes: Sequence[str] | None = None,
         *,
-        k: int = 5,
+        k: int | None = None,
         key_feature: str | None = None,
         restrict: Mapping[str, str | Sequence[str]] | None = None,
         names: Sequence[Any] | None = None,
     ) -> list[Identification]:
         """Identifies each query (an image, a barcode, or an image with its barcode).
 
+        A barcode is answered by its hits (:mod:`~bioscan_clip.identification.barcode_search`: candidate keys from
+        the 5-mer and, with a model, the DNA index, re-ranked by alignment identity); an image by the nearest keys of
+        its embedding. An image with its barcode (one specimen) takes, at each rank, the barcode's call where it is
+        confident, else the averaged image+DNA embedding's where that is confident, else the barcode's.
+
         Args:
-            images, barcodes: the queries; given together, they are paired row by row and the averaged image+DNA
-                feature is searched against averaged keys.
-            k (`int`, defaults to 5): neighbours returned and used for the confidence vote.
+            images, barcodes: the queries; given together, they are paired row by row.
+            k (`int`, *optional*): hits (barcodes, default 25, as BOLD lists) or nearest keys (images, default 5)
+                returned; for images also the keys of the confidence vote.
             key_feature (`str`, *optional*): search other keys than the query's own modality, e.g. ``"dna"`` for
-                image queries (the cross-modal view).
+                image queries (the cross-modal view); ``"dna"`` for barcodes is the default hit search.
             restrict (`dict`, *optional*): search only keys with these taxa, e.g. ``{"order": ["Diptera"]}``.
             names (`Sequence`, *optional*): one name per query, used by error messages.
         """
-        features = self.embed(images, barcodes, names)
+        if not images and not barcodes:
+            raise BioscanInputError("expected images and/or barcodes to identify, got neither")
+        by_hits = bool(barcodes) and key_feature in (None, DNA) and self.barcode_search is not None
+        features = self.embed(images, barcodes, names) if (images or not by_hits or self._dna_candidates) else {}
+        if not by_hits:
+            return self._identify_by_embedding(features, key_feature, k or DEFAULT_NEIGHBOURS, restrict)
+        hit_answers = self._identify_by_hits(barcodes, features.get(DNA), k or DEFAULT_HITS, restrict, names)
+        if not images:
+            return hit_answers
+        specimen = self._identify_by_embedding(features, None, k or DEFAULT_NEIGHBOURS, restrict)
+        return [_paired(by_barcode, by_both) for by_barcode, by_both in zip(hit_answers, specimen, strict=True)]
+
+    @property
+    def _dna_candidates(self) -> bool:
+        """Whether barcode candidates come from the model's DNA index too (keys embedded by the model loaded)."""
+        return self.model is not None and DNA in self.indexes
+
+    def _identify_by_embedding(
+        self,
+        features: Mapping[str, np.ndarray],
+        key_feature: str | None,
+        k: int,
+        restrict: Mapping[str, str | Sequence[str]] | None,
+    ) -> list[Identification]:
+        """Answers from the nearest keys of the query embedding (the paper's 1-NN, with the vote confidence)."""
         searched = query_feature(features)
         key_feature = key_feature or searched
-        if key_feature not in self.indexes:
-            raise BioscanInputError(f"no {key_feature} keys in this key folder; it has {sorted(self.indexes)}")
+        if key_feature not in self.indexes or key_feature == KMER:
+            embedded = sorted(set(self.indexes) - {KMER})
+            raise BioscanInputError(f"no {key_feature} keys in this key folder; it has {embedded}")
         index = self.indexes[key_feature]
         found = index.search_labels(features[searched], min(k, len(index)), restrict=restrict)
         thresholds = self.calibration.get("thresholds", {}).get(pair_name((searched, key_feature)), {})
         temperature = self.calibration.get("vote_temperature", DEFAULT_VOTE_TEMPERATURE)
         ids = index.keys["processid"]
-        hits = self._barcode_hits(barcodes, names) if barcodes else None
         answers = []
         for q in range(len(found.scores)):
             similarities = found.scores[q]
@@ -272,45 +358,62 @@ class Identifier:
                         confident=bool(labels[0] is not None and similarities[0] >= threshold),
                     )
                 )
-            deepest = None
-            for prediction in ranks:  # ranks run from order to species; stop at the first unsure one
-                if not prediction.confident:
-                    break
-                deepest = prediction.rank
             neighbours = [
                 Neighbour(
                     row=int(row),
                     processid=ids[int(row)],
                     similarity=float(similarities[j]),
                     taxonomy={rank: found.labels[rank][q][j] for rank in TAXONOMIC_RANKS},
-                    **(hits(q, int(row)) if hits else {}),
                 )
                 for j, row in enumerate(found.indices[q])
             ]
-            answers.append(Identification(searched, key_feature, ranks, deepest, not ranks[-1].confident, neighbours))
+            answers.append(_answer(searched, key_feature, ranks, neighbours))
         return answers
 
-    def _barcode_hits(self, barcodes: Sequence[str], names: Sequence[Any] | None) -> Any:
-        """``(query, key row) -> {percent_identity, overlap, bin}`` for barcode queries, or None when the key
-        records hold no barcodes (a key folder built without records)."""
-        from bioscan_clip.baselines.identity import alignment_identity
-        from bioscan_clip.data.barcodes import clean_barcodes
-
-        if self.records is None or "dna_barcode" not in self.records.column_names:
-            return None
+    def _identify_by_hits(
+        self,
+        barcodes: Sequence[str],
+        dna_vectors: np.ndarray | None,
+        k: int,
+        restrict: Mapping[str, str | Sequence[str]] | None,
+        names: Sequence[Any] | None,
+    ) -> list[Identification]:
+        """Answers from the barcode hits: per rank the call of :meth:`BarcodeSearch.calls`, the top ``k`` hits as
+        neighbours with their identity, overlap and BIN."""
+        search = self.barcode_search
         queries = clean_barcodes(barcodes, names)
-        wanted = [c for c in ("processid", "dna_barcode", "dna_bin") if c in self.records.column_names]
-        columns = self.records.select_columns(wanted)
+        all_hits = search.hits(queries, dna_vectors, restrict=restrict)
+        ids = search.kmer.column("processid")
+        shown = np.concatenate([hits.rows[:k] for hits in all_hits] + [np.zeros(0, dtype=np.int64)])
+        bins = self._record_values("dna_bin", shown)
+        answers = []
+        for hits in all_hits:
+            ranks = [
+                RankPrediction(rank, call.label, call.agreement, call.identity, call.confident)
+                for rank, call in search.calls(hits).items()
+            ]
+            neighbours = [
+                Neighbour(
+                    row=int(row),
+                    processid=ids[int(row)],
+                    similarity=round(float(identity), 4),
+                    taxonomy={rank: search.labels[rank][int(row)] for rank in TAXONOMIC_RANKS},
+                    percent_identity=round(100 * float(identity), 2),
+                    overlap=int(overlap),
+                    bin=bins.get(int(row)),
+                )
+                for row, identity, overlap in zip(hits.rows[:k], hits.identity[:k], hits.overlap[:k], strict=True)
+            ]
+            answers.append(_answer(DNA, HITS_FEATURE, ranks, neighbours))
+        return answers
 
-        def hit(query: int, row: int) -> dict[str, Any]:
-            record = columns[row]
-            if not record["dna_barcode"]:  # a key without barcode (an image-only record)
-                return {"bin": record.get("dna_bin")}
-            [key] = clean_barcodes([record["dna_barcode"]], [record.get("processid", row)])
-            identity, overlap = alignment_identity(queries[query], key)
-            return {"percent_identity": round(100 * identity, 2), "overlap": overlap, "bin": record.get("dna_bin")}
-
-        return hit
+    def _record_values(self, column: str, rows: np.ndarray) -> dict[int, Any]:
+        """``row -> value`` of one key-record column for some rows ({} when the records lack it)."""
+        if self.records is None or column not in self.records.column_names or not len(rows):
+            return {}
+        wanted = sorted({int(r) for r in rows})
+        values = self.records.data.column(column).take(pa.array(wanted, type=pa.int64())).to_pylist()
+        return dict(zip(wanted, values, strict=True))
 
     def key_image(self, row: int) -> Image.Image | None:
         """The stored image of key ``row``, decoded by the safe loader, or None when it has none."""
@@ -325,7 +428,7 @@ class Identifier:
 
 
 def identify(
-    model: str | Path,
+    model: str | Path | None,
     keys: str | Path,
     images: Sequence[Any] | None = None,
     barcodes: Sequence[str] | None = None,

@@ -352,7 +352,8 @@ class KeyIndex:
             raise BioscanInputError(f"queries have dimension {matrix.shape[1]} but the keys have {self.dim}")
         return l2_normalize(matrix, "queries") if self.normalize else matrix
 
-    def _column(self, name: str) -> np.ndarray:
+    def column(self, name: str) -> np.ndarray:
+        """One key column (e.g. ``"species"``) as an object array, one value per key row (read once, cached)."""
         if name not in self._column_cache:
             if name not in self.keys.column_names or name == EMBEDDING_COLUMN:
                 raise BioscanInputError(f"unknown key column {name!r}; columns are {self.keys.column_names}")
@@ -380,14 +381,19 @@ class KeyIndex:
             allowed = [values] if isinstance(values, str) else list(values)
             if not allowed:
                 raise BioscanInputError(f"restrict[{column!r}] is empty; give at least one value")
-            selected &= np.isin(self._column(column), np.asarray(allowed, dtype=object))
+            selected &= np.isin(self.column(column), np.asarray(allowed, dtype=object))
         ids = np.flatnonzero(selected).astype(np.int64)
         if ids.size == 0:
             raise BioscanInputError(f"no key matches restrict={dict(restrict)!r}")
         return ids
 
     def search(
-        self, queries: np.ndarray, k: int, *, restrict: Mapping[str, str | Sequence[str]] | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        restrict: Mapping[str, str | Sequence[str]] | None = None,
+        rows: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest keys of each query.
 
@@ -396,6 +402,8 @@ class KeyIndex:
             k (`int`): Neighbours per query; at most the number of searchable keys.
             restrict (`dict[str, str | list[str]]`, *optional*): Search only keys matching these column values, e.g.
                 ``{"order": ["Diptera"]}`` (a faiss ``IDSelector``; returned indices are rows of the full key table).
+            rows (`np.ndarray`, *optional*): Search only these key rows (sorted int64), e.g. the keys left when some
+                labels are held out; instead of ``restrict``.
 
         Returns:
             `tuple[np.ndarray, np.ndarray]`: ``scores`` ``(queries, k)`` float32, best first, and ``indices``
@@ -415,13 +423,14 @@ class KeyIndex:
         k = int(k)
         params = None
         searchable = len(self.keys)
-        if restrict is not None:
-            allowed = self.restrict_ids(restrict)
+        if restrict is not None or rows is not None:
+            allowed = self.restrict_ids(restrict) if rows is None else np.asarray(rows, dtype=np.int64)
             searchable = int(allowed.size)
             selector = faiss.IDSelectorBatch(allowed)
             params = self._entry.search_parameters(self.index, selector)
         if k > searchable:
             scope = f"keys matching {dict(restrict)!r}" if restrict is not None else "keys"
+            scope = "keys of the rows given" if rows is not None else scope
             raise BioscanInputError(f"k={k} is larger than the {searchable} searchable {scope}")
         rerank = int(self.manifest["index_params"].get("rerank", 0))
         candidates = min(max(k, rerank), searchable) if rerank else k
@@ -507,7 +516,7 @@ class KeyIndex:
         scores, indices = self.search(queries, k, restrict=restrict)
         if columns is None:
             columns = [rank for rank in TAXONOMIC_RANKS if rank in self.keys.column_names]
-        labels = {column: self._column(column)[indices].tolist() for column in columns}
+        labels = {column: self.column(column)[indices].tolist() for column in columns}
         return RetrievalResult(scores=scores, indices=indices, labels=labels)
 
     def exact_search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

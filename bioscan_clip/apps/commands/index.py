@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bioscan_clip.apps.commands.options import add_data_arguments, add_field_arguments, data_spec
-from bioscan_clip.features import KEY_FEATURES
+from bioscan_clip.features import INDEXED_FEATURES
 from bioscan_clip.identification.build import build_index
 from bioscan_clip.identification.calibration import DEFAULT_PRECISION
 from bioscan_clip.retrieval.index_types import (
@@ -31,9 +31,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "calibrated on the validation queries (or, without them, leave-one-out over the keys) with a share of the "
         "labels held out of the keys, so that the thresholds see queries whose answer is not in the library; "
         "calibration.json reports the precision and coverage of confident calls and the novel-species detection "
-        "AUROC, calibration.png the reliability diagram. `predict` and the demo read it without re-embedding."
+        "AUROC, calibration.png the reliability diagram. Keys with barcodes also get a 5-mer profile index and "
+        "identity thresholds calibrated on the library itself (each key identified against the others, a share of "
+        "each rank's labels held out): barcodes are answered by their hits re-ranked by alignment identity. "
+        "`predict` and the demo read it without re-embedding."
     )
-    parser.add_argument("--model", required=True, help="a saved model folder or a Hub model repository id")
+    parser.add_argument(
+        "--model",
+        help="a saved model folder or a Hub model repository id; without one only the barcodes are indexed (5-mer "
+        "profiles, identity calibration): `predict` then identifies barcodes by alignment, no model needed",
+    )
     add_data_arguments(parser)
     parser.add_argument("--out", required=True, help="the key folder to write (replaced if it is one)")
     parser.add_argument(
@@ -74,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     report = json.loads((out / "calibration.json").read_text())
-    print(f"wrote key folder {out}: features {sorted(p.name for p in out.iterdir() if p.name in KEY_FEATURES)}")
+    print(f"wrote key folder {out}: features {sorted(p.name for p in out.iterdir() if p.name in INDEXED_FEATURES)}")
     print_calibration(report, out)
     for name, recall in report.get("recall_at_5", {}).items():
         print(f"  {name}: recall@5 of the {args.index_type} index against exact search {recall:.3f}")
@@ -91,7 +98,7 @@ def print_calibration(report: dict[str, Any], out: Path) -> None:
 
     for pair, thresholds in report.get("thresholds", {}).items():
         pair_report = report.get("report", {}).get(pair, {})
-        print(f"  {pair}: similarity thresholds " + ", ".join(f"{r} {t:.3f}" for r, t in thresholds.items()))
+        print(f"  {pair}: thresholds " + ", ".join(f"{r} {t:.3f}" for r, t in thresholds.items()))
         for rank, entry in pair_report.get("ranks", {}).items():
             print(
                 f"    {rank:<8} confident calls: precision {percent(entry['precision'])} %, coverage "

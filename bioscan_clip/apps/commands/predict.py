@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,9 @@ import pandas as pd
 
 from bioscan_clip.apps.commands.options import add_query_arguments, batches, collect_queries, query_name, write_rows
 from bioscan_clip.features import KEY_FEATURES
-from bioscan_clip.identification.identifier import Identifier
+from bioscan_clip.identification.barcode_search import DEFAULT_HITS
+from bioscan_clip.identification.identifier import DEFAULT_NEIGHBOURS, Identifier
+from bioscan_clip.safe_io import atomic_output_file
 from modeling_bioscanclip import BioscanInputError
 
 
@@ -31,19 +34,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Identify specimens against a key folder (from `bioscan-clip index`): one row per query with the predicted "
         "taxon at each rank, its confidence, the deepest rank whose confidence passes its calibrated threshold, an "
-        "'unknown species' flag and the k nearest keys, in the order of the input; every row also names what made "
+        "'unknown species' flag and the k nearest keys, in the order of the input. A barcode is answered by its "
+        "hits, as BOLD and BLAST answer: candidate keys (5-mer profile and, with a model, the learned DNA "
+        "embedding) re-ranked by alignment identity, each hit with percent identity, overlap, processid, BIN and "
+        "taxonomy (the neighbours column; --hits writes them one per row); every row also names what made "
         "it (bioscan_clip_version, model, model_revision, keys_manifest_sha256). A photo and a barcode of the same "
-        "specimen (the FASTA id is the photo's file name, or one row of --table) are searched together (averaged "
-        "image+DNA embedding)."
+        "specimen (the FASTA id is the photo's file name, or one row of --table) are identified together: at each "
+        "rank the barcode's call where it is confident, else the averaged image+DNA embedding's."
     )
-    parser.add_argument("--model", required=True, help="a saved model folder or a Hub model repository id")
+    parser.add_argument(
+        "--model",
+        help="a saved model folder or a Hub model repository id (needed for images; barcodes are identified by "
+        "alignment against the keys' barcodes without one)",
+    )
     parser.add_argument(
         "--keys",
         required=True,
         help="a key folder written by `bioscan-clip index`, or a key library (folder or Hub dataset repository id)",
     )
     add_query_arguments(parser)
-    parser.add_argument("--k", type=int, default=5, help="nearest keys per query (default 5)")
+    parser.add_argument(
+        "--k",
+        type=int,
+        help=f"hits per barcode query (default {DEFAULT_HITS}, as BOLD lists) or nearest keys per image query "
+        f"(default {DEFAULT_NEIGHBOURS})",
+    )
     parser.add_argument(
         "--key_feature",
         choices=KEY_FEATURES,
@@ -56,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="search only keys of these taxa, e.g. order=Diptera,Hymenoptera",
     )
     parser.add_argument("--out", default="predictions.parquet", help="output .parquet, .csv or .json")
+    parser.add_argument(
+        "--hits",
+        metavar="FILE.tsv",
+        help="also write the barcode hits one per row, as BLAST's tabular output (query, hit processid, percent "
+        "identity, overlap, then BIN and taxonomy)",
+    )
     parser.add_argument("--batch_size", type=int, default=32)
 
 
@@ -87,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
                 progress.update(len(batch))
     out = Path(args.out)
     write_rows(rows, out)
+    if args.hits:
+        write_hits(rows, Path(args.hits))
     table = pd.DataFrame(rows)[
         ["id", "order", "family", "genus", "species", "deepest_confident_rank", "unknown_species"]
     ]
@@ -96,6 +119,24 @@ def run(args: argparse.Namespace) -> int:
         print("\nagreement with the table's own labels (queries labelled at that rank): " + agreement)
     print(f"\nwrote {len(rows)} predictions to {out}")
     return 0
+
+
+HIT_COLUMNS = ("query", "hit", "percent_identity", "overlap", "bin", "order", "family", "genus", "species")
+
+
+def write_hits(rows: list[dict[str, Any]], path: Path) -> None:
+    """The barcode hits of every row, one per line (BLAST ``-outfmt 6`` order: query, hit, % identity, alignment
+    length; then BIN and taxonomy), written to a temporary file and renamed into place."""
+    lines = ["\t".join(HIT_COLUMNS)]
+    for row in rows:
+        for hit in json.loads(row["neighbours"]):
+            if hit.get("percent_identity") is None:
+                continue
+            values = [row["id"], hit["processid"], hit["percent_identity"], hit["overlap"], hit.get("bin"),
+                      *(hit["taxonomy"].get(rank) for rank in HIT_COLUMNS[5:])]  # fmt: skip
+            lines.append("\t".join("" if value is None else str(value) for value in values))
+    with atomic_output_file(path, "hits") as temporary:
+        temporary.write_text("\n".join(lines) + "\n")
 
 
 def _truth_columns(query: dict[str, Any]) -> dict[str, Any]:

@@ -169,7 +169,7 @@ def test_train_index_predict_a_real_bold_library(realdata, tmp_path, capsys, fla
     keys = tmp_path / "keys"
     common = ["--source", "bold", "--data_dir", str(library), "--cache_dir", str(tmp_path / "cache")]
     assert cli.main(["index", "--model", str(model), *common, "--out", str(keys)]) == 0
-    assert "features ['dna', 'text']" in capsys.readouterr().out
+    assert "features ['dna', 'kmer', 'text']" in capsys.readouterr().out
     assert len(datasets.load_from_disk(str(keys / "records"))) == n_records  # every record is a key
 
     out = tmp_path / "predictions.csv"

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from bioscan_clip.apps.cli import SUBCOMMANDS, main
 from bioscan_clip.data.spec import load_splits, role_records
@@ -309,6 +310,66 @@ def test_barcode_neighbours_report_identity_overlap_and_bin(trained_tiny, key_fo
         [key] = clean_barcodes([records[neighbour.row]["dna_barcode"]])
         identity, overlap = alignment_identity(cleaned, key)
         assert (neighbour.percent_identity, neighbour.overlap) == (round(100 * identity, 2), overlap)
+
+
+def test_barcode_answer_is_its_best_alignment_hit(trained_tiny, key_folder):
+    """The product's barcode answer: hits sorted by identity, drawn from the 5-mer and the model's nearest keys,
+    every rank the best hit's label, confident exactly where the best identity reaches the library's calibrated
+    threshold."""
+    from bioscan_clip.data.barcodes import clean_barcodes
+    from bioscan_clip.identification.barcode_search import ALIGNMENT_PAIR, CANDIDATES
+
+    identifier = Identifier.load(trained_tiny, key_folder)
+    search = identifier.barcode_search
+    assert search is not None and search.dna is not None  # model candidates beside the 5-mer's
+    thresholds = identifier.calibration["thresholds"][ALIGNMENT_PAIR]
+    barcodes = identifier.records.select(range(0, 40, 8))["dna_barcode"]
+    answers = identifier.identify(barcodes=barcodes)
+    features = identifier.embed(barcodes=barcodes)
+    candidates = search.candidates(clean_barcodes(barcodes), features["dna"], count=25)  # k 5-mer candidates
+    for answer, rows in zip(answers, candidates, strict=True):
+        identities = [n.percent_identity for n in answer.neighbours]
+        assert identities == sorted(identities, reverse=True) and len(identities) == min(25, len(rows))
+        assert {n.row for n in answer.neighbours} <= set(rows.tolist()) and len(rows) > CANDIDATES  # both sources
+        best = answer.neighbours[0]
+        for prediction in answer.ranks:
+            assert prediction.label == best.taxonomy[prediction.rank]
+            assert prediction.confident == (best.percent_identity / 100 >= thresholds[prediction.rank])
+        assert answer.unknown_species == (not answer.ranks[-1].confident)
+
+
+def test_barcodes_indexed_and_identified_without_a_model(tmp_path, realdata, capsys):
+    """A lab with a BOLD export and no model: `index` writes the 5-mer index and identity thresholds calibrated on
+    the library, `predict --fasta` answers with the hits (BLAST-style rows in --hits), provenance says no model,
+    and images are refused in one line."""
+    table = realdata / "coi_fulltax_sample.tsv"
+    keys = tmp_path / "keys"
+    data = ["--source", "bold", "--partition", "none", "--data_dir", str(table), "--cache_dir", str(tmp_path / "c")]
+    assert main(["index", *data, "--out", str(keys)]) == 0
+    assert "dna->dna (alignment identity): thresholds" in capsys.readouterr().out
+    manifest = json.loads((keys / "key_folder.json").read_text())
+    assert manifest["features"] == ["kmer"] and manifest["model"] is None
+    records = pd.read_csv(table, sep="\t")
+    records = records[records["nuc"].notna() & records["species"].notna()].head(3)
+    fasta = tmp_path / "q.fasta"
+    pairs = zip(records["processid"], records["nuc"], strict=True)
+    fasta.write_text("".join(f">{pid}\n{seq[30:]}\n" for pid, seq in pairs))
+    out, hits = tmp_path / "p.json", tmp_path / "hits.tsv"
+    assert main(["predict", "--keys", str(keys), "--fasta", str(fasta), "--out", str(out), "--hits", str(hits)]) == 0
+    rows = json.loads(out.read_text())
+    assert [row["id"] for row in rows] == records["processid"].tolist()
+    for row, species in zip(rows, records["species"], strict=True):
+        assert row["model"] == "none" and row["species"] == species
+        neighbours = json.loads(row["neighbours"])
+        assert neighbours[0]["percent_identity"] == 100.0 and len(neighbours) == 25
+    lines = [line.split("\t") for line in hits.read_text().splitlines()]
+    assert lines[0][:4] == ["query", "hit", "percent_identity", "overlap"] and len(lines) == 1 + 3 * 25
+    first = [float(line[2]) for line in lines[1:26]]
+    assert first == sorted(first, reverse=True) and {line[0] for line in lines[1:]} == set(records["processid"])
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8)).save(image)
+    assert main(["predict", "--keys", str(keys), "--images", str(image), "--out", str(tmp_path / "i.json")]) == 2
+    assert "no model" in capsys.readouterr().err
 
 
 def test_predict_restricted_to_a_taxon(tmp_path, trained_tiny, key_folder, mini_dir, mini_cache):

@@ -109,7 +109,7 @@ def test_cli_indexes_a_metadata_only_dataset_with_an_image_dna_text_model(tmp_pa
         cli.main(["index", "--model", str(trained_tiny), "--dataset_path", str(saved), "--out", str(tmp_path / "k")])
         == 0
     )
-    assert "features ['dna', 'text']" in capsys.readouterr().out
+    assert "features ['dna', 'kmer', 'text']" in capsys.readouterr().out
     keys = datasets.load_from_disk(str(tmp_path / "k" / "records"))
     assert len(keys) == len(splits["train"]) + len(splits["key_unseen"])
     # The same from the CLI flags on the builder: a metadata-only read of the 5M layout.
@@ -117,7 +117,7 @@ def test_cli_indexes_a_metadata_only_dataset_with_an_image_dna_text_model(tmp_pa
         "index", "--model", str(trained_tiny), "--source", "mini", "--data_dir", str(mini_dir),
         "--cache_dir", str(tmp_path / "cache2"), "--image_package", "none", "--out", str(tmp_path / "k2"),
     ])  # fmt: skip
-    assert code == 0 and "features ['dna', 'text']" in capsys.readouterr().out
+    assert code == 0 and "features ['dna', 'kmer', 'text']" in capsys.readouterr().out
 
 
 def test_data_options_reach_the_builder(tmp_path):

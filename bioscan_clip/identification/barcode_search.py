@@ -20,6 +20,7 @@ set a threshold (too few keys with the rank) BOLD-style identity thresholds are 
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,7 @@ CANDIDATES = 20  # per candidate index: the 5-mer's and the model's
 DEFAULT_HITS = 25  # hits reported per query, as BOLD's identification engine lists
 MARGIN = 0.0  # identity (0..1) below the best that still counts as near-best: chosen in the README's measurements
 ALIGNMENT_PAIR = "dna->dna (alignment identity)"  # its name in calibration.json
+_HAS_KMER = re.compile(r"[ACGT]{5}")
 
 
 @dataclass
@@ -188,12 +190,15 @@ class BarcodeSearch:
         rows: np.ndarray | None = None,
         own_rows: np.ndarray | None = None,
     ) -> list[np.ndarray]:
-        """Per query, its ``count`` nearest keys by 5-mer profile, then its ``count`` nearest by ``dna_vectors``
-        (when given and the keys have a DNA index), each row once; only keys of ``restrict`` or ``rows`` are
-        searched, and never a query's own row (``own_rows``, leave-one-out)."""
-        sources = [(self.kmer, kmer_profile(queries))]
+        """Per query, its ``count`` nearest keys by 5-mer profile, then its :data:`CANDIDATES` nearest by
+        ``dna_vectors`` (when given and the keys have a DNA index), each row once; only keys of ``restrict`` or
+        ``rows`` are searched, and never a query's own row (``own_rows``, leave-one-out)."""
+        # A query too short for one 5-mer (a few bases) has no 5-mer candidates: no hits, so no answer, not an error.
+        profiled = np.array([_HAS_KMER.search(query) is not None for query in queries], dtype=bool)
+        profiles = kmer_profile([q for q, ok in zip(queries, profiled, strict=True) if ok]) if profiled.any() else []
+        sources = [(self.kmer, profiles, count)]
         if dna_vectors is not None and self.dna is not None:
-            sources.append((self.dna, dna_vectors))
+            sources.append((self.dna, dna_vectors, CANDIDATES))
         searchable = len(self)
         if restrict is not None:
             searchable = len(self.kmer.restrict_ids(restrict))
@@ -201,15 +206,19 @@ class BarcodeSearch:
             searchable = len(rows)
         extra = 1 if own_rows is not None else 0
         found = []
-        for index, vectors in sources:
-            k = min(count + extra, searchable)
-            if k == 0:
+        for index, vectors, wanted in sources:
+            k = min(wanted + extra, searchable)
+            if k == 0 or not len(vectors):
                 found.append(np.full((len(queries), 0), -1, dtype=np.int64))
                 continue
             _, indices = index.search(vectors, k, restrict=restrict, rows=rows)
+            if len(indices) < len(queries):  # the 5-mer source, without the unprofiled queries
+                padded = np.full((len(queries), k), -1, dtype=np.int64)
+                padded[profiled] = indices
+                indices = padded
             if own_rows is not None:
                 indices = np.where(indices == np.asarray(own_rows)[:, None], -1, indices)
-                indices = np.array([row[row >= 0][:count] for row in indices], dtype=object)
+                indices = np.array([row[row >= 0][:wanted] for row in indices], dtype=object)
             found.append(indices)
         return merge_candidates(*found)
 
@@ -219,9 +228,12 @@ class BarcodeSearch:
         dna_vectors: np.ndarray | None = None,
         *,
         restrict: Mapping[str, str | Sequence[str]] | None = None,
+        count: int = CANDIDATES,
     ) -> list[Hits]:
-        """Each query's hits among its candidates (:meth:`candidates`), best first."""
-        return align_candidates(queries, self.barcodes, self.candidates(queries, dna_vectors, restrict=restrict))
+        """Each query's hits among its candidates (:meth:`candidates`, ``count`` of them by 5-mer profile), best
+        first."""
+        found = self.candidates(queries, dna_vectors, count=count, restrict=restrict)
+        return align_candidates(queries, self.barcodes, found)
 
     def calls(self, hits: Hits) -> dict[str, RankCall]:
         """The answer at every rank from one query's hits."""

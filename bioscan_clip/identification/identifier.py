@@ -53,7 +53,7 @@ from bioscan_clip.safe_io import SEAL_KEY, read_json
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError, load_image_safely
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
-from .barcode_search import ALIGNMENT_PAIR, DEFAULT_HITS, BarcodeSearch, KeyBarcodes
+from .barcode_search import ALIGNMENT_PAIR, CANDIDATES, DEFAULT_HITS, BarcodeSearch, KeyBarcodes
 from .calibration import DEFAULT_VOTE_TEMPERATURE
 from .key_folder import CALIBRATION_FILE, config_hash, key_records, verify_key_folder
 from .library import resolve_key_folder, resolve_key_library
@@ -309,14 +309,18 @@ class Identifier:
         """
         if not images and not barcodes:
             raise BioscanInputError("expected images and/or barcodes to identify, got neither")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+            raise BioscanInputError(f"k must be a positive int, got {k!r}")
         by_hits = bool(barcodes) and key_feature in (None, DNA) and self.barcode_search is not None
         features = self.embed(images, barcodes, names) if (images or not by_hits or self._dna_candidates) else {}
         if not by_hits:
-            return self._identify_by_embedding(features, key_feature, k or DEFAULT_NEIGHBOURS, restrict)
-        hit_answers = self._identify_by_hits(barcodes, features.get(DNA), k or DEFAULT_HITS, restrict, names)
+            return self._identify_by_embedding(features, key_feature, DEFAULT_NEIGHBOURS if k is None else k, restrict)
+        hit_answers = self._identify_by_hits(
+            barcodes, features.get(DNA), DEFAULT_HITS if k is None else k, restrict, names
+        )
         if not images:
             return hit_answers
-        specimen = self._identify_by_embedding(features, None, k or DEFAULT_NEIGHBOURS, restrict)
+        specimen = self._identify_by_embedding(features, None, DEFAULT_NEIGHBOURS if k is None else k, restrict)
         return [_paired(by_barcode, by_both) for by_barcode, by_both in zip(hit_answers, specimen, strict=True)]
 
     @property
@@ -382,7 +386,7 @@ class Identifier:
         neighbours with their identity, overlap and BIN."""
         search = self.barcode_search
         queries = clean_barcodes(barcodes, names)
-        all_hits = search.hits(queries, dna_vectors, restrict=restrict)
+        all_hits = search.hits(queries, dna_vectors, restrict=restrict, count=max(CANDIDATES, k))  # k hits to list
         ids = search.kmer.column("processid")
         shown = np.concatenate([hits.rows[:k] for hits in all_hits] + [np.zeros(0, dtype=np.int64)])
         bins = self._record_values("dna_bin", shown)

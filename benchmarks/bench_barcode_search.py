@@ -42,8 +42,8 @@ SECTION = "Barcode identifier at scale"
 # size -> (key counts, queries for the product, queries aligned by brute force)
 SETTINGS = {
     "smoke": ((5_000,), 100, 3),
-    "default": ((100_000,), 1_000, 6),
-    "large": ((100_000, 1_000_000), 2_000, 4),
+    "default": ((100_000,), 1_000, 10),
+    "large": ((1_000_000,), 2_000, 3),
 }
 FLAT_MAX_KEYS = 200_000  # beyond, the 5-mer profiles (1024-d) are searched with IVF
 TARGET_RECALL, TARGET_SPEEDUP, TARGET_RATE = 0.99, 100.0, 500.0

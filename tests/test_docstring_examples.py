@@ -14,6 +14,8 @@ MODULES = [
     "modeling_bioscanclip.image_processing_bioscanclip",
     "modeling_bioscanclip.processing_bioscanclip",
     "bioscan_clip.baselines.kmer",
+    "bioscan_clip.baselines.identity",
+    "bioscan_clip.identification.barcode_search",
 ]
 
 

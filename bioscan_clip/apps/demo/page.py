@@ -56,10 +56,13 @@ NEIGHBOUR_HEADERS = ["#", "Key specimen", *[rank.capitalize() for rank in TAXONO
 
 HOW_TO_READ = """
 ### How to read the results
-- **Prediction at each rank**: the taxon of the nearest key specimen (1-nearest neighbour, as in the
-  BIOSCAN-CLIP paper). *Confidence* is the similarity-weighted share of the nearest keys that agree with it.
-- **Confident?** says whether the nearest key is similar enough to trust that rank: the threshold of each rank was
-  calibrated on validation specimens so that confident answers were right about 90 % of the time.
+- **Prediction at each rank**: for a barcode, the taxon of its best *hit*, the key barcode most identical to it
+  once aligned (candidates from the 5-mer and the model's nearest keys; *Nearest similarity* is then that identity,
+  *Confidence* the share of equally identical hits that agree); for a photo, the taxon of the nearest key specimen
+  (1-nearest neighbour, as in the BIOSCAN-CLIP paper), *Confidence* the similarity-weighted share of the nearest
+  keys that agree. A photo with its barcode takes each rank from the barcode where the barcode is confident.
+- **Confident?** says whether the best hit (or nearest key) is close enough to trust that rank: the threshold of
+  each rank was calibrated on the library so that confident answers were right about 90 % of the time.
 - **Deepest confident rank**: how far down (order → family → genus → species) the answer can be trusted.
 - **Unknown species?** raised when the species rank is not confident: the specimen may belong to a species that is
   not among the keys (its genus or family can still be right).

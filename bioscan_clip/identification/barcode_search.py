@@ -16,6 +16,8 @@ the best identity reaches that rank's threshold, calibrated on the library itsel
 as the embeddings are calibrated) so that confident calls reach the target precision; where calibration could not
 set a threshold (too few keys with the rank) BOLD-style identity thresholds are used instead
 (:data:`~bioscan_clip.baselines.identity.IDENTITY_THRESHOLDS`: species 98 %, genus 95 %, family 90 %, order 85 %).
+Each rank's threshold is at least the coarser ranks' (a species call names its genus), so the confident ranks of
+an answer always run from order down.
 """
 
 from __future__ import annotations
@@ -279,8 +281,11 @@ def calibrate_barcode_search(
         predicted[rank] = [label for label, _, _ in calls]
         scores[rank] = np.array([identity if label is not None else -np.inf for label, identity, _ in calls])
     result = calibrate_calls(scores, predicted, truth, key_labels, held_out, rows, precision, ALIGNMENT_PAIR)
-    for rank, entry in result["report"]["ranks"].items():
+    coarser = 0.0
+    for rank, entry in result["report"]["ranks"].items():  # order to species
         if entry["method"] == METHOD_NONE:
             result["thresholds"][rank] = entry["threshold"] = IDENTITY_THRESHOLDS[rank]
             entry["method"] = "BOLD-style identity threshold (too few keys to calibrate)"
+        # A species call names its genus: a finer rank is never confident where a coarser one is not.
+        coarser = result["thresholds"][rank] = entry["threshold"] = max(coarser, result["thresholds"][rank])
     return result

@@ -129,12 +129,14 @@ def test_index_embeds_its_keys_to_disk_and_indexes_them_from_there(
         np.testing.assert_allclose(scores[:, 0], 1, atol=1e-5)
 
 
-def _launch_embed(processes: int, embed_args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+def _launch_embed(
+    processes: int, embed_args: list[str], timeout: int = 600, subcommand: str = "embed"
+) -> subprocess.CompletedProcess:
     """`accelerate launch ... -m bioscan_clip.apps.cli embed EMBED_ARGS` as a user types it (on CPU, 2 processes need
-    --multi_gpu: without it Accelerate starts one)."""
+    --multi_gpu: without it Accelerate starts one); ``subcommand`` launches another sharded command."""
     flags = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     launcher = ["--multi_gpu", "--num_processes", "2", *flags] if processes == 2 else ["--num_processes", "1", *flags]
-    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "-m", "bioscan_clip.apps.cli", "embed"]
+    command = [sys.executable, "-m", "accelerate.commands.launch", *launcher, "-m", "bioscan_clip.apps.cli", subcommand]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [*command, *embed_args], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO_ROOT
@@ -231,3 +233,40 @@ def test_embed_shards_photos_and_fasta_and_a_failing_shard_ends_the_job(tmp_path
     assert errors and "broken.jpg" in errors[0], failed.stderr[-4000:]
     assert "[rank0]" not in failed.stderr and "[rank1]" not in failed.stderr  # no worker traceback, only one-liners
     assert not failed_out.exists() and not list(tmp_path.glob(".failed.parquet.tmp-*"))
+
+
+def test_predict_streams_its_parts_and_shards_over_two_processes_into_what_one_process_writes(
+    tmp_path, realdata, monkeypatch
+):
+    """predict writes its rows in parts (memory holds one part) and merges them into the same table, in every output
+    format; under `accelerate launch` with 2 processes each identifies a contiguous shard and the one output equals
+    the 1-process one, row for row (barcodes against a model-free key folder of real BOLD records)."""
+    from bioscan_clip.apps.commands import predict
+
+    table = realdata / "coi_fulltax_sample.tsv"
+    keys = tmp_path / "keys"
+    data = ["--source", "bold", "--partition", "none", "--data_dir", str(table), "--cache_dir", str(tmp_path / "c")]
+    assert main(["index", *data, "--out", str(keys)]) == 0
+    queries = tmp_path / "queries.tsv"
+    pd.read_csv(table, sep="\t", dtype=str).iloc[::20].to_csv(queries, sep="\t", index=False)  # 21 labelled rows
+    inputs = ["--keys", str(keys), "--table", str(queries), "--batch_size", "4"]
+    whole = {suffix: tmp_path / f"whole{suffix}" for suffix in (".parquet", ".csv", ".json")}
+    for path in whole.values():
+        assert main(["predict", *inputs, "--out", str(path)]) == 0
+    monkeypatch.setattr(predict, "PART_SIZE", 5)  # 21 queries -> 5 parts
+    for suffix, path in whole.items():
+        parted = tmp_path / f"parted{suffix}"
+        assert main(["predict", *inputs, "--out", str(parted), "--hits", str(tmp_path / "hits.tsv")]) == 0
+        if suffix != ".parquet":  # text outputs: the very same bytes
+            assert parted.read_bytes() == path.read_bytes()
+        read = {".parquet": pd.read_parquet, ".csv": pd.read_csv, ".json": pd.read_json}[suffix]
+        pd.testing.assert_frame_equal(read(parted), read(path))
+    assert not list(tmp_path.glob(".*parts-*"))  # the parts are gone once merged
+    assert len(pd.read_csv(tmp_path / "hits.tsv", sep="\t")) == 21 * 25
+
+    sharded = tmp_path / "sharded.parquet"
+    result = _launch_embed(2, [*inputs, "--out", str(sharded)], subcommand="predict")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "(2 processes)" in result.stdout and "process 1 of 2: queries 11-21 of 21" in result.stderr
+    one, two = pd.read_parquet(whole[".parquet"]), pd.read_parquet(sharded)
+    pd.testing.assert_frame_equal(two, one)

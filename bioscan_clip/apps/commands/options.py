@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +194,73 @@ def write_rows(rows: list[dict[str, Any]], out: Path) -> None:
             temporary.write_text(frame.to_json(orient="records", indent=2))
         else:
             frame.to_parquet(temporary, index=False)
+
+
+class RowParts:
+    """Output rows written in parts as they are made, so memory holds one part whatever the query count; the parts
+    are merged in order into the one output by :func:`merge_parts` (from every process of a sharded job: the
+    processes share one filesystem, one machine or a shared disk)."""
+
+    def __init__(self, out: Path) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.parts-", dir=out.parent))
+        self.files: list[str] = []
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        path = self.folder / f"{len(self.files):06d}.parquet"
+        pd.DataFrame(rows).to_parquet(path, index=False)
+        self.files.append(str(path))
+
+
+def merge_parts(files: list[str], out: Path, each: Callable[[pd.DataFrame], None] | None = None) -> int:
+    """Writes the rows of the part files, in order, to ``out`` (.parquet, .csv or .json) through a temporary file
+    renamed when complete, reading one part at a time; ``each`` sees every part's rows. Returns the row count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+
+    def parts() -> Iterator[tuple[pa.Table, pd.DataFrame]]:
+        for path in files:  # each part with every column of the output, in the output's types
+            table = pq.read_table(path)
+            table = pa.Table.from_arrays(
+                [table[f.name].cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
+                 for f in schema], schema=schema,
+            )  # fmt: skip
+            frame = table.to_pandas()
+            if each is not None:
+                each(frame)
+            yield table, frame
+
+    count = 0
+    with atomic_output_file(out) as temporary:
+        if out.suffix == ".csv":
+            with open(temporary, "w", encoding="utf-8", newline="") as text:
+                for _, frame in parts():
+                    frame.to_csv(text, header=count == 0, index=False)
+                    count += len(frame)
+        elif out.suffix == ".json":
+            with open(temporary, "w", encoding="utf-8") as text:
+                text.write("[")
+                for _, frame in parts():
+                    if len(frame):
+                        text.write(
+                            ("," if count else "") + "\n" + frame.to_json(orient="records", indent=2)[1:-1].strip("\n")
+                        )
+                    count += len(frame)
+                text.write("\n]")
+        else:
+            writer = pq.ParquetWriter(temporary, schema)
+            try:
+                for table, _ in parts():
+                    writer.write_table(table)
+                    count += len(table)
+            finally:
+                writer.close()
+    return count
+
+
+def remove_parts(files: list[str], *folders: Path) -> None:
+    """Removes the part files' folders (and ``folders``) once merged or abandoned."""
+    for folder in {Path(f).parent for f in files} | set(folders):
+        shutil.rmtree(folder, ignore_errors=True)

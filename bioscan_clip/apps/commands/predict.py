@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from bioscan_clip.apps.commands.options import add_query_arguments, batches, collect_queries, query_name, write_rows
+from bioscan_clip.apps.commands.options import (
+    RowParts,
+    add_query_arguments,
+    batches,
+    collect_queries,
+    merge_parts,
+    query_name,
+    remove_parts,
+)
 from bioscan_clip.features import KEY_FEATURES
 from bioscan_clip.identification.barcode_search import DEFAULT_HITS
 from bioscan_clip.identification.identifier import DEFAULT_NEIGHBOURS, Identifier
@@ -40,7 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "taxonomy (the neighbours column; --hits writes them one per row); every row also names what made "
         "it (bioscan_clip_version, model, model_revision, keys_manifest_sha256). A photo and a barcode of the same "
         "specimen (the FASTA id is the photo's file name, or one row of --table) are identified together: at each "
-        "rank the barcode's call where it is confident, else the averaged image+DNA embedding's."
+        "rank the barcode's call where it is confident, else the averaged image+DNA embedding's. Rows are written "
+        "in parts as they are made (memory stays flat for any number of queries); under `accelerate launch "
+        "--num_processes N` (on CPU add --multi_gpu) each process identifies a contiguous shard of the queries and "
+        "the main process writes the one output, the same rows in the same order."
     )
     parser.add_argument(
         "--model",
@@ -80,77 +92,145 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=int, default=32)
 
 
+PART_SIZE = 2048  # queries per output part: memory holds one part's rows, whatever the number of queries
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from bioscan_clip.sharding import ShardFailedError, process_shard
+
     queries = collect_queries(args)  # the inputs are read and checked before any model is loaded
     restrict = parse_restrict(args.restrict)
-    identifier = Identifier.load(args.model, args.keys)
-    provenance = identifier.provenance  # on every row: a table copied elsewhere still says what made it
-    # Queries of one kind (image, barcode, both) are identified in batches together; rows keep the input's order.
-    rows: list[dict[str, Any] | None] = [None] * len(queries)
-    kinds = [(q.get("image") is not None, "barcode" in q) for q in queries]
-    with tqdm(total=len(queries), desc="identifying", leave=False) as progress:
-        for with_image, with_barcode in sorted(set(kinds)):
-            positions = [i for i, kind in enumerate(kinds) if kind == (with_image, with_barcode)]
-            for batch in batches(positions, args.batch_size):
-                group = [queries[i] for i in batch]
-                answers = identifier.identify(
-                    images=[q["image"] for q in group] if with_image else None,
-                    barcodes=[q["barcode"] for q in group] if with_barcode else None,
-                    k=args.k,
-                    key_feature=args.key_feature,
-                    restrict=restrict,
-                    names=[query_name(q) for q in group],
-                )
-                for i, query, answer in zip(batch, group, answers, strict=True):
-                    rows[i] = {"id": query["id"], **answer.to_row(), **_truth_columns(query), **provenance}
-                progress.update(len(batch))
     out = Path(args.out)
-    write_rows(rows, out)
-    if args.hits:
-        write_hits(rows, Path(args.hits))
-    table = pd.DataFrame(rows)[
-        ["id", "order", "family", "genus", "species", "deepest_confident_rank", "unknown_species"]
-    ]
-    print(table.to_string(index=False, max_rows=30))
-    agreement = _agreement(rows)
+    shard = process_shard()
+    parts = None
+    try:
+        identifier = Identifier.load(args.model, args.keys)
+        provenance = identifier.provenance  # on every row: a table copied elsewhere still says what made it
+        shard.announce({"queries": len(queries)})
+        start, stop = shard.bounds(len(queries))
+        parts = RowParts(out)
+        with tqdm(total=stop - start, desc="identifying", leave=False, disable=not shard.is_main) as progress:
+            for first in range(start, stop, PART_SIZE):
+                chunk = queries[first : min(stop, first + PART_SIZE)]
+                parts.write(_identify_part(identifier, chunk, args, restrict, provenance, progress))
+        files = shard.gather(parts.files)  # the only collective, once every shard is done
+    except ShardFailedError as error:  # one line, not a traceback: the failed process has printed the cause
+        remove_parts([], *([parts.folder] if parts else []))
+        raise SystemExit(f"bioscan-clip predict: {error}; nothing was written") from None
+    except BaseException:
+        remove_parts([], *([parts.folder] if parts else []))
+        raise
+    finally:
+        shard.close()
+    if not shard.is_main:
+        return 0  # the main process merges every process's parts into the one output
+    files = [path for rank_files in files for path in rank_files]
+    summary = _Summary()
+    try:
+        with contextlib.ExitStack() as stack:
+            hits = None
+            if args.hits:
+                hits = stack.enter_context(open(stack.enter_context(atomic_output_file(Path(args.hits), "hits")), "w"))
+                hits.write("\t".join(HIT_COLUMNS) + "\n")
+            count = merge_parts(files, out, each=lambda frame: summary.add(frame, hits))
+    finally:
+        remove_parts(files, parts.folder)
+    print(summary.table.to_string(index=False) + (f"\n... ({count - len(summary.table)} more)" if count > 30 else ""))
+    agreement = summary.agreement()
     if agreement:
         print("\nagreement with the table's own labels (queries labelled at that rank): " + agreement)
-    print(f"\nwrote {len(rows)} predictions to {out}")
+    processes = f" ({shard.world_size} processes)" if shard.world_size > 1 else ""
+    print(f"\nwrote {count} predictions to {out}{processes}")
     return 0
+
+
+def _identify_part(
+    identifier: Identifier,
+    queries: list[dict[str, Any]],
+    args: argparse.Namespace,
+    restrict: dict[str, list[str]] | None,
+    provenance: dict[str, str],
+    progress: Any,
+) -> list[dict[str, Any]]:
+    """The rows of some queries, in their order: queries of one kind (image, barcode, both) are identified in
+    batches together."""
+    rows: list[dict[str, Any] | None] = [None] * len(queries)
+    kinds = [(q.get("image") is not None, "barcode" in q) for q in queries]
+    for with_image, with_barcode in sorted(set(kinds)):
+        positions = [i for i, kind in enumerate(kinds) if kind == (with_image, with_barcode)]
+        for batch in batches(positions, args.batch_size):
+            group = [queries[i] for i in batch]
+            answers = identifier.identify(
+                images=[q["image"] for q in group] if with_image else None,
+                barcodes=[q["barcode"] for q in group] if with_barcode else None,
+                k=args.k,
+                key_feature=args.key_feature,
+                restrict=restrict,
+                names=[query_name(q) for q in group],
+            )
+            for i, query, answer in zip(batch, group, answers, strict=True):
+                rows[i] = {"id": query["id"], **answer.to_row(), **_truth_columns(query), **provenance}
+            progress.update(len(batch))
+    return rows
+
+
+class _Summary:
+    """What predict prints, gathered part by part as the output is merged: the first rows, the agreement with the
+    table's labels; and the barcode hits, one per line, to ``hits`` when given."""
+
+    SHOWN = ["id", "order", "family", "genus", "species", "deepest_confident_rank", "unknown_species"]
+
+    def __init__(self) -> None:
+        self.heads: list[pd.DataFrame] = []
+        self.counts: dict[str, list[int]] = {}
+
+    @property
+    def table(self) -> pd.DataFrame:
+        return pd.concat(self.heads) if self.heads else pd.DataFrame(columns=self.SHOWN)
+
+    def add(self, frame: pd.DataFrame, hits: Any | None) -> None:
+        shown = sum(len(head) for head in self.heads)
+        if shown < 30:
+            self.heads.append(frame[self.SHOWN].head(30 - shown))
+        for rank in ("order", "family", "genus", "species"):
+            if f"label_{rank}" in frame:
+                labelled = frame[frame[f"label_{rank}"].notna() & (frame[f"label_{rank}"] != "")]
+                if len(labelled):
+                    right, total = self.counts.setdefault(rank, [0, 0])
+                    self.counts[rank] = [
+                        right + int((labelled[rank] == labelled[f"label_{rank}"]).sum()),
+                        total + len(labelled),
+                    ]
+        if hits is not None:
+            for query, neighbours in zip(frame["id"], frame["neighbours"], strict=True):
+                hits.writelines(_hit_lines(query, neighbours))
+
+    def agreement(self) -> str:
+        """Per rank, how often the prediction equals the table's own label, over the queries labelled there."""
+        return ", ".join(
+            f"{rank} {100 * right / total:.1f}% of {total}" for rank, (right, total) in self.counts.items()
+        )
 
 
 HIT_COLUMNS = ("query", "hit", "percent_identity", "overlap", "bin", "order", "family", "genus", "species")
 
 
-def write_hits(rows: list[dict[str, Any]], path: Path) -> None:
-    """The barcode hits of every row, one per line (BLAST ``-outfmt 6`` order: query, hit, % identity, alignment
-    length; then BIN and taxonomy), written to a temporary file and renamed into place."""
-    lines = ["\t".join(HIT_COLUMNS)]
-    for row in rows:
-        for hit in json.loads(row["neighbours"]):
-            if hit.get("percent_identity") is None:
-                continue
-            values = [row["id"], hit["processid"], hit["percent_identity"], hit["overlap"], hit.get("bin"),
-                      *(hit["taxonomy"].get(rank) for rank in HIT_COLUMNS[5:])]  # fmt: skip
-            lines.append("\t".join("" if value is None else str(value) for value in values))
-    with atomic_output_file(path, "hits") as temporary:
-        temporary.write_text("\n".join(lines) + "\n")
+def _hit_lines(query: Any, neighbours: str) -> list[str]:
+    """One query's barcode hits as tab-separated lines (BLAST ``-outfmt 6`` order: query, hit, % identity,
+    alignment length; then BIN and taxonomy)."""
+    lines = []
+    for hit in json.loads(neighbours):
+        if hit.get("percent_identity") is None:
+            continue
+        values = [query, hit["processid"], hit["percent_identity"], hit["overlap"], hit.get("bin"),
+                  *(hit["taxonomy"].get(rank) for rank in HIT_COLUMNS[5:])]  # fmt: skip
+        lines.append("\t".join("" if value is None else str(value) for value in values) + "\n")
+    return lines
 
 
 def _truth_columns(query: dict[str, Any]) -> dict[str, Any]:
     """``label_<rank>``: the query table's own taxonomy, beside the prediction (absent when the table has none)."""
     truth = query.get("truth")
     return {f"label_{rank}": value for rank, value in truth.items()} if truth else {}
-
-
-def _agreement(rows: list[dict[str, Any]]) -> str:
-    """Per rank, how often the prediction equals the table's own label, over the queries labelled at that rank."""
-    parts = []
-    for rank in ("order", "family", "genus", "species"):
-        pairs = [(row.get(rank), row[f"label_{rank}"]) for row in rows if row.get(f"label_{rank}")]
-        if pairs:
-            hits = sum(predicted == label for predicted, label in pairs)
-            parts.append(f"{rank} {100 * hits / len(pairs):.1f}% of {len(pairs)}")
-    return ", ".join(parts)

@@ -32,6 +32,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Figure, standalone  # noqa: E402
 
+from bioscan_clip.identification.barcode_search import CANDIDATES  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REALDATA = REPO_ROOT.parent / "shared" / "realdata"
 SOURCES = (
@@ -42,11 +44,12 @@ SECTION = "Barcode identifier at scale"
 # size -> (key counts, queries for the product, queries aligned by brute force)
 SETTINGS = {
     "smoke": ((5_000,), 100, 3),
-    "default": ((100_000,), 1_000, 10),
+    "default": ((100_000,), 1_000, 20),
     "large": ((1_000_000,), 2_000, 3),
 }
 FLAT_MAX_KEYS = 200_000  # beyond, the 5-mer profiles (1024-d) are searched with IVF
 TARGET_RECALL, TARGET_SPEEDUP, TARGET_RATE = 0.99, 100.0, 500.0
+WIDE_CANDIDATES = 50  # measured beside the default: what more 5-mer candidates buy in recall and cost in speed
 BASES = np.frombuffer(b"ACGT", dtype=np.uint8)
 _INDEX = np.zeros(256, dtype=np.int64)
 _INDEX[BASES] = np.arange(4)
@@ -128,42 +131,44 @@ def measure_one(count: int, n_queries: int, n_brute: int, real: tuple, rng: np.r
         mutate(real_keys[int(i)], float(rng.uniform(0, 0.01)), rng) for i in rng.integers(len(real_keys), size=half)
     ]
     queries = known + [novel[int(i)] for i in rng.integers(len(novel), size=n_queries - half)]
-    started = time.perf_counter()
-    hits = search.hits(queries)
-    rate = len(queries) / (time.perf_counter() - started)
     # Brute force on a few queries, alternately known and novel.
     picked = [i for pair in zip(range(half), range(half, n_queries), strict=False) for i in pair][:n_brute]
     started = time.perf_counter()
     truth = [brute_force(queries[i], barcodes) for i in picked]
     brute_rate = len(picked) / (time.perf_counter() - started)
-    same = [int(hits[i].rows[0]) in best_rows for i, (_, best_rows) in zip(picked, truth, strict=True)]
-    # The recall on all product queries too, where brute force is replaced by the product's own hits: not a figure.
-    recall = float(np.mean(same))
     index_note = "flat" if count <= FLAT_MAX_KEYS else "IVF (nprobe 32)"
     where = f"{count:,} keys"
-    return [
-        Figure(
-            name=f"barcode identification, {where}",
-            value=round(rate, 1),
-            unit="queries/s",
-            baseline="brute-force alignment of every key",
-            baseline_value=round(brute_rate, 4),
-            target=f">= {TARGET_SPEEDUP:.0f}x brute force"
-            + (f", >= {TARGET_RATE:.0f}/s" if count >= 1_000_000 else ""),
-            met=rate / brute_rate >= TARGET_SPEEDUP and (count < 1_000_000 or rate >= TARGET_RATE),
-            note=f"5-mer {index_note} index built in {build_seconds:.0f} s; {len(queries)} queries, half from key "
-            f"species, half novel; one process",
-            extra={"peak_rss_mb": round(peak_rss_mb())},
-        ),
-        Figure(
-            name=f"same best hit as brute force, {where}",
-            value=round(recall, 3),
-            unit="share of queries",
-            target=f">= {TARGET_RECALL:.0%}",
-            met=recall >= TARGET_RECALL,
-            note=f"on the {len(picked)} queries aligned to every key (brute force costs one alignment per key)",
-        ),
-    ]
+    figures = []
+    for candidates in (CANDIDATES, WIDE_CANDIDATES):  # the product's default, and more 5-mer candidates
+        started = time.perf_counter()
+        hits = search.hits(queries, count=candidates)
+        rate = len(queries) / (time.perf_counter() - started)
+        recall = float(np.mean([int(hits[i].rows[0]) in rows for i, (_, rows) in zip(picked, truth, strict=True)]))
+        setting = f"{candidates} 5-mer candidates" + (" (default)" if candidates == CANDIDATES else "")
+        figures += [
+            Figure(
+                name=f"barcode identification, {where}, {setting}",
+                value=round(rate, 1),
+                unit="queries/s",
+                baseline="brute-force alignment of every key",
+                baseline_value=round(brute_rate, 4),
+                target=f">= {TARGET_SPEEDUP:.0f}x brute force"
+                + (f", >= {TARGET_RATE:.0f}/s" if count >= 1_000_000 else ""),
+                met=rate / brute_rate >= TARGET_SPEEDUP and (count < 1_000_000 or rate >= TARGET_RATE),
+                note=f"5-mer {index_note} index built in {build_seconds:.0f} s; {len(queries)} queries, half from "
+                "key species, half novel; one process",
+                extra={"peak_rss_mb": round(peak_rss_mb())},
+            ),
+            Figure(
+                name=f"same best hit as brute force, {where}, {setting}",
+                value=round(recall, 3),
+                unit="share of queries",
+                target=f">= {TARGET_RECALL:.0%}",
+                met=recall >= TARGET_RECALL,
+                note=f"on the {len(picked)} queries aligned to every key (brute force costs one alignment per key)",
+            ),
+        ]
+    return figures
 
 
 def measure(size: str) -> list[Figure]:

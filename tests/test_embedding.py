@@ -261,7 +261,7 @@ def test_predict_streams_its_parts_and_shards_over_two_processes_into_what_one_p
             assert parted.read_bytes() == path.read_bytes()
         read = {".parquet": pd.read_parquet, ".csv": pd.read_csv, ".json": pd.read_json}[suffix]
         pd.testing.assert_frame_equal(read(parted), read(path))
-    assert not list(tmp_path.glob(".*parts-*"))  # the parts are gone once merged
+    assert not list(tmp_path.glob(".*.parts.tmp-*"))  # the parts are gone once merged
     assert len(pd.read_csv(tmp_path / "hits.tsv", sep="\t")) == 21 * 25
 
     sharded = tmp_path / "sharded.parquet"

@@ -8,7 +8,6 @@ import argparse
 import logging
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from bioscan_clip.data.spec import DataSpec
-from bioscan_clip.safe_io import atomic_output_file
+from bioscan_clip.safe_io import atomic_output_file, staging_dir
 from dataset_scripts.queries import BARCODE_COLUMNS, read_fasta, read_query_table
 from modeling_bioscanclip import BioscanInputError
 from modeling_bioscanclip.constants_bioscanclip import IMAGE_FORMATS
@@ -202,8 +201,8 @@ class RowParts:
     processes share one filesystem, one machine or a shared disk)."""
 
     def __init__(self, out: Path) -> None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        self.folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.parts-", dir=out.parent))
+        # A staging folder: one left by a killed run is removed by the next (its process is gone).
+        self.folder = staging_dir(out.with_name(f"{out.name}.parts"))
         self.files: list[str] = []
 
     def write(self, rows: list[dict[str, Any]]) -> None:

@@ -4,6 +4,7 @@
     python benchmarks/run.py --size smoke          # seconds per benchmark (what tests/test_benchmarks.py runs)
     python benchmarks/run.py --size large          # the scale claims (long)
     python benchmarks/run.py --only training       # the benchmarks whose file name contains "training"
+    python benchmarks/run.py --only barcode --update   # re-run those sections only, keeping the report's others
 
 A benchmark is a `benchmarks/bench_*.py` module with `SECTION` and `measure(size) -> list[Figure]` (common.py).
 Each runs in a fresh Python process (its thread settings and memory cannot leak into the next, and a crash is
@@ -160,7 +161,8 @@ def render(report: dict[str, Any]) -> str:
         f"Written by `python benchmarks/run.py --size {report['size']}` on {report['date']} "
         f"({report['seconds']:.0f} s in all). Each figure is beside its baseline (the straightforward code, "
         "measured in the same run) and, where one exists, its limit; ratio = figure / baseline, oriented so that "
-        "> 1 is better. Other work on the machine disturbs timings: ratios come from interleaved runs, best of N.",
+        "> 1 is better. Other work on the machine disturbs timings: ratios come from interleaved runs, best of N."
+        + (" Sections re-run since with `--update` say when." if report.get("updated") else ""),
         "",
         "## Machine",
         "",
@@ -185,7 +187,8 @@ def render(report: dict[str, Any]) -> str:
     lines.append("")
     for record in report["benchmarks"]:
         title = record.get("section") or record["module"]
-        lines += [f"## {title}", "", f"`{record['module']}`, {record.get('seconds', '?')} s.", ""]
+        when = f", re-run on {record['date']} at --size {record['size']}" if record.get("date") else ""
+        lines += [f"## {title}", "", f"`{record['module']}`, {record.get('seconds', '?')} s{when}.", ""]
         if "error" in record:
             lines += ["**FAILED**:", "", "```", record["error"], "```", ""]
             continue
@@ -221,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=SIZES, default="default")
     parser.add_argument("--only", action="append", help="run the benchmarks whose file name contains this (repeatable)")
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"), help="the Markdown report (JSON beside it)")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="replace only the sections run now in the existing report (each re-run section says its date and size)",
+    )
     parser.add_argument("--bench_dir", default=str(HERE), help=argparse.SUPPRESS)
     parser.add_argument("--timeout", type=float, help="seconds per benchmark (default by size)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: measure one module
@@ -257,6 +265,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {record.get('seconds')} s, {state}", file=sys.stderr, flush=True)
     report["seconds"] = round(time.perf_counter() - started, 1)
     out = Path(args.out)
+    if args.update and out.with_suffix(".json").is_file():
+        for record in report["benchmarks"]:
+            record.update(date=report["date"], size=args.size)
+        fresh = {record["module"]: record for record in report["benchmarks"]}
+        previous = json.loads(out.with_suffix(".json").read_text())
+        kept = [fresh.pop(r["module"], r) for r in previous["benchmarks"]]  # in place, in the report's order
+        report = {**previous, "benchmarks": kept + list(fresh.values()), "updated": report["date"]}
     out.parent.mkdir(parents=True, exist_ok=True)
     from bioscan_clip.safe_io import atomic_output_file
 

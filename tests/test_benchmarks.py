@@ -35,6 +35,27 @@ def test_runner_smoke_size_writes_every_section(tmp_path, realdata):
     assert "threadpoolctl" in text and "| figure | value | baseline |" in text
 
 
+@pytest.mark.slow
+def test_update_reruns_only_the_sections_asked_for_and_keeps_the_others(tmp_path, realdata):
+    """`--only X --update` replaces X's section in the existing report (saying when it was re-run) and keeps the
+    others as they were, so one benchmark can be refreshed without re-running the ten minutes of all."""
+    out = tmp_path / "RESULTS.md"
+    command = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--size", "smoke", "--only", "barcode_search",
+               "--out", str(out)]  # fmt: skip
+    assert subprocess.run(command, capture_output=True, timeout=600).returncode == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    kept = {"module": "bench_other.py", "section": "Other", "seconds": 1.0,
+            "figures": [{"name": "kept figure", "value": 1.0, "unit": "x"}]}  # fmt: skip
+    report["benchmarks"].insert(0, kept)
+    out.with_suffix(".json").write_text(json.dumps(report))
+    assert subprocess.run([*command, "--update"], capture_output=True, timeout=600).returncode == 0
+    updated = json.loads(out.with_suffix(".json").read_text())
+    assert [r["module"] for r in updated["benchmarks"]] == ["bench_other.py", "bench_barcode_search.py"]
+    assert updated["benchmarks"][0] == kept and updated["benchmarks"][1]["size"] == "smoke"
+    text = out.read_text()
+    assert "## Other" in text and "kept figure" in text and "re-run on" in text and "--update" in text
+
+
 def test_gpu_check_skips_cleanly_without_cuda_and_is_not_a_runner_benchmark():
     """benchmarks/gpu_check.py: one line and exit 0 where there is no GPU; the runner never collects it."""
     script = ROOT / "benchmarks" / "gpu_check.py"

@@ -101,7 +101,7 @@ def read_table(path: str | Path, *, usecols: list[str] | None = None, sep: str |
     path, options = _read_options(Path(path), usecols, sep)
     with _reading(path, options["sep"]):
         frame = pd.read_csv(path, **options)
-    return _tidy(frame, options["sep"])
+    return _tidy(frame, options["sep"], path)
 
 
 def read_table_chunks(
@@ -118,7 +118,7 @@ def read_table_chunks(
                 frame = next(reader, None)
             if frame is None:
                 return
-            yield _tidy(frame, options["sep"])
+            yield _tidy(frame, options["sep"], path)
 
 
 def _read_options(path: Path, usecols: list[str] | None, sep: str | None) -> tuple[Path, dict[str, Any]]:
@@ -156,8 +156,14 @@ def _reading(path: Path, sep: str):
         raise DataIntegrityError(f"{path}: empty file; expected a table with a header row") from None
 
 
-def _tidy(frame: pd.DataFrame, sep: str) -> pd.DataFrame:
-    frame.columns = [str(c).strip().strip('"').strip() for c in frame.columns]
+def _tidy(frame: pd.DataFrame, sep: str, path: Path) -> pd.DataFrame:
+    names = [str(c).strip().strip('"').strip() for c in frame.columns]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:  # two columns of one name: a cell could not say which it belongs to
+        raise DataIntegrityError(
+            f"{path}: the header names {', '.join(map(repr, twice))} more than once; give each column its own name"
+        )
+    frame.columns = names
     if sep == "\t":
         for column in frame.columns:
             frame[column] = _unquote(frame[column])

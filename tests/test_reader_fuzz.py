@@ -9,6 +9,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -82,3 +83,16 @@ def test_bold_builder_reads_or_refuses_with_one_clear_error(content):
             assert_one_clear_line(error, path)
         finally:
             path.unlink()
+
+
+def test_a_header_naming_one_column_twice_is_refused_by_name(tmp_path):
+    """Found by the fuzz test above (`"\t ` : two columns that both strip to ''): one error naming the file and
+    the name, where a cell could otherwise not say which column it belongs to."""
+    from dataset_scripts.tables import read_table
+
+    for header in (b'"\t \n', b'"id"\tid \n1\t2\n'):  # names equal once quotes and spaces go
+        path = tmp_path / "twice.tsv"
+        path.write_bytes(header)
+        with pytest.raises(BioscanInputError, match="more than once") as raised:
+            read_table(path)
+        assert str(path) in str(raised.value)

@@ -116,11 +116,10 @@ def run(args: argparse.Namespace) -> int:
                 chunk = queries[first : min(stop, first + PART_SIZE)]
                 parts.write(_identify_part(identifier, chunk, args, restrict, provenance, progress))
         files = shard.gather(parts.files)  # the only collective, once every shard is done
-    except ShardFailedError as error:  # one line, not a traceback: the failed process has printed the cause
+    except BaseException as error:
         remove_parts([], *([parts.folder] if parts else []))
-        raise SystemExit(f"bioscan-clip predict: {error}; nothing was written") from None
-    except BaseException:
-        remove_parts([], *([parts.folder] if parts else []))
+        if isinstance(error, ShardFailedError):  # one line, not a traceback: the failed process printed the cause
+            raise SystemExit(f"bioscan-clip predict: {error}; nothing was written") from None
         raise
     finally:
         shard.close()

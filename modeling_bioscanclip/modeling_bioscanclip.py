@@ -24,6 +24,10 @@ from transformers.utils import ModelOutput, can_return_tuple
 from .configuration_bioscanclip import MODALITIES, BioscanClipConfig
 from .errors_bioscanclip import BioscanInputError
 
+# Imported so that `save_pretrained` copies the pipelines' code beside the model's (transformers copies the files
+# a module imports relatively), where `transformers.pipeline` loads the classes that `custom_pipelines` names.
+from .pipeline_bioscanclip import custom_pipelines
+
 # Output fields of the logits of each pair, rows indexed by the first modality (the MODALITIES order).
 PAIR_LOGITS_FIELDS = {
     ("image", "dna"): "logits_per_image_dna",
@@ -643,6 +647,13 @@ class BioscanClipModel(BioscanClipPreTrainedModel):
                 if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
                     tensor.data = tensor.data.clone()
         return loaded
+
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+        """transformers' ``save_pretrained``; ``config.json`` also names the pipelines this model serves
+        (``custom_pipelines``, see :mod:`pipeline_bioscanclip`), whose code is saved with the model's, as
+        ``auto_map`` names the classes."""
+        self.config.custom_pipelines = custom_pipelines(self.config.modalities)
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     # ---- building from pretrained towers ----------------------------------------------------------------------
     @classmethod

@@ -98,10 +98,12 @@ def export_model(
     if pickled:
         raise BioscanInputError(f"{model_dir}: holds pickled files ({', '.join(pickled)}); refusing to publish them")
     config = json.loads((model_dir / "config.json").read_text())
-    for entry in (config.get("auto_map") or {}).values():
+    named = [("auto_map", entry) for entry in (config.get("auto_map") or {}).values()]
+    named += [("custom_pipelines", entry.get("impl")) for entry in (config.get("custom_pipelines") or {}).values()]
+    for field, entry in named:
         module = str(entry).split(".")[0]
         if not (model_dir / f"{module}.py").is_file():
-            raise BioscanInputError(f"{model_dir}: config.json's auto_map names {module}.py, which is missing")
+            raise BioscanInputError(f"{model_dir}: config.json's {field} names {module}.py, which is missing")
     if not (model_dir / "dna_tokenizer" / "tokenizer_config.json").is_file():
         raise BioscanInputError(f"{model_dir}: no dna_tokenizer/tokenizer_config.json; save the processor with it")
     out = _fresh_out(out)

@@ -47,9 +47,11 @@ KEY_FOLDER_VERSION = 1
 
 
 # What the config hash leaves out, at every level: where the model was loaded from, which library version wrote it,
-# and the dtype it was loaded in (None in memory, float32 once saved).
+# the dtype it was loaded in (None in memory, float32 once saved), and the code it names (`auto_map`,
+# `custom_pipelines`: written by save_pretrained, so absent from a model that was never saved).
 _UNHASHED_CONFIG_KEYS = (
-    "_name_or_path", "transformers_version", "_commit_hash", "architectures", "auto_map", "dtype", "torch_dtype",
+    "_name_or_path", "transformers_version", "_commit_hash", "architectures", "auto_map", "custom_pipelines", "dtype",
+    "torch_dtype",
 )  # fmt: skip
 
 

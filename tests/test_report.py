@@ -34,7 +34,7 @@ from modeling_bioscanclip import BioscanClipConfig, BioscanClipModel
 
 PLATE_PHOTOS = "3dlg-hcvc__Bioscan-ImgFilter"
 EXEMPLARS = "zahrag__BIOSCAN-1M/order_exemplar_images"
-ODONATA = "bge-barcoding__bold-library-curation/test_odonata_small.tsv"
+BOLD_EXPORT = "bge-barcoding__bold-library-curation/BOLD_test.tsv"  # the portal's older TSV, as exported
 CRAFTED_TAXON = '<script>alert("taxon")</script>'
 CRAFTED_PROCESSID = 'KEY<img src=x onerror=alert(1)>&"1"'
 CRAFTED_QUERY = "Q<b onclick=x>&amp;7"  # an id from the query table, and a photo file name with markup in it
@@ -153,7 +153,7 @@ def test_report_of_real_photos_is_one_self_contained_page(photo_library, realdat
         photos = [src for where, kind, src in page.images if where == f"q{number}" and "query-photo" in kind]
         assert len(photos) == 1
         thumbnail = decode_data_uri(photos[0])
-        assert max(thumbnail.size) == 240 and thumbnail.size[0] > thumbnail.size[1]  # 1024x768 scaled down
+        assert max(thumbnail.size) == 320 and thumbnail.size[0] > thumbnail.size[1]  # 1024x768 scaled down
         keys_shown = [src for where, kind, src in page.images if where == f"q{number}" and kind == "key-photo"]
         assert len(keys_shown) == 5  # every key has a photo; the 5 nearest are shown
         nearest = json.loads(predictions["neighbours"].iloc[number - 1])
@@ -233,12 +233,12 @@ def test_report_opens_in_headless_chromium_with_its_photos_decoded(photo_library
 
 
 def test_report_of_a_real_bold_export_shows_each_barcode_hit_table(realdata, tmp_path, capsys):
-    """Barcodes only (no model): the library is the real Odonata export with one record's names crafted, the queries
-    the real export itself; each query's hits are listed with identity, overlap, processid and BIN."""
-    source = realdata / ODONATA
+    """Barcodes only (no model): the library is a real BOLD export with one record's names crafted, the queries the
+    real export itself; each query's hits are listed with identity, overlap, processid and BIN."""
+    source = realdata / BOLD_EXPORT
     raw = pd.read_csv(source, sep="\t", dtype=str, keep_default_na=False, quoting=csv.QUOTE_NONE)
     library = raw.copy()
-    victim = library.index[(library["species"] != "None") & (library["nuc"].str.len() > 500)][0]
+    victim = library.index[(library["species"] != "None") & (library["nucraw"].str.len() > 500)][0]
     library.loc[victim, ["genus", "species"]] = ["Aus & Bus", CRAFTED_TAXON]
     library_path = tmp_path / "library.tsv"
     library.to_csv(library_path, sep="\t", index=False, quoting=csv.QUOTE_NONE)

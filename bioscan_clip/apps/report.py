@@ -49,8 +49,8 @@ from bioscan_clip.safe_io import atomic_output_file
 from modeling_bioscanclip import BioscanInputError, load_image_safely
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
-QUERY_THUMBNAIL = 240  # pixels, longest side: enough to recognise a specimen, ~10 kB as JPEG
-KEY_THUMBNAIL = 120
+QUERY_THUMBNAIL = 320  # pixels, longest side: a specimen in a plate well stays recognisable, ~15 kB as JPEG
+KEY_THUMBNAIL = 160
 KEY_PHOTOS = 5  # key photos per query (the table below them lists every neighbour)
 JPEG_QUALITY = 75
 KEY_THUMBNAIL_CACHE = 512  # encoded key thumbnails kept: a key near many queries is decoded once (~4 kB each)
@@ -192,7 +192,7 @@ class _Overview:
         self.kinds: Counter[str] = Counter()
         self.deepest: Counter[str] = Counter()
         self.unknown = 0
-        self.index: list[tuple[int, str, str, str, str, bool, int, list[str]]] = []  # one line per query
+        self.index: list[tuple[int, str, str, str, str, bool, int, list[str]]] = []  # one line per query (answer: HTML)
         self.provenance: dict[str, str] = {}
         self.labelled = False  # whether the query table had labels
 
@@ -203,9 +203,12 @@ class _Overview:
         self.unknown += bool(answer.row.get("unknown_species"))
         if not self.provenance:
             self.provenance = {name: str(answer.row.get(name)) for name in PROVENANCE if answer.row.get(name)}
-        taxon = answer.label(answer.deepest) if answer.deepest else None
+        if answer.deepest:
+            taxon = f"<i>{_e(answer.label(answer.deepest))}</i>"
+        else:  # the coarsest call, marked unsure
+            taxon = f'<i>{_e(answer.label(TAXONOMIC_RANKS[0]))}</i> <span class="no">(not confident)</span>'
         self.index.append((
-            answer.number, str(answer.row["id"]), answer.kind, taxon or "—", answer.deepest or NONE_CONFIDENT,
+            answer.number, str(answer.row["id"]), answer.kind, taxon, answer.deepest or NONE_CONFIDENT,
             bool(answer.row.get("unknown_species")), len(answer.disagreements()), answer.differs_from_table(),
         ))  # fmt: skip
         self.labelled = self.labelled or bool(answer.labels)
@@ -258,10 +261,10 @@ th{background:#eef1f4;font-weight:600}td.num{text-align:right;font-variant-numer
 .query{background:#fff;border:1px solid #d0d7de;border-radius:8px;padding:14px 16px;margin:18px 0;
 break-inside:avoid}
 .top{display:flex;gap:18px;align-items:flex-start;flex-wrap:wrap}
-figure{margin:0}figcaption{font-size:12px;color:#57606a;max-width:240px;word-break:break-word}
-.query-photo img{max-width:240px;max-height:240px;border:1px solid #d0d7de;background:#000}
-.keys{display:flex;gap:10px;flex-wrap:wrap;margin:8px 0}.keys figure{width:128px}
-.key-photo{width:120px;height:120px;object-fit:contain;background:#000;border:1px solid #d0d7de}
+figure{margin:0}figcaption{font-size:12px;color:#57606a;max-width:320px;word-break:break-word}
+.query-photo img{max-width:320px;max-height:320px;border:1px solid #d0d7de}
+.keys{display:flex;gap:10px;flex-wrap:wrap;margin:8px 0}.keys figure{width:164px}
+.key-photo{width:160px;height:160px;object-fit:contain;background:#eef1f4;border:1px solid #d0d7de}
 .yes{color:#1a7f37;font-weight:600}.no{color:#9a6700}.flag{color:#cf222e;font-weight:600}
 .disagree{background:#fff8f5;border-left:3px solid #cf222e;padding:4px 10px;margin:8px 0}
 .disagree ul{margin:2px 0;padding-left:18px}.none{color:#57606a}
@@ -320,7 +323,7 @@ def _summary_html(summary: _Overview, agreement: Mapping[str, Sequence[int]], ke
                  "or modalities that disagree (each query lists them).</p>\n</div>\n</div>\n")  # fmt: skip
     rows = []
     for number, query, kind, taxon, deepest, unknown, notes, differs in summary.index:
-        cells = [f'<a href="#q{number}">{number}</a>', _e(query), _e(kind), f"<i>{_e(taxon)}</i>", _e(deepest),
+        cells = [f'<a href="#q{number}">{number}</a>', _e(query), _e(kind), taxon, _e(deepest),
                  '<span class="flag">yes</span>' if unknown else "no", str(notes) if notes else ""]  # fmt: skip
         if summary.labelled:
             cells.append(_e(", ".join(differs)) if differs else "")
@@ -349,8 +352,12 @@ def _query_html(answer: _Answer, key_photo: Any) -> str:
     else:
         deepest_text = f"<b>{_e(deepest)}</b>: <i>{_e(answer.label(deepest))}</i>"
     unknown = UNKNOWN_SPECIES if row.get("unknown_species") else KNOWN_SPECIES
+    nearest = ""
+    if answer.neighbours:
+        what = "Best hit" if answer.neighbours[0].get("percent_identity") is not None else "Nearest key"
+        nearest = f"<br><b>{what}:</b> {_e(_closeness(answer.neighbours[0]))} ({_e(answer.neighbours[0]['processid'])})"
     parts.append(f"<p><b>Deepest confident rank:</b> {deepest_text}<br><b>Unknown species?</b> "
-                 f"{_markdown(unknown)}</p>\n")  # fmt: skip
+                 f"{_markdown(unknown)}{nearest}</p>\n")  # fmt: skip
     headers = ["Rank", "Predicted taxon", "Confidence", "Confident?"] + (["Table's label"] if answer.labels else [])
     rows = []
     for rank in TAXONOMIC_RANKS:
@@ -377,12 +384,18 @@ def _query_html(answer: _Answer, key_photo: Any) -> str:
 
 
 def _caption(position: int, neighbour: Mapping[str, Any]) -> str:
-    taxonomy = neighbour["taxonomy"]
-    name = taxonomy.get("species") or taxonomy.get("genus") or "?"
-    closeness = identity_text(neighbour.get("percent_identity"), neighbour.get("overlap"))
-    closeness = closeness or f"similarity {neighbour['similarity']:.3f}"
-    return (f"{position}. <i>{_e(name)}</i> · {_e(taxonomy.get('family') or '?')} · "
-            f"{_e(taxonomy.get('order') or '?')}<br>{_e(closeness)}<br>{_e(neighbour['processid'])}")  # fmt: skip
+    """``1. Diptera › Sciaridae › Bradysia``, how close, the processid: the key's known ranks from order down."""
+    lineage = " › ".join(
+        f"<i>{_e(name)}</i>" for name in (neighbour["taxonomy"].get(r) for r in TAXONOMIC_RANKS) if name
+    )
+    closeness = _closeness(neighbour)
+    return f"{position}. {lineage or '(no taxonomy)'}<br>{_e(closeness)}<br>{_e(neighbour['processid'])}"
+
+
+def _closeness(neighbour: Mapping[str, Any]) -> str:
+    return identity_text(neighbour.get("percent_identity"), neighbour.get("overlap")) or (
+        f"similarity {neighbour['similarity']:.3f}"
+    )
 
 
 def _key_photos_html(neighbours: list[dict[str, Any]], key_photo: Any) -> str:

@@ -172,7 +172,7 @@ def test_report_of_real_photos_is_one_self_contained_page(photo_library, realdat
     assert CRAFTED_PROCESSID not in text and "<img src=x" not in text and "<b onclick" not in text
     # The summary: counts per deepest confident rank add up to the queries; the agreement is what predict printed.
     summary = text.split('<header id="summary">', 1)[1].split("</header>", 1)[0]
-    assert "<b>10</b> queries (10 photo)" in summary
+    assert "<b>10</b> queries (photo: 10)" in summary
     deepest = predictions["deepest_confident_rank"].fillna("none").value_counts()
     for rank, count in deepest.items():
         assert f'<td>{rank}</td><td class="num">{count}</td>' in summary
@@ -265,7 +265,7 @@ def test_report_of_a_real_bold_export_shows_each_barcode_hit_table(realdata, tmp
 
     text, page = read_page(report)
     assert len(page.sections) == len(predictions) > 60 and not page.images and page.scripts == 0
-    assert f"<b>{len(predictions)}</b> queries ({len(predictions)} barcode)" in text
+    assert f"<b>{len(predictions)}</b> queries (barcode: {len(predictions)})" in text
     for number, row in enumerate(predictions.to_dict("records"), start=1):
         section = text.split(f'id="q{number}"', 1)[1].split("</section>", 1)[0]
         assert "<h3>Barcode hits</h3>" in section and "% identity" in section
@@ -300,3 +300,17 @@ def test_disagreements_name_the_ranks_that_came_from_the_other_modality():
     assert _Answer(1, {"id": "Q1"}, agreeing, hits).disagreements() == []
     labelled = _Answer(1, {"id": "Q1"}, agreeing, hits, labels={"genus": "Bradysia", "species": "Bradysia b"})
     assert labelled.differs_from_table() == ["species"]
+
+
+@pytest.mark.parametrize("where", ["folder", "the table"])
+def test_a_report_that_cannot_be_written_is_refused_before_anything_is_identified(tmp_path, capsys, where):
+    fasta = tmp_path / "q.fasta"
+    fasta.write_text(">Q1\nACGTACGTACGTACGTACGT\n")
+    out = tmp_path / "predictions.csv"
+    report = tmp_path if where == "folder" else out
+    argv = ["predict", "--keys", str(tmp_path / "no-keys"), "--fasta", str(fasta), "--out", str(out),
+            "--report", str(report)]  # fmt: skip
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"bioscan-clip predict: error: --report {report}: is ")
+    assert not out.exists()

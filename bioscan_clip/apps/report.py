@@ -58,10 +58,12 @@ PROVENANCE = ("bioscan_clip_version", "model", "model_revision", "keys_manifest_
 NONE_CONFIDENT = "none"  # the deepest confident rank of an answer with no confident rank, in the summary
 
 
-def check_report_path(path: Path) -> None:
-    """Refuses a ``--report`` that cannot be written, before anything is identified."""
+def check_report_path(path: Path, out: Path) -> None:
+    """Refuses a ``--report`` that cannot be written (or would replace the table), before anything is identified."""
     if path.is_dir():
         raise BioscanInputError(f"--report {path}: is a folder; give a file name (report.html)")
+    if path.resolve() == out.resolve():
+        raise BioscanInputError(f"--report {path}: is the --out table; give another file name (report.html)")
 
 
 def write_report(
@@ -157,11 +159,21 @@ def _answers(parts: Sequence[str], queries: Sequence[Mapping[str, Any]]) -> Iter
         for row in pq.read_table(path).to_pylist():
             row = {name: _missing_as_none(value) for name, value in row.items()}
             query = queries[number]
-            if str(query["id"]) != str(row["id"]):  # the parts are the queries' rows in order, or this is a bug
+            if _comparable(query["id"]) and str(query["id"]) != str(row["id"]):  # the rows are the queries' in order
                 raise RuntimeError(f"report: row {number + 1} is {row['id']!r}, the query there {query['id']!r}")
             number += 1
             labels = {r: row[f"label_{r}"] for r in TAXONOMIC_RANKS if row.get(f"label_{r}") not in (None, "")}
             yield _Answer(number, query, row, json.loads(row.get("neighbours") or "[]"), labels)
+
+
+def _comparable(query_id: Any) -> bool:
+    """Whether an id is written to the output as it is (one from a file name that was not UTF-8 may be spelled
+    otherwise there)."""
+    try:
+        str(query_id).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _missing_as_none(value: Any) -> Any:
@@ -297,7 +309,7 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: Seque
 
 def _summary_html(summary: _Overview, agreement: Mapping[str, Sequence[int]], keys: str, synthetic: bool) -> str:
     parts = ['<header id="summary">\n<h1>BIOSCAN-CLIP identification report</h1>\n']
-    kinds = ", ".join(f"{count} {_e(kind)}" for kind, count in summary.kinds.most_common())
+    kinds = ", ".join(f"{_e(kind)}: {count}" for kind, count in summary.kinds.most_common())
     parts.append(f"<p><b>{summary.count}</b> queries ({kinds}) identified against the keys <code>{_e(keys)}</code>."
                  f"</p>\n")  # fmt: skip
     if summary.provenance:

@@ -110,10 +110,10 @@ def run(args: argparse.Namespace) -> int:
     from bioscan_clip.sharding import ShardFailedError, process_shard
 
     queries = collect_queries(args)  # the inputs are read and checked before any model is loaded
-    if args.report:
-        report.check_report_path(Path(args.report))
     restrict = parse_restrict(args.restrict)
     out = Path(args.out)
+    if args.report:
+        report.check_report_path(Path(args.report), out)
     shard = process_shard()
     parts = None
     try:

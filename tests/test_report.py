@@ -185,6 +185,7 @@ def test_report_of_real_photos_is_one_self_contained_page(photo_library, realdat
     assert not list(tmp_path.glob(".report.html.tmp-*"))  # written through a temporary file, renamed
 
 
+@pytest.mark.slow  # a real browser start; the one check that the page renders (issue 27's done-when)
 def test_report_opens_in_headless_chromium_with_its_photos_decoded(photo_library, tmp_path):
     """The page in a real browser: every photo decoded, nothing requested but the file, the crafted name shown as
     text; a full-page screenshot that is not blank."""

@@ -10,6 +10,7 @@ from typing import Any
 
 import pandas as pd
 
+from bioscan_clip.apps import report
 from bioscan_clip.apps.commands.options import (
     RowParts,
     add_query_arguments,
@@ -89,6 +90,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write the barcode hits one per row, as BLAST's tabular output (query, hit processid, percent "
         "identity, overlap, then BIN and taxonomy)",
     )
+    parser.add_argument(
+        "--report",
+        metavar="FILE.html",
+        help="also write one self-contained HTML page to look at (photos embedded, nothing fetched when opened): a "
+        "summary (queries per deepest confident rank, agreement with the table's labels), then per query its "
+        "photo, the nearest key photos, the barcode hits, the answer at each rank with its confidence, the "
+        "unknown-species flag and where ranks or modalities disagree",
+    )
     parser.add_argument("--batch_size", type=int, default=32)
 
 
@@ -103,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
     queries = collect_queries(args)  # the inputs are read and checked before any model is loaded
     restrict = parse_restrict(args.restrict)
     out = Path(args.out)
+    if args.report:
+        report.check_report_path(Path(args.report), out)
     shard = process_shard()
     parts = None
     try:
@@ -134,6 +145,10 @@ def run(args: argparse.Namespace) -> int:
                 hits = stack.enter_context(open(stack.enter_context(atomic_output_file(Path(args.hits), "hits")), "w"))
                 hits.write("\t".join(HIT_COLUMNS) + "\n")
             count = merge_parts(files, out, each=lambda frame: summary.add(frame, hits))
+            if args.report:  # from the same rows, read again part by part
+                report.write_report(
+                    Path(args.report), files, queries, identifier, agreement=summary.counts, keys=str(args.keys)
+                )
     finally:
         remove_parts(files, parts.folder)
     print(summary.table.to_string(index=False) + (f"\n... ({count - len(summary.table)} more)" if count > 30 else ""))
@@ -141,7 +156,9 @@ def run(args: argparse.Namespace) -> int:
     if agreement:
         print("\nagreement with the table's own labels (queries labelled at that rank): " + agreement)
     processes = f" ({shard.world_size} processes)" if shard.world_size > 1 else ""
-    print(f"\nwrote {count} predictions to {out}{processes}")
+    print(
+        f"\nwrote {count} predictions to {out}{processes}" + (f" and the report {args.report}" if args.report else "")
+    )
     return 0
 
 

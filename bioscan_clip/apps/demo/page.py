@@ -32,7 +32,17 @@ import datasets
 import gradio as gr
 from PIL import Image
 
-from bioscan_clip.features import AVERAGED, DNA, IMAGE
+from bioscan_clip.apps.wording import (
+    HOW_TO_READ,
+    KNOWN_SPECIES,
+    NO_CONFIDENT_RANK,
+    QUERY_DESCRIPTIONS,
+    SYNTHETIC_PREFIX,
+    UNKNOWN_SPECIES,
+    identity_text,
+    synthetic_warning,
+)
+from bioscan_clip.features import DNA
 from bioscan_clip.identification.identifier import Identification, Identifier
 from modeling_bioscanclip import BioscanInputError, load_image_safely, normalize_barcode
 from modeling_bioscanclip.constants_bioscanclip import MAX_IMAGE_PIXELS, MAX_RAW_DNA_CHARACTERS, TAXONOMIC_RANKS
@@ -48,27 +58,9 @@ DEFAULT_EXAMPLES_DIR = Path(tempfile.gettempdir()) / "bioscan-clip-demo" / "exam
 DEFAULT_NEIGHBOURS = 5
 MAX_NEIGHBOURS = 10
 GALLERY_THUMBNAIL = 256  # pixels, longest side
-QUERY_DESCRIPTIONS = {AVERAGED: "photo + barcode", IMAGE: "photo", DNA: "barcode"}  # by the feature searched
-SYNTHETIC_PREFIX = "MINI"  # processids of the generated mini-BIOSCAN (dataset_scripts.synth)
 
 RANK_HEADERS = ["Rank", "Predicted taxon", "Confidence", "Nearest similarity", "Confident?"]
 NEIGHBOUR_HEADERS = ["#", "Key specimen", *[rank.capitalize() for rank in TAXONOMIC_RANKS], "Similarity"]
-
-HOW_TO_READ = """
-### How to read the results
-- **Prediction at each rank**: for a barcode, the taxon of its best *hit*, the key barcode most identical to it
-  once aligned (candidates from the 5-mer and the model's nearest keys; *Nearest similarity* is then that identity,
-  *Confidence* the share of equally identical hits that agree); for a photo, the taxon of the nearest key specimen
-  (1-nearest neighbour, as in the BIOSCAN-CLIP paper), *Confidence* the similarity-weighted share of the nearest
-  keys that agree. A photo with its barcode takes each rank from the barcode where the barcode is confident.
-- **Confident?** says whether the best hit (or nearest key) is close enough to trust that rank: the threshold of
-  each rank was calibrated on the library so that confident answers were right about 90 % of the time.
-- **Deepest confident rank**: how far down (order → family → genus → species) the answer can be trusted.
-- **Unknown species?** raised when the species rank is not confident: the specimen may belong to a species that is
-  not among the keys (its genus or family can still be right).
-- **Cross-modal**: the photo alone, compared with the DNA barcodes of the keys: the image and DNA encoders share
-  one embedding space, so a photo can be matched to sequences.
-"""
 
 
 @dataclass
@@ -160,23 +152,22 @@ def _format_neighbours(answer: Identification) -> list[list[Any]]:
 
 
 def _identity_text(neighbour: Any) -> str:
-    """``"99.2 % identity over 658 bp · "`` for a barcode query's hit (what BOLD and BLAST users read), else ``""``."""
-    if neighbour.percent_identity is None:
-        return ""
-    return f"{neighbour.percent_identity:.1f} % identity over {neighbour.overlap} bp · "
+    """``"99.2 % identity over 658 bp · "`` for a barcode query's hit, else ``""``."""
+    text = identity_text(neighbour.percent_identity, neighbour.overlap)
+    return f"{text} · " if text else ""
 
 
 def _summary_markdown(answer: Identification, query: str) -> str:
     deepest = answer.deepest_confident_rank
     if deepest is None:
-        deepest_text = "none: no rank reaches its calibrated similarity threshold"
+        deepest_text = NO_CONFIDENT_RANK
     else:
         label = next(p.label for p in answer.ranks if p.rank == deepest)
         deepest_text = f"**{deepest}**: *{label}*"
     if answer.unknown_species:
-        unknown = "**Yes**: the species rank is not confident; this may be a species absent from the keys."
+        unknown = UNKNOWN_SPECIES
     else:
-        unknown = "No: the species prediction is confident."
+        unknown = KNOWN_SPECIES
     return (
         f"**Query:** {query}, searched against the {answer.key_feature} features of the keys.  \n"
         f"**Deepest confident rank:** {deepest_text}  \n"
@@ -327,9 +318,7 @@ def build_demo(
         )
         if summary.synthetic:
             gr.Markdown(
-                "> ⚠️ **SYNTHETIC keys.** This demo searches the generated *mini-BIOSCAN* data set: the specimens, "
-                "taxon names and barcodes are invented, and the model was trained on them only. Use it to try the "
-                "interface, not to identify real insects.",
+                "> ⚠️ " + synthetic_warning("This demo searches"),
                 elem_id="synthetic-banner",
             )
         gr.Markdown(

@@ -271,9 +271,10 @@ class FloodReport:
 
 
 def large_body_flood(url: str, pid: int, *, threads: int, duration_s: float, sizes_mb: tuple[int, ...],
-                     address: str = FLOODER, settle_s: float = 3.0) -> FloodReport:  # fmt: skip
+                     address: str = FLOODER, spread: bool = True, settle_s: float = 3.0) -> FloodReport:  # fmt: skip
     """``threads`` threads send bodies of ``sizes_mb`` to ``queue/join`` and ``/call/identify``, declared and
-    chunked in turn, while the server's RSS is sampled; the end RSS is taken ``settle_s`` after the flood."""
+    chunked in turn, while the server's RSS is sampled; the end RSS is taken ``settle_s`` after the flood. With
+    ``spread``, each body comes from another loopback address (``127.0.10+T.N``), else all from ``address``."""
     report, statuses, lock = FloodReport(threads, duration_s, sizes_mb), Counter(), threading.Lock()
     report.rss_start_mb = report.rss_peak_mb = rss_mb(pid) or 0.0
     deadline, stop = time.monotonic() + duration_s, threading.Event()
@@ -285,7 +286,9 @@ def large_body_flood(url: str, pid: int, *, threads: int, duration_s: float, siz
             size, route, chunked = sizes_mb[turn % len(sizes_mb)], routes[turn % 2], bool(turn // 2 % 2)
             turn += 1
             try:
-                answer = send_body(url, route, size * 1024 * 1024, chunked=chunked, address=address)
+                # a new address each time, so that the body cap, not the call quota, is what answers
+                source = f"127.0.{10 + number}.{turn % 250 + 1}" if spread else address
+                answer = send_body(url, route, size * 1024 * 1024, chunked=chunked, address=source)
             except OSError as error:
                 with lock:
                     statuses[f"transport {type(error).__name__}"] += 1
@@ -363,8 +366,10 @@ def measure(size: str) -> list[Figure]:
             warm = polite_client(url, 2, pause_s=0.2)  # code paths and the model warmed before anything is timed
             assert warm.answered, f"the demo answered nothing while warming up: {warm}"
             alone = polite_client(url, plan["polite_s"])
+            rss_before_greedy = rss_mb(pid) or float("nan")
             greedy = greedy_beside_polite(url, threads=plan["greedy_threads"], duration_s=plan["greedy_s"])
             time.sleep(2)  # the greedy client's last admitted jobs drain
+            rss_after_greedy = rss_mb(pid) or float("nan")
             flood = large_body_flood(
                 url, pid, threads=plan["flood_threads"], duration_s=plan["flood_s"], sizes_mb=plan["mb"]
             )
@@ -401,7 +406,8 @@ def measure(size: str) -> list[Figure]:
             unit="share of its calls",
             target="every refusal says when to retry",
             met=greedy.retry_after_missing == 0 and refused > 0,
-            note=f"answers {greedy.statuses}; {greedy.retry_after_missing} without Retry-After",
+            note=f"answers {greedy.statuses}; {greedy.retry_after_missing} without Retry-After; server RSS "
+            f"{rss_before_greedy:.0f} MB before, {rss_after_greedy:.0f} MB 2 s after",
         ),
         Figure(
             name=f"server RSS after a flood of {'/'.join(map(str, plan['mb']))} MB bodies to queue/join and call "

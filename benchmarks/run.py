@@ -40,6 +40,7 @@ VERSIONED = ("torch", "numpy", "faiss-cpu", "transformers", "datasets", "acceler
 def load_module(path: Path) -> Any:
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # a benchmark's dataclasses look their module up while it loads
     spec.loader.exec_module(module)
     return module
 

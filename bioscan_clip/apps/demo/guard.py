@@ -62,6 +62,14 @@ CALL_BURST = 10  # ... after a first burst of this many
 PENDING_PER_CLIENT = 2  # a client's identifications waiting or running at once: the rest of the queue stays open
 
 
+# A client that asks again before the Retry-After it was given is answered (429 again) only after this long, so that
+# ignoring Retry-After costs it time instead of costing the server the CPU the others' identifications run on ...
+IGNORED_RETRY_DELAY_S = 2.0
+
+
+MAX_DELAYED_REFUSALS = 256  # ... for at most this many requests held at once (beyond, refused at once)
+
+
 # The routes that start an identification: the page's queue join, the REST calls (``/run``/``/api`` are closed by
 # ``api_open=False`` but counted all the same).
 _CALL_ROUTE = re.compile(r"(?:/gradio_api)?/(?:queue/join|call(?:/v2)?/[^/]+|run/[^/]+|api/[^/]+)/?")
@@ -206,6 +214,8 @@ class DemoGuard:
         self.max_body_bytes = max_body_bytes
         self.trust_forwarded_for = trust_forwarded_for
         self.joining: Counter[str] = Counter()  # calls admitted whose event is not yet surely in the queue
+        self.told_to_wait: OrderedDict[str, float] = OrderedDict()  # client -> until when its last 429 said to wait
+        self.delayed = 0  # refusals being held now
         self.aliases: dict[str, str] = {}  # alias -> server path
         self._path_pattern = re.compile(re.escape(str(cache.folder)) + r"/([0-9a-f]{64})/([^\"'\\?#<>\s]+)")
 
@@ -243,7 +253,7 @@ class DemoGuard:
             refusal = self._call_refusal(client)
             if refusal is not None:
                 text, seconds = refusal
-                return await _plain(send, 429, text, retry_after=seconds, policy=self._call_policy())
+                return await self._too_many(send, client, text, seconds, policy=self._call_policy())
         receive = await self._bounded_body(scope, receive)
         if receive is None:
             limit = self.max_body_bytes // 1024
@@ -261,6 +271,21 @@ class DemoGuard:
         if method == "GET" and path in _REWRITTEN_PAGES:
             return await self._rewritten(scope, receive, send)
         return await self.app(scope, receive, send)
+
+    async def _too_many(self, send: Any, client: str, text: str, seconds: int, *, policy: str = "") -> None:
+        """429 with ``Retry-After``; held for a while first when ``client`` was already told to wait and did not."""
+        now = time.monotonic()
+        ignored = self.told_to_wait.pop(client, 0.0) > now
+        self.told_to_wait[client] = now + seconds
+        while len(self.told_to_wait) > MAX_TRACKED_CLIENTS:  # forget the least recently refused
+            self.told_to_wait.popitem(last=False)
+        if ignored and self.delayed < MAX_DELAYED_REFUSALS:
+            self.delayed += 1
+            try:
+                await anyio.sleep(min(IGNORED_RETRY_DELAY_S, seconds))
+            finally:
+                self.delayed -= 1
+        await _plain(send, 429, text, retry_after=seconds, policy=policy)
 
     def _call_policy(self) -> str:
         per_minute = round(self.call_limiter.rate * 60)
@@ -340,7 +365,9 @@ class DemoGuard:
         wait = self.limiter.acquire(self.client_key(scope))
         if wait > 0:
             seconds = max(1, math.ceil(wait))
-            return await _plain(send, 429, f"Too many uploads; retry in {seconds} s.", retry_after=seconds)
+            return await self._too_many(
+                send, self.client_key(scope), f"Too many uploads; retry in {seconds} s.", seconds
+            )
         length = _header(scope, b"content-length")
         if length is None or not length.isdigit() or _header(scope, b"transfer-encoding") is not None:
             # framed by its declared length (the server reads no further), so the checks below bound what arrives

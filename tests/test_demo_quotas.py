@@ -129,3 +129,39 @@ def test_forwarded_for_is_trusted_only_when_asked_and_then_only_its_last_entry(t
     assert DemoGuard(None, **common).client_key(scope) == "10.16.3.80"
     # Behind a proxy that appends the peer it saw, the entries before the last are whatever the client sent.
     assert DemoGuard(None, **common, trust_forwarded_for=True).client_key(scope) == "192.0.2.44"
+
+
+def test_calls_whose_bodies_arrive_late_count_against_the_cap_from_their_headers(quota_server, monkeypatch):
+    """8 calls from one address send their headers, then their bodies 0.3 s later: the cap counts each call from
+    its admission, so no more than 2 are admitted while the bodies are on their way."""
+    import json
+    import socket
+    import time
+
+    release = threading.Event()
+    original = quota_server.identifier.identify
+
+    def held(*args, **kwargs):
+        release.wait(timeout=20)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(quota_server.identifier, "identify", held)
+    host, port = quota_server.url.split("//")[1].split(":")
+    body = json.dumps({"data": [None, _bench().BARCODE, 1]}).encode()
+    head = (f"POST /gradio_api/call/identify HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()  # fmt: skip
+    sockets = [
+        socket.create_connection((host, int(port)), timeout=20, source_address=("127.0.0.9", 0)) for _ in range(8)
+    ]
+    try:
+        for sock in sockets:
+            sock.sendall(head)
+        time.sleep(0.3)
+        for sock in sockets:
+            sock.sendall(body)
+        statuses = [int(sock.recv(65536).split(b" ", 2)[1]) for sock in sockets]
+    finally:
+        release.set()
+        for sock in sockets:
+            sock.close()
+    assert sorted(statuses) == [200] * PENDING + [429] * (8 - PENDING), statuses

@@ -10,6 +10,7 @@ entries before it are whatever the client sent, so they are never used."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -254,23 +255,28 @@ class DemoGuard:
             if refusal is not None:
                 text, seconds = refusal
                 return await self._too_many(send, client, text, seconds, policy=self._call_policy())
-        receive = await self._bounded_body(scope, receive)
-        if receive is None:
-            limit = self.max_body_bytes // 1024
-            return await _plain(send, 413, f"Request body too large: at most {limit} KB (photos go by upload).")
         if calling:
-            self.joining[client] += 1
+            self.joining[client] += 1  # from admission on, so that the same client's next call counts this one
             try:
-                return await self.app(scope, receive, self._with_retry_after(send))
+                return await self._bounded(scope, receive, self._with_retry_after(send), self.app)
             finally:
                 self.joining[client] -= 1
                 if not self.joining[client]:
                     del self.joining[client]
+        handler = self.app
         if method == "GET" and path.startswith(ALIAS_ROUTE):
-            return await self._alias_file(scope, receive, send, path[len(ALIAS_ROUTE) :])
-        if method == "GET" and path in _REWRITTEN_PAGES:
-            return await self._rewritten(scope, receive, send)
-        return await self.app(scope, receive, send)
+            handler = functools.partial(self._alias_file, name=path[len(ALIAS_ROUTE) :])
+        elif method == "GET" and path in _REWRITTEN_PAGES:
+            handler = self._rewritten
+        return await self._bounded(scope, receive, send, handler)
+
+    async def _bounded(self, scope: dict, receive: Any, send: Any, handler: Any) -> None:
+        """``handler`` on the request with its body capped: 413 instead when the body is over ``max_body_bytes``."""
+        receive = await self._bounded_body(scope, receive)
+        if receive is None:
+            limit = self.max_body_bytes // 1024
+            return await _plain(send, 413, f"Request body too large: at most {limit} KB (photos go by upload).")
+        await handler(scope, receive, send)
 
     async def _too_many(self, send: Any, client: str, text: str, seconds: int, *, policy: str = "") -> None:
         """429 with ``Retry-After``; held for a while first when ``client`` was already told to wait and did not."""

@@ -40,6 +40,7 @@ VERSIONED = ("torch", "numpy", "faiss-cpu", "transformers", "datasets", "acceler
 def load_module(path: Path) -> Any:
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # a benchmark's dataclasses look their module up while it loads
     spec.loader.exec_module(module)
     return module
 
@@ -271,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         fresh = {record["module"]: record for record in report["benchmarks"]}
         previous = json.loads(out.with_suffix(".json").read_text())
         kept = [fresh.pop(r["module"], r) for r in previous["benchmarks"]]  # in place, in the report's order
-        report = {**previous, "benchmarks": kept + list(fresh.values()), "updated": report["date"]}
+        ran = {record["module"] for record in report["benchmarks"]}
+        not_benchmarks = [name for name in previous.get("not_benchmarks", []) if name not in ran]
+        report = {**previous, "benchmarks": kept + list(fresh.values()), "updated": report["date"],
+                  "not_benchmarks": not_benchmarks}  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     from bioscan_clip.safe_io import atomic_output_file
 

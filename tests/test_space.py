@@ -115,10 +115,12 @@ def served(demo_app, demo_folders, tmp_path_factory):
     with environment_variable("GRADIO_TEMP_DIR", str(cache_dir)):
         identifier = Identifier.load(model_dir, key_dir)
         demo = demo_app.build_demo(model_dir, key_dir, identifier=identifier, examples_dir=root / "examples")
-        # One test client uploads many files: the per-client upload rate is lifted (tests/test_demo_load.py checks it).
+        # One test client uploads many files and fills the queue alone: the per-client quotas are lifted
+        # (tests/test_demo_load.py and tests/test_demo_quotas.py check them).
         _, url, _ = demo_app.launch(
-            demo, port=_free_port(), uploads_per_minute=6000, upload_burst=1000, prevent_thread_lock=True, quiet=True
-        )
+            demo, port=_free_port(), uploads_per_minute=6000, upload_burst=1000, calls_per_minute=6000,
+            call_burst=1000, pending_per_client=1000, prevent_thread_lock=True, quiet=True,
+        )  # fmt: skip
         try:
             yield Served(demo_app, demo, url.rstrip("/"), identifier, cache_dir)
         finally:

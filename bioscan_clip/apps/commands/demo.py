@@ -12,7 +12,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bioscan_clip.apps.commands.options import add_option
-from bioscan_clip.apps.demo.guard import MAX_UPLOAD_MB, QUEUE_MAX_SIZE, UPLOAD_CACHE_CAP_MB, UPLOADS_PER_MINUTE, launch
+from bioscan_clip.apps.demo.guard import (
+    CALLS_PER_MINUTE,
+    MAX_UPLOAD_MB,
+    PENDING_PER_CLIENT,
+    QUEUE_MAX_SIZE,
+    UPLOAD_CACHE_CAP_MB,
+    UPLOADS_PER_MINUTE,
+    launch,
+)
 from bioscan_clip.apps.demo.page import DEFAULT_EXAMPLES_DIR, build_demo
 from bioscan_clip.identification.library import resolve_key_folder
 from bioscan_clip.resolve import resolve_folder
@@ -73,10 +81,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     option("--uploads_per_minute", type=float, default=UPLOADS_PER_MINUTE, help="uploads per client per minute")
     option(
+        "--calls_per_minute",
+        type=float,
+        default=CALLS_PER_MINUTE,
+        help="identifications per client per minute (429 with Retry-After beyond)",
+    )
+    option(
+        "--pending_per_client",
+        type=int,
+        default=PENDING_PER_CLIENT,
+        help="identifications of one client waiting or running at once (429 beyond: the queue stays open to others)",
+    )
+    option(
         "--trust_forwarded_for",
         action=argparse.BooleanOptionalAction,
         default=bool(os.environ.get("SPACE_ID")),
-        help="rate-limit by the X-Forwarded-For address the proxy appended (default: on a Space)",
+        help="count clients by the X-Forwarded-For address the proxy appended, its last entry (default: on a Space; "
+        "never otherwise: a client can send any X-Forwarded-For it likes)",
     )
     option(
         "--upload_dir",
@@ -115,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
         queue_size=args.queue_size,
         upload_cache_mb=args.upload_cache_mb,
         uploads_per_minute=args.uploads_per_minute,
+        calls_per_minute=args.calls_per_minute,
+        pending_per_client=args.pending_per_client,
         trust_forwarded_for=args.trust_forwarded_for,
     )
     return 0

@@ -1,10 +1,16 @@
-"""The demo's server guard: ASGI middleware in front of gradio that makes a public Space fair and bounded (per-client
-upload rate limits with ``Retry-After``, a capped upload cache, ``Retry-After`` on "queue full", no server paths in
-``/config``), and :func:`launch`, which serves a page (:mod:`bioscan_clip.apps.demo.page`) with every limit on."""
+"""The demo's server guard: ASGI middleware in front of gradio that makes a public Space fair and bounded (a cap on
+every request body, checked before it is read; per-client quotas on uploads and on identifications, with
+``Retry-After``; a capped upload cache; ``Retry-After`` on "queue full"; no server paths in ``/config``), and
+:func:`launch`, which serves a page (:mod:`bioscan_clip.apps.demo.page`) with every limit on.
+
+A client is its address: the TCP peer, or behind one trusted proxy that appends the peer it saw to
+``X-Forwarded-For`` (a Hugging Face Space; on only when asked, or where ``SPACE_ID`` is set), that last entry. The
+entries before it are whatever the client sent, so they are never used."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -12,7 +18,7 @@ import os
 import re
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +49,31 @@ UPLOAD_OVERHEAD_BYTES = 64 * 1024  # multipart framing allowed on top of the per
 
 
 MAX_TRACKED_CLIENTS = 10_000
+
+
+MAX_BODY_KB = 256  # every request but an upload: a barcode is at most 20,000 characters, photos come by upload
+
+
+CALLS_PER_MINUTE = 30  # identifications (queue joins and calls) per client, refilled continuously ...
+
+
+CALL_BURST = 10  # ... after a first burst of this many
+
+
+PENDING_PER_CLIENT = 2  # a client's identifications waiting or running at once: the rest of the queue stays open
+
+
+# A client that asks again before the Retry-After it was given is answered (429 again) only after this long, so that
+# ignoring Retry-After costs it time instead of costing the server the CPU the others' identifications run on ...
+IGNORED_RETRY_DELAY_S = 2.0
+
+
+MAX_DELAYED_REFUSALS = 256  # ... for at most this many requests held at once (beyond, refused at once)
+
+
+# The routes that start an identification: the page's queue join, the REST calls (``/run``/``/api`` are closed by
+# ``api_open=False`` but counted all the same).
+_CALL_ROUTE = re.compile(r"(?:/gradio_api)?/(?:queue/join|call(?:/v2)?/[^/]+|run/[^/]+|api/[^/]+)/?")
 
 
 ALIAS_ROUTE = "/gradio_api/demo-file/"
@@ -157,22 +188,35 @@ def _header(scope: dict, name: bytes) -> str | None:
 class DemoGuard:
     """ASGI middleware in front of the gradio app (passed as ``app_kwargs={"middleware": ...}``).
 
+    - every request body but an upload's: at most ``max_body_bytes``, refused with ``413`` from its declared
+      ``Content-Length`` before anything is read, or once that many bytes of a chunked body have arrived (the body
+      is read here, whole and bounded, and handed on to gradio);
     - ``POST .../upload``: a per-client rate limit (``429`` with ``Retry-After``), one file per request with a
-      declared length (``411``/``413``), and room in the capped upload cache (``503`` with ``Retry-After`` when even
-      deleting old uploads cannot make room);
+      declared length and no chunked framing (``411``/``413``), and room in the capped upload cache (``503`` with
+      ``Retry-After`` when even deleting old uploads cannot make room);
+    - identifications (queue joins and calls): at most ``pending_per_client`` of a client's waiting or running at
+      once and a per-client rate, else ``429`` whose ``Retry-After`` and message give the cap, so one client that
+      ignores ``Retry-After`` cannot fill the queue others wait in;
     - ``503`` from the queue ("queue full") gets a ``Retry-After`` estimated from the queue's average job time;
     - the page, ``/config`` and ``/gradio_api/info`` name cached files by an alias instead of their server path,
       served from ``/gradio_api/demo-file/`` for exactly those files.
     """
 
     def __init__(self, app: Any, *, blocks: gr.Blocks, limiter: RateLimiter, cache: UploadCache,
-                 max_request_bytes: int, trust_forwarded_for: bool = False) -> None:  # fmt: skip
+                 max_request_bytes: int, call_limiter: RateLimiter, pending_per_client: int = PENDING_PER_CLIENT,
+                 max_body_bytes: int = MAX_BODY_KB * 1024, trust_forwarded_for: bool = False) -> None:  # fmt: skip
         self.app = app
         self.blocks = blocks
         self.limiter = limiter
         self.cache = cache
         self.max_request_bytes = max_request_bytes
+        self.call_limiter = call_limiter
+        self.pending_per_client = pending_per_client
+        self.max_body_bytes = max_body_bytes
         self.trust_forwarded_for = trust_forwarded_for
+        self.joining: Counter[str] = Counter()  # calls admitted whose event is not yet surely in the queue
+        self.told_to_wait: OrderedDict[str, float] = OrderedDict()  # client -> until when its last 429 said to wait
+        self.delayed = 0  # refusals being held now
         self.aliases: dict[str, str] = {}  # alias -> server path
         self._path_pattern = re.compile(re.escape(str(cache.folder)) + r"/([0-9a-f]{64})/([^\"'\\?#<>\s]+)")
 
@@ -186,10 +230,17 @@ class DemoGuard:
 
     def queue_retry_after(self) -> int:
         queue = getattr(self.blocks, "_queue", None)
-        times = [t.avg_time for t in getattr(queue, "process_time_per_fn", {}).values() if t.count]
         waiting = getattr(queue, "max_size", None) or QUEUE_MAX_SIZE
-        estimate = max(times, default=1.0) * waiting / max(getattr(queue, "default_concurrency_limit", 1) or 1, 1)
+        estimate = self._average_job_s() * waiting / max(getattr(queue, "default_concurrency_limit", 1) or 1, 1)
         return int(min(max(math.ceil(estimate), 1), 60))
+
+    def pending(self, client: str) -> int:
+        """The client's identifications waiting in gradio's queue or running, and those being admitted now."""
+        queue = getattr(self.blocks, "_queue", None)
+        waiting = [e for q in getattr(queue, "event_queue_per_concurrency_id", {}).values() for e in q.queue]
+        running = [e for job in getattr(queue, "active_jobs", ()) if job for e in job]
+        scopes = (getattr(getattr(event, "request", None), "scope", None) for event in waiting + running)
+        return self.joining[client] + sum(1 for scope in scopes if scope and self.client_key(scope) == client)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -197,13 +248,114 @@ class DemoGuard:
         path, method = scope.get("path", ""), scope.get("method", "GET")
         if method == "POST" and path.rstrip("/").endswith("/upload"):
             return await self._upload(scope, receive, send)
-        if method == "POST" and ("/queue/join" in path or "/call/" in path):
-            return await self.app(scope, receive, self._with_retry_after(send))
+        calling = method == "POST" and _CALL_ROUTE.fullmatch(path) is not None
+        client = self.client_key(scope)
+        if calling:  # refused before the body is read
+            refusal = self._call_refusal(client)
+            if refusal is not None:
+                text, seconds = refusal
+                return await self._too_many(send, client, text, seconds, policy=self._call_policy())
+        if calling:
+            self.joining[client] += 1  # from admission on, so that the same client's next call counts this one
+            try:
+                return await self._bounded(scope, receive, self._with_retry_after(send), self.app)
+            finally:
+                self.joining[client] -= 1
+                if not self.joining[client]:
+                    del self.joining[client]
+        handler = self.app
         if method == "GET" and path.startswith(ALIAS_ROUTE):
-            return await self._alias_file(scope, receive, send, path[len(ALIAS_ROUTE) :])
-        if method == "GET" and path in _REWRITTEN_PAGES:
-            return await self._rewritten(scope, receive, send)
-        return await self.app(scope, receive, send)
+            handler = functools.partial(self._alias_file, name=path[len(ALIAS_ROUTE) :])
+        elif method == "GET" and path in _REWRITTEN_PAGES:
+            handler = self._rewritten
+        return await self._bounded(scope, receive, send, handler)
+
+    async def _bounded(self, scope: dict, receive: Any, send: Any, handler: Any) -> None:
+        """``handler`` on the request with its body capped: 413 instead when the body is over ``max_body_bytes``."""
+        receive = await self._bounded_body(scope, receive)
+        if receive is None:
+            limit = self.max_body_bytes // 1024
+            return await _plain(send, 413, f"Request body too large: at most {limit} KB (photos go by upload).")
+        await handler(scope, receive, send)
+
+    async def _too_many(self, send: Any, client: str, text: str, seconds: int, *, policy: str = "") -> None:
+        """429 with ``Retry-After``; held for a while first when ``client`` was already told to wait and did not."""
+        now = time.monotonic()
+        ignored = self.told_to_wait.pop(client, 0.0) > now
+        self.told_to_wait[client] = now + seconds
+        while len(self.told_to_wait) > MAX_TRACKED_CLIENTS:  # forget the least recently refused
+            self.told_to_wait.popitem(last=False)
+        if ignored and self.delayed < MAX_DELAYED_REFUSALS:
+            self.delayed += 1
+            try:
+                await anyio.sleep(min(IGNORED_RETRY_DELAY_S, seconds))
+            finally:
+                self.delayed -= 1
+        await _plain(send, 429, text, retry_after=seconds, policy=policy)
+
+    def _call_policy(self) -> str:
+        per_minute = round(self.call_limiter.rate * 60)
+        return f"{self.pending_per_client} at once; {per_minute} per minute, burst {int(self.call_limiter.burst)}"
+
+    def _call_refusal(self, client: str) -> tuple[str, int] | None:
+        """``(message, Retry-After seconds)`` when ``client`` is over a quota, else None (one call admitted)."""
+        waiting = self.pending(client)
+        if waiting >= self.pending_per_client:
+            seconds = max(1, min(60, math.ceil(self._average_job_s() * waiting)))
+            return (
+                f"Too many identifications from your address: {waiting} waiting or running, at most "
+                f"{self.pending_per_client} at once; retry in {seconds} s.",
+                seconds,
+            )
+        wait = self.call_limiter.acquire(client)
+        if wait > 0:
+            seconds = max(1, math.ceil(wait))
+            per_minute = round(self.call_limiter.rate * 60)
+            return (
+                f"Too many identifications from your address: at most {per_minute} per minute; retry in {seconds} s.",
+                seconds,
+            )
+        return None
+
+    async def _bounded_body(self, scope: dict, receive: Any) -> Any:
+        """``receive`` with the body read whole (at most ``max_body_bytes``) and replayed; None when it is larger.
+
+        A declared length over the cap is refused before a byte is read; a chunked body is read up to the cap and
+        no further. Requests without a body pass untouched (their ``receive`` still reports a disconnect).
+        """
+        length = _header(scope, b"content-length")
+        if length is not None and length.strip().isdigit() and int(length) > self.max_body_bytes:
+            return None
+        if _header(scope, b"transfer-encoding") is None and (length is None or length.strip() == "0"):
+            return receive
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away: gradio sees that, as it would have
+                chunks = None
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                return None
+            if not message.get("more_body", False):
+                break
+        first = {"type": "http.disconnect"} if chunks is None else {"type": "http.request", "body": b"".join(chunks)}
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return first
+
+        return replay
+
+    def _average_job_s(self) -> float:
+        queue = getattr(self.blocks, "_queue", None)
+        times = [t.avg_time for t in getattr(queue, "process_time_per_fn", {}).values() if t.count]
+        return max(times, default=1.0)
 
     def _with_retry_after(self, send: Any) -> Any:
         async def sending(message: dict) -> None:
@@ -219,10 +371,13 @@ class DemoGuard:
         wait = self.limiter.acquire(self.client_key(scope))
         if wait > 0:
             seconds = max(1, math.ceil(wait))
-            return await _plain(send, 429, f"Too many uploads; retry in {seconds} s.", retry_after=seconds)
+            return await self._too_many(
+                send, self.client_key(scope), f"Too many uploads; retry in {seconds} s.", seconds
+            )
         length = _header(scope, b"content-length")
-        if length is None or not length.isdigit():
-            return await _plain(send, 411, "An upload must declare its Content-Length.")
+        if length is None or not length.isdigit() or _header(scope, b"transfer-encoding") is not None:
+            # framed by its declared length (the server reads no further), so the checks below bound what arrives
+            return await _plain(send, 411, "An upload must declare its Content-Length (and not be chunked).")
         incoming = int(length)
         if incoming > self.max_request_bytes:
             limit = (self.max_request_bytes - UPLOAD_OVERHEAD_BYTES) // (1024 * 1024)
@@ -288,16 +443,23 @@ def launch(
     upload_cache_mb: int = UPLOAD_CACHE_CAP_MB,
     uploads_per_minute: float = UPLOADS_PER_MINUTE,
     upload_burst: int = UPLOAD_BURST,
+    calls_per_minute: float = CALLS_PER_MINUTE,
+    call_burst: int = CALL_BURST,
+    pending_per_client: int = PENDING_PER_CLIENT,
+    max_body_kb: int = MAX_BODY_KB,
     trust_forwarded_for: bool | None = None,
     prevent_thread_lock: bool = False,
     quiet: bool = False,
 ) -> tuple[Any, str, str | None]:
     """Serves ``demo`` with the limits: bounded queue, one job at a time, upload cap, no share link, no extra paths.
 
-    In front of gradio, :class:`DemoGuard` rate-limits uploads per client, keeps the upload cache under
+    In front of gradio, :class:`DemoGuard` caps every request body (``max_body_kb``; an upload's at
+    ``max_file_size_mb``), holds each client to ``pending_per_client`` identifications at once and
+    ``calls_per_minute`` (``call_burst`` at first), rate-limits uploads per client, keeps the upload cache under
     ``upload_cache_mb`` (oldest uploads deleted first), adds ``Retry-After`` to "queue full" and hides server paths
-    from ``/config``. ``trust_forwarded_for`` (default: on a Space, where ``SPACE_ID`` is set) takes the client
-    address from the ``X-Forwarded-For`` entry the proxy appended.
+    from ``/config``. The REST routes that would skip the queue are closed (``api_open=False``), so every
+    identification waits in the one queue. ``trust_forwarded_for`` (default: on a Space, where ``SPACE_ID`` is set)
+    takes the client address from the ``X-Forwarded-For`` entry the proxy appended.
     """
     from starlette.middleware import Middleware
 
@@ -313,12 +475,15 @@ def launch(
         limiter=RateLimiter(uploads_per_minute, upload_burst),
         cache=cache,
         max_request_bytes=max_file_size_mb * 1024 * 1024 + UPLOAD_OVERHEAD_BYTES,
+        call_limiter=RateLimiter(calls_per_minute, call_burst),
+        pending_per_client=pending_per_client,
+        max_body_bytes=max_body_kb * 1024,
         trust_forwarded_for=trust_forwarded_for,
     )
     # The example photos gradio copied into the cache when the page was built are never evicted.
     config_text = json.dumps(demo.config, default=str)
     cache.protected = set(re.findall(re.escape(str(folder)) + r"/[0-9a-f]{64}/[^\"'\\?#<>\s]+", config_text))
-    demo.queue(default_concurrency_limit=1, max_size=queue_size)
+    demo.queue(default_concurrency_limit=1, max_size=queue_size, api_open=False)
     return demo.launch(
         server_name=host,
         server_port=port,
@@ -333,10 +498,13 @@ def launch(
     )
 
 
-async def _plain(send: Any, status: int, text: str, *, retry_after: int | None = None) -> None:
-    body = text.encode()
-    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+async def _plain(send: Any, status: int, text: str, *, retry_after: int | None = None, policy: str = "") -> None:
+    """A refusal as gradio's own errors look (``{"detail": ...}``, which the page shows), with its limits."""
+    body = json.dumps({"detail": text}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if retry_after is not None:
         headers.append((b"retry-after", str(retry_after).encode()))
+    if policy:
+        headers.append((b"x-ratelimit-policy", policy.encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

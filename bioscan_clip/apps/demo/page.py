@@ -13,9 +13,10 @@ Space's entry point and only calls :func:`main`. The app lives in the package so
 Safe by default (``shared/reference/STYLE_AND_RELIABILITY.md`` §2d): binds 127.0.0.1, uploads capped at 10 MB, a
 bounded queue running one job at a time, images decoded only by the package's safe loader (``gr.Image`` hands us a
 file path, never a decoded image), no extra folders exposed (no ``allowed_paths``), cached files deleted after 30
-minutes. As a public Space (:class:`DemoGuard`): uploads rate-limited per client (429 with ``Retry-After``), the
-upload cache capped in total (oldest uploads deleted first), ``Retry-After`` on "queue full", no server paths in
-``/config`` or the page.
+minutes. As a public Space (:class:`DemoGuard`): every request body capped before it is read (413), at most 2
+identifications of a client waiting or running and 30 a minute (429 with ``Retry-After`` and the cap), uploads
+rate-limited per client, the upload cache capped in total (oldest uploads deleted first), ``Retry-After`` on
+"queue full", no server paths in ``/config`` or the page.
 """
 
 from __future__ import annotations

@@ -200,9 +200,10 @@ def embed_dataset(
     """Unit-length embeddings of every modality of ``dataset`` (and, with ``combined``, the combined features),
     in dataset order.
 
-    ``out_dir``: each feature is written, batch by batch, to ``out_dir/<feature>.npy`` and returned memory-mapped
-    (read-only), so that memory stays one batch whatever the number of records (a BIOSCAN-5M key set's four 768-d
-    features are about 60 GB); without it they are gathered in memory. ``features``: only these are kept (None:
+    ``out_dir``: each feature is written, batch by batch, to ``out_dir/<feature>.npy`` (its whole size reserved at
+    the first batch, see :class:`FeatureFile`) and returned memory-mapped (read-only), so that memory stays one batch
+    whatever the number of records (a BIOSCAN-5M key set's four 768-d features are about 60 GB); without it they are
+    gathered in memory. ``features``: only these are kept (None:
     all). ``out_dir`` does not combine with an ``accelerator``.
 
     With an ``accelerator``, the work is sharded over processes and gathered (``gather_for_metrics`` drops the

@@ -11,6 +11,7 @@ This module also embeds whole datasets, the one step they all share.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -199,9 +200,10 @@ def embed_dataset(
     """Unit-length embeddings of every modality of ``dataset`` (and, with ``combined``, the combined features),
     in dataset order.
 
-    ``out_dir``: each feature is written, batch by batch, to ``out_dir/<feature>.npy`` and returned memory-mapped
-    (read-only), so that memory stays one batch whatever the number of records (a BIOSCAN-5M key set's four 768-d
-    features are about 60 GB); without it they are gathered in memory. ``features``: only these are kept (None:
+    ``out_dir``: each feature is written, batch by batch, to ``out_dir/<feature>.npy`` (its whole size reserved at
+    the first batch, see :class:`FeatureFile`) and returned memory-mapped (read-only), so that memory stays one batch
+    whatever the number of records (a BIOSCAN-5M key set's four 768-d features are about 60 GB); without it they are
+    gathered in memory. ``features``: only these are kept (None:
     all). ``out_dir`` does not combine with an ``accelerator``.
 
     With an ``accelerator``, the work is sharded over processes and gathered (``gather_for_metrics`` drops the
@@ -236,43 +238,94 @@ def embed_dataset(
     was_training = core.training
     core.eval()
     parts: dict[str, list[torch.Tensor]] = {}
-    files: dict[str, np.ndarray] = {}
-    for batch in tqdm(loader, desc=description, disable=not show_progress, leave=False):
-        if isinstance(batch, _Failed):
-            raise batch.error
-        device = next(core.parameters()).device  # a prepared loader has moved the batch there already
-        inputs = model_inputs(batch)
-        if frames > 1 and "dna_input_ids" in inputs:  # the stored ids are one frame: the batch's in all its frames
-            inputs.update(dataset.dna_inputs(batch["index"].tolist(), frames))
-        embeds = core.embed(**{name: value.to(device) for name, value in inputs.items()})
-        embeds["index"] = batch["index"]
-        if accelerator is not None:
-            embeds = accelerator.gather_for_metrics(embeds)
-        if out_dir is None:
-            for name, value in embeds.items():
-                parts.setdefault(name, []).append(value.float().cpu())
-            continue
-        rows = embeds.pop("index").cpu().numpy()
-        batch_features = {name: value.float().cpu().numpy() for name, value in embeds.items()}
-        for name, matrix in _kept(add_combined_features(batch_features) if combined else batch_features, features):
-            if name not in files:
-                files[name] = np.lib.format.open_memmap(
-                    _feature_file(out_dir, name),
-                    mode="w+",
-                    dtype=np.float32,
-                    shape=(len(dataset), matrix.shape[1]),
-                )
-            files[name][rows] = matrix
+    files: dict[str, FeatureFile] = {}
+    try:
+        for batch in tqdm(loader, desc=description, disable=not show_progress, leave=False):
+            if isinstance(batch, _Failed):
+                raise batch.error
+            device = next(core.parameters()).device  # a prepared loader has moved the batch there already
+            inputs = model_inputs(batch)
+            if frames > 1 and "dna_input_ids" in inputs:  # the stored ids are one frame: the batch's in all frames
+                inputs.update(dataset.dna_inputs(batch["index"].tolist(), frames))
+            embeds = core.embed(**{name: value.to(device) for name, value in inputs.items()})
+            embeds["index"] = batch["index"]
+            if accelerator is not None:
+                embeds = accelerator.gather_for_metrics(embeds)
+            if out_dir is None:
+                for name, value in embeds.items():
+                    parts.setdefault(name, []).append(value.float().cpu())
+                continue
+            rows = embeds.pop("index").cpu().numpy()
+            batch_features = {name: value.float().cpu().numpy() for name, value in embeds.items()}
+            for name, matrix in _kept(add_combined_features(batch_features) if combined else batch_features, features):
+                if name not in files:
+                    files[name] = FeatureFile(_feature_file(out_dir, name), len(dataset), matrix.shape[1])
+                files[name].write_rows(rows, matrix)
+    finally:
+        for file in files.values():
+            file.close()
     core.train(was_training)
     if out_dir is not None:
-        for matrix in files.values():
-            matrix.flush()
         return {name: np.load(_feature_file(out_dir, name), mmap_mode="r") for name in files}
     if not parts:
         return {}
     order = torch.argsort(torch.cat(parts.pop("index")))
     embeds = {name: torch.cat(values)[order].numpy() for name, values in parts.items()}
     return dict(_kept(add_combined_features(embeds) if combined else embeds, features))
+
+
+class FeatureFile:
+    """A ``(rows, dim)`` float32 ``.npy`` written with ordinary writes at row offsets, its whole size reserved when
+    it is created.
+
+    Not a writable memory map: a store into a mapped page that the filesystem cannot back (a full disk, a quota)
+    kills the process with SIGBUS, with no message and nothing cleaned up. Here the space is reserved up front
+    (``posix_fallocate``), so a disk too small fails at the first batch as an ``OSError`` naming the file, and a
+    filesystem that cannot reserve still reports a failed write as one.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], rows: int, dim: int) -> None:
+        self.path, self.row_bytes = os.fspath(path), dim * 4
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": (rows, dim)}
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            with os.fdopen(os.dup(self.fd), "wb") as handle:
+                np.lib.format.write_array_header_1_0(handle, header)
+                self.offset = handle.tell()
+            self._reserve(self.offset + rows * self.row_bytes)
+        except BaseException:
+            self.close()
+            raise
+
+    def _reserve(self, size: int) -> None:
+        try:
+            os.posix_fallocate(self.fd, 0, size)
+        except OSError as error:
+            if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # cannot reserve here: the writes still report
+                raise OSError(error.errno, error.strerror, self.path) from None
+
+    def write_rows(self, rows: np.ndarray, matrix: np.ndarray) -> None:
+        """Writes ``matrix[i]`` as row ``rows[i]`` (one write when the rows are consecutive, as without shuffling)."""
+        data = np.ascontiguousarray(matrix, dtype="<f4")
+        if len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+            self._write_at(int(rows[0]), data)
+        else:
+            for row, vector in zip(rows.tolist(), data, strict=True):
+                self._write_at(int(row), vector)
+
+    def _write_at(self, row: int, data: np.ndarray) -> None:
+        view, position = memoryview(data).cast("B"), self.offset + row * self.row_bytes
+        try:
+            while view:
+                written = os.pwrite(self.fd, view, position)
+                view, position = view[written:], position + written
+        except OSError as error:
+            raise OSError(error.errno, error.strerror, self.path) from None
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def _feature_file(out_dir: str | os.PathLike[str], name: str) -> str:

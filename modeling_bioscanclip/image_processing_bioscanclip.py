@@ -47,17 +47,22 @@ def _check_geometry(width: int, height: int, name: str, max_pixels: int, max_asp
         )
 
 
-def to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
     """Converts any Pillow mode to 8-bit RGB without the usual pitfalls.
 
-    16/32-bit greyscale is scaled to 8 bits (a plain ``convert("RGB")`` saturates it to white); images with
-    transparency are composited on white (a plain conversion leaks the colour hidden under alpha 0).
+    16/32-bit greyscale is scaled to 8 bits (a plain ``convert("RGB")`` saturates it to white); float greyscale
+    (mode ``F``, e.g. a 32-bit TIFF) by its range, see :func:`_float_grey_scale`; images with transparency are
+    composited on white (a plain conversion leaks the colour hidden under alpha 0). ``name`` names the image in
+    errors.
     """
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
+        if image.mode == "F":
+            top = _float_grey_scale(array, name)
+        else:
+            top = 65535.0 if image.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
         grey = np.clip(np.round(array / top * 255.0), 0, 255).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")
     if image.mode == "P":
@@ -67,6 +72,20 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def _float_grey_scale(array: np.ndarray, name: str) -> float:
+    """The white of float pixels: 1 when they lie in [0, 1] (the usual range of float images; dividing them by 255
+    made them near-black), else 255 or 65535 for float-stored 8- or 16-bit counts. Anything else is refused, not
+    clipped."""
+    if not np.isfinite(array).all():
+        raise BioscanImageError(f"{name}: float pixels must be finite, got NaN or infinity")
+    low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+    if low < 0 or high > 65535:
+        raise BioscanImageError(
+            f"{name}: float pixels range over [{low:g}, {high:g}]; expected [0, 1] (or 8- or 16-bit counts)"
+        )
+    return 1.0 if high <= 1 else 255.0 if high <= 255 else 65535.0
 
 
 def load_image_safely(
@@ -121,7 +140,7 @@ def load_image_safely(
     if isinstance(source, Image.Image):
         label = name or "<PIL image>"
         _check_geometry(source.width, source.height, label, max_pixels, max_aspect_ratio)
-        return to_rgb(source)
+        return to_rgb(source, label)
     if isinstance(source, np.ndarray):
         return load_image_safely(
             _array_to_pil(source, name or "<array>"),
@@ -178,7 +197,7 @@ def load_image_safely(
         # here once cost three times the decode of a 1024x768 photo.) The image reads from bytes in memory, so
         # there is no file to close.
         ImageOps.exif_transpose(image, in_place=True)
-        return to_rgb(image)
+        return to_rgb(image, label)
     except BioscanImageError:
         raise
     except UnidentifiedImageError as error:

@@ -3,16 +3,22 @@ records and the manifest last, and swap the whole folder in (format: :mod:`biosc
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import logging
+import os
 import shutil
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from bioscan_clip.baselines.kmer import build_kmer_key_index, kmer_profile
 from bioscan_clip.data.spec import DataSpec, has_role, role_records
@@ -22,11 +28,13 @@ from bioscan_clip.features import (
     DNA,
     KEY_FEATURES,
     KMER,
+    add_combined_features,
     embed_dataset,
     labels_of,
     pair_name,
 )
 from bioscan_clip.resolve import load_pretrained
+from bioscan_clip.retrieval.index_types import INDEX_TYPES, resolve_index_params
 from bioscan_clip.retrieval.key_index import KeyIndex
 from bioscan_clip.safe_io import (
     file_checksums,
@@ -36,7 +44,7 @@ from bioscan_clip.safe_io import (
     swap_in,
 )
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError
-from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
+from modeling_bioscanclip.constants_bioscanclip import KMER_SIZE, TAXONOMIC_RANKS
 
 from .barcode_search import ALIGNMENT_PAIR, BarcodeSearch, KeyBarcodes, calibrate_barcode_search
 from .calibration import (
@@ -117,6 +125,116 @@ def record_labels(records: datasets.Dataset) -> dict[str, list]:
     }
 
 
+# ---- disk space: checked before embedding; a full disk while staging is one line, nothing left behind ----------
+# What the estimate does not count (file-system blocks, Arrow metadata, the calibration plot and reports).
+SPACE_MARGIN, SPACE_OVERHEAD = 0.10, 512 << 10
+# The write errors of a disk that cannot take more: full, over quota, or a file over the size limit.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def key_feature_dims(model: BioscanClipModel | None, modalities: list[str]) -> dict[str, int]:
+    """The key features a build embeds (those of ``modalities`` and their combinations that a key folder
+    indexes) and their dimensions."""
+    if model is None:
+        return {}
+    empty = {name: np.zeros((0, model.config.projection_dim), np.float32) for name in modalities}
+    return {name: matrix.shape[1] for name, matrix in add_combined_features(empty).items() if name in KEY_FEATURES}
+
+
+def required_space(keys: datasets.Dataset, dims: Mapping[str, int], options: BuildOptions, folder: Path) -> int:
+    """About the bytes a build of ``keys`` writes in ``folder`` (beside ``--out``) before the old key folder goes.
+
+    The embeddings of the key features ``dims`` (float32, kept in the scratch folder until the swap); per key feature
+    and for the 5-mer profiles, the index (:func:`_index_file_bytes`), a copy of the vectors and of the labels; the
+    records with their images; an approximate build's temporary vectors when the temporary folder is on the same
+    disk; then :data:`SPACE_MARGIN` and :data:`SPACE_OVERHEAD`.
+    """
+    count, table = len(keys), keys.data.table
+    indexed = dict(dims)
+    if "dna_barcode" in keys.column_names:  # the barcode identifier's 5-mer profiles (an upper bound: every key)
+        indexed[KMER] = 4**KMER_SIZE
+    labels = table.select([c for c in ("processid", *TAXONOMIC_RANKS) if c in table.column_names]).nbytes
+    total = 4 * count * sum(dims.values()) + table.nbytes + _image_file_bytes(keys) + len(indexed) * labels
+    temporary = 0
+    for dim in indexed.values():
+        index_type, params = resolve_index_params(options.index_type, count, dim, **options.index_options)
+        total += 4 * count * dim + _index_file_bytes(count, dim, params)
+        if INDEX_TYPES[index_type].own_storage is None:  # streamed through a temporary file, one index at a time
+            temporary = max(temporary, 4 * count * dim)
+    if temporary and os.stat(tempfile.gettempdir()).st_dev == os.stat(folder).st_dev:
+        total += temporary
+    return int(total * (1 + SPACE_MARGIN)) + SPACE_OVERHEAD
+
+
+def _index_file_bytes(count: int, dim: int, params: Mapping[str, Any]) -> int:
+    """What faiss writes for an index of ``count`` keys with these resolved parameters: the PQ codes where it
+    compresses, else the float32 vectors; plus an HNSW graph's links, an IVF index's ids and centroids."""
+    per_key = params["pq_m"] * params["pq_nbits"] / 8 if "pq_m" in params else 4 * dim
+    per_key += 4 * (2 * params["hnsw_m"] + 2) + 12 if "hnsw_m" in params else 0  # level-0 and upper links, offsets
+    per_key += 8 if "nlist" in params else 0
+    codebooks = 4 * dim * (params.get("nlist", 0) + (2 ** params["pq_nbits"] if "pq_m" in params else 0))
+    return int(count * per_key) + codebooks
+
+
+def _image_file_bytes(keys: datasets.Dataset) -> int:
+    """The bytes of the image files that ``keys`` name by path only (the key folder's records embed them)."""
+    if "image" not in keys.column_names:
+        return 0
+    column = keys.data.table.column("image")
+    if pa.types.is_struct(column.type):
+        column = pc.filter(pc.struct_field(column, "path"), pc.is_null(pc.struct_field(column, "bytes")))
+    elif not pa.types.is_string(column.type):
+        return 0
+    return sum(os.stat(path).st_size for path in column.to_pylist() if path and os.path.isfile(path))
+
+
+def _size(count: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def check_free_space(out_dir: Path, keys: datasets.Dataset, dims: Mapping[str, int], options: BuildOptions) -> None:
+    """Refuses, before anything is embedded, a build (see :func:`required_space`) that the disk holding ``out_dir``
+    cannot take."""
+    folder = out_dir.parent
+    while not folder.exists():  # the build creates it
+        folder = folder.parent
+    needed, free = required_space(keys, dims, options, folder), shutil.disk_usage(folder).free
+    if free < needed:
+        raise BioscanInputError(
+            f"{out_dir.parent}: not enough free space to build the key folder {out_dir.name}: it needs about "
+            f"{_size(needed)} (embeddings, indexes and records, with a margin), {_size(free)} is free, short by "
+            f"{_size(needed - free)}; free some space or choose another --out"
+        )
+
+
+def _full_disk_is_one_line(build: Callable[..., Path]) -> Callable[..., Path]:
+    """A disk that cannot take the build's writes (full, over quota, a file over the size limit) becomes one line
+    naming ``--out``'s folder. The build has removed its staging and scratch folders by then, and ``--out`` is as it
+    was: the swap, the one step that changes it, writes nothing."""
+
+    @functools.wraps(build)
+    def guarded(
+        model: BioscanClipModel | None, processor: Any, keys: datasets.Dataset, out_dir: str | Path, **options: Any
+    ) -> Path:
+        try:
+            return build(model, processor, keys, out_dir, **options)
+        except OSError as error:
+            if error.errno not in DISK_FULL_ERRNOS:
+                raise
+            out_dir = Path(out_dir)
+            raise BioscanInputError(
+                f"{out_dir.parent}: could not write the key folder {out_dir.name} ({error.strerror}); the partial "
+                f"build was removed and {out_dir} is as it was; free some space and run again"
+            ) from error
+
+    return guarded
+
+
+@_full_disk_is_one_line
 def build_key_folder(
     model: BioscanClipModel | None,
     processor: BioscanClipProcessor | None,
@@ -174,6 +292,7 @@ def build_key_folder(
         if len(key_set) == 0:
             raise BioscanInputError(f"no key record has every modality the index needs ({', '.join(modalities)})")
         keys = key_set.records
+    check_free_space(out_dir, keys, key_feature_dims(model, modalities), options)
     final_dir, staging = out_dir, staging_dir(out_dir)
     # The key embeddings go to disk batch by batch and are indexed one feature at a time from there, so memory
     # stays about one feature's index whatever the library's size. The scratch folder is a second staging folder:

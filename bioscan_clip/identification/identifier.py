@@ -301,7 +301,8 @@ class Identifier:
         Args:
             images, barcodes: the queries; given together, they are paired row by row.
             k (`int`, *optional*): hits (barcodes, default 25, as BOLD lists) or nearest keys (images, default 5)
-                returned; for images also the keys of the confidence vote.
+                returned; for images also the keys of the confidence vote. Fewer when fewer keys match ``restrict``
+                (a species with 4 keys is answered with those 4, not refused).
             key_feature (`str`, *optional*): search other keys than the query's own modality, e.g. ``"dna"`` for
                 image queries (the cross-modal view); ``"dna"`` for barcodes is the default hit search.
             restrict (`dict`, *optional*): search only keys with these taxa, e.g. ``{"order": ["Diptera"]}``.
@@ -342,7 +343,10 @@ class Identifier:
             embedded = sorted(set(self.indexes) - {KMER})
             raise BioscanInputError(f"no {key_feature} keys in this key folder; it has {embedded}")
         index = self.indexes[key_feature]
-        found = index.search_labels(features[searched], min(k, len(index)), restrict=restrict)
+        searchable = len(index) if restrict is None else len(index.restrict_ids(restrict))
+        if restrict is not None and k > searchable:  # a rare taxon is answered with the keys it has, not refused
+            logger.info(f"k={k}: only {searchable} keys match restrict={dict(restrict)!r}; answering with those")
+        found = index.search_labels(features[searched], min(k, searchable), restrict=restrict)
         thresholds = self.calibration.get("thresholds", {}).get(pair_name((searched, key_feature)), {})
         temperature = self.calibration.get("vote_temperature", DEFAULT_VOTE_TEMPERATURE)
         ids = index.keys["processid"]

@@ -79,6 +79,16 @@ def new_manifest(
     }
 
 
+def write_index_file(index: faiss.Index, path: Path) -> None:
+    """``faiss.write_index`` through an ordinary Python file: a full disk is then an ``OSError`` naming the file
+    (faiss's own file writer raises a ``RuntimeError`` quoting its C++ source instead)."""
+    try:
+        with path.open("wb") as handle:
+            faiss.write_index(index, faiss.PyCallbackIOWriter(handle.write))
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from None
+
+
 def write_folder(
     target: Path,
     manifest: Mapping[str, Any],
@@ -115,7 +125,7 @@ def write_folder(
     staging = staging_dir(target)
     try:
         keys.save_to_disk(str(staging / KEYS_DIRNAME))
-        faiss.write_index(index, str(staging / INDEX_NAME))
+        write_index_file(index, staging / INDEX_NAME)
         write_vectors(staging / VECTORS_NAME)
         written = json.loads(manifest_text)
         written["format_version"] = FORMAT_VERSION  # a version 2 index re-saved now has its vectors.npy

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -101,12 +102,12 @@ def collect_queries(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Queries from the command line: images, a folder of images, a FASTA file or a CSV/TSV table."""
     queries: list[dict[str, Any]] = []
     for image in args.images or []:
-        queries.append({"id": Path(image).stem, "image": image})
+        queries.append({"id": file_query_id(Path(image)), "image": image})
     if args.images_dir:
         found = sorted(p for p in Path(args.images_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
             raise BioscanInputError(f"{args.images_dir}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-        queries += [{"id": p.stem, "image": str(p)} for p in found]
+        queries += [{"id": file_query_id(p), "image": str(p)} for p in found]
     if args.fasta:
         queries = pair_by_id(queries, read_fasta(args.fasta), args.fasta)
     if args.table:
@@ -116,6 +117,21 @@ def collect_queries(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not queries:
         raise BioscanInputError("no queries: give --images, --images_dir, --fasta and/or --table")
     return queries
+
+
+def printable_path(path: str | os.PathLike[str]) -> str:
+    """A file name as text any output can hold: the bytes of a name that is not UTF-8 (which Python keeps as lone
+    surrogates, refused by every UTF-8 writer) escaped as ``\\xe9``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def file_query_id(path: Path) -> str:
+    """An image query's id: its file name without the suffix, escaped if it is not UTF-8 (with a warning naming the
+    file), so that the query is answered and written with the others instead of failing the whole output."""
+    escaped = printable_path(path.stem)
+    if escaped != path.stem:
+        logger.warning(f"{printable_path(path)}: the file name is not UTF-8; its query id is written as {escaped}")
+    return escaped
 
 
 def pair_by_id(images: list[dict[str, Any]], fasta: list[tuple[str, str]], source: str) -> list[dict[str, Any]]:

@@ -99,6 +99,90 @@ def train_models(task: str, out: Path, seed: int, epochs: int | None, photos_dir
     return {"trained": trained, "untrained": untrained}
 
 
+def checklist_files(keys: datasets.Dataset, folder: Path) -> dict[str, Path]:
+    """The species of ``keys`` written as two checklists: binomials, and full paths (``Order Family Genus epithet``)."""
+    taxa = sorted({tuple(row[rank] for rank in RANKS) for row in keys.select_columns(list(RANKS)) if row["species"]})
+    folder.mkdir(parents=True, exist_ok=True)
+    forms = {
+        "binomials": [species for *_, species in taxa],
+        "full paths": [f"{order} {family} {species}" for order, family, _, species in taxa],
+    }
+    files = {}
+    for form, lines in forms.items():
+        files[form] = folder / f"checklist-{form.replace(' ', '-')}.txt"
+        files[form].write_text(f"# {len(lines)} species of the keys ({form})\n" + "\n".join(lines) + "\n")
+    return files
+
+
+def top1_species(identifier, queries: datasets.Dataset, modality: str) -> float:
+    """Top-1 species accuracy (micro, %) of ``queries`` by their ``modality`` (image or dna) through the Identifier."""
+    right = 0
+    for start in range(0, len(queries), 64):
+        batch = queries[start : start + 64]
+        if modality == "image":
+            answers = identifier.identify(images=[image["bytes"] or image["path"] for image in batch["image"]])
+        else:
+            answers = identifier.identify(barcodes=batch["dna_barcode"])
+        right += sum(answer.ranks[-1].label == truth for answer, truth in zip(answers, batch["species"], strict=True))
+    return round(100 * right / len(queries), 1)
+
+
+def measure(task: str, out: Path, seed: int, models: dict[str, Path], photos_dir: Path) -> dict[str, dict[str, float]]:
+    """Per model (trained, untrained) and query set: top-1 species accuracy against specimen keys and checklists."""
+    from bioscan_clip.data.spec import role_records
+    from bioscan_clip.identification import Identifier
+    from bioscan_clip.identification.build import build_checklist_index, build_index
+
+    data, _ = prepare(task, out, seed, photos_dir)
+    splits, roles = data.load()
+    keys = role_records(splits, roles, "keys")
+    files = checklist_files(keys, out / "checklists")
+    query_sets = {"held-out photos": role_records(splits, roles, "test_queries_seen")}
+    modalities = ["image"]
+    if task == "mini":
+        query_sets = {
+            "seen": query_sets["held-out photos"],
+            "unseen": role_records(splits, roles, "test_queries_unseen"),
+        }
+        modalities = ["image", "dna"]
+    report: dict[str, dict[str, float]] = {}
+    for name, model in models.items():
+        folders = {"specimen keys": build_index(model, data, out / f"keys-{name}")}
+        for form, path in files.items():
+            folders[f"checklist ({form})"] = build_checklist_index(
+                model, path, out / f"checklist-{form}-{name}".replace(" ", "-")
+            )
+        for kind, folder in folders.items():
+            identifier = Identifier.load(model, folder)
+            for modality in modalities:
+                for group, queries in query_sets.items():
+                    row = f"{modality} queries, {kind}"
+                    report.setdefault(row, {})[f"{name} {group}"] = top1_species(identifier, queries, modality)
+    report["counts"] = {
+        "keys": len(keys),
+        "species": len(files)
+        and sum(1 for line in files["binomials"].read_text().splitlines() if not line.startswith("#")),
+        **{f"queries {group}": len(queries) for group, queries in query_sets.items()},
+    }
+    return report
+
+
+def markdown_table(runs: dict[int, dict[str, dict[str, float]]]) -> str:
+    """Rows: query kind and keys; columns: model and query group; cells: the value, or lowest-highest over seeds."""
+    first = next(iter(runs.values()))
+    rows = [row for row in first if row != "counts"]
+    columns = list(first[rows[0]])
+    lines = ["| queries, keys | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for row in rows:
+        cells = []
+        for column in columns:
+            values = sorted(run[row][column] for run in runs.values())
+            cells.append(f"{values[0]:.1f}" if values[0] == values[-1] else f"{values[0]:.1f}–{values[-1]:.1f}")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    counts = ", ".join(f"{name} {value}" for name, value in first["counts"].items())
+    return "\n".join(lines) + f"\n\ntop-1 species accuracy (micro, %), seeds {sorted(runs)}; {counts}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=("butterflies", "mini"))

@@ -21,6 +21,7 @@ from bioscan_clip.retrieval.index_types import (
     index_option_names,
 )
 from modeling_bioscanclip import BioscanInputError
+from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def _run_checklist(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     taxa = json.loads((out / "key_folder.json").read_text())["checklist"]["taxa"]
-    counted = ", ".join(f"{count} at {rank}" for rank, count in taxa.items())
+    counted = ", ".join(f"{taxa[rank]} at {rank}" for rank in TAXONOMIC_RANKS if rank in taxa)
     print(f"wrote key folder {out}: text keys of {sum(taxa.values())} taxa of {args.checklist} ({counted})")
     print_calibration(json.loads((out / "calibration.json").read_text()), out)
     return 0

@@ -1,7 +1,7 @@
 """Checklist keys (names only, no specimens) beside specimen keys: top-1 species accuracy of held-out queries.
 
-    python scripts/checklist_table.py butterflies --out runs/checklist-butterflies --seeds 0 1 2
-    python scripts/checklist_table.py mini --out runs/checklist-mini --seeds 0
+    python scripts/checklist_table.py butterflies --out runs/checklist-butterflies --seeds 0 1 2 --epochs 8
+    python scripts/checklist_table.py mini --out runs/checklist-mini --seeds 0 --epochs 6
 
 ``butterflies``: the 832 field photos of 10 species in ``../shared/realdata/dsw88__cs601r-project1-dataset`` (Leeds
 Butterfly Dataset, research use only, never shipped), split by specimen (each photo is one specimen): per species

@@ -28,6 +28,7 @@ from bioscan_clip.features import (
     DNA,
     KEY_FEATURES,
     KMER,
+    TEXT,
     add_combined_features,
     embed_dataset,
     labels_of,
@@ -88,7 +89,8 @@ class EmbeddedKeys:
     """What a key folder is written from: the model and processor (None: barcodes only, no embeddings), the
     modalities indexed, the key records, their features (feature -> ``(keys, dim)`` matrix) and labels
     (``processid`` and rank -> one label per key), and the validation queries to calibrate on (None: the keys
-    calibrate themselves)."""
+    calibrate themselves). ``checklist``: where the keys came from when they are a checklist's names (text keys,
+    nothing to calibrate on; see :func:`build_checklist_index`)."""
 
     model: BioscanClipModel | None
     processor: BioscanClipProcessor | None
@@ -97,6 +99,7 @@ class EmbeddedKeys:
     features: dict[str, np.ndarray]
     labels: dict[str, list]
     calibration_queries: datasets.Dataset | None = None
+    checklist: Mapping[str, Any] | None = None
 
 
 def _specimens(
@@ -249,6 +252,7 @@ def build_key_folder(
     batch_size: int = 128,
     show_progress: bool = True,
     overwrite: bool = False,
+    checklist: Mapping[str, Any] | None = None,
 ) -> Path:
     """Embeds ``keys`` once and writes a key folder: one index per feature, the records, the calibration; keys
     with barcodes also get the 5-mer index and the identity calibration of the barcode identifier
@@ -273,6 +277,8 @@ def build_key_folder(
         index_options (`dict`, *optional*): further :meth:`KeyIndex.build` index settings (``nlist``, ``nprobe``,
             ``pq_m``, ``rerank``, ...), the same for every feature.
         overwrite (`bool`, defaults to False): replace ``out_dir`` even when it is not a key folder.
+        checklist (`dict`, *optional*): the keys are the taxa of this checklist (file name, sha256, entries; see
+            :func:`build_checklist_index`): only their taxonomy text is embedded, and nothing is calibrated.
     """
     out_dir = Path(out_dir)
     refuse_foreign_output(out_dir, overwrite)
@@ -286,6 +292,9 @@ def build_key_folder(
         keys = with_modalities(keys, modalities, what="keys")
         if len(keys) == 0:
             raise BioscanInputError("no key record has a DNA barcode: without a model only barcodes are indexed")
+    elif checklist is not None:  # names only: the taxonomy-text tower embeds them
+        modalities = [TEXT]
+        key_set = _specimens(keys, processor, modalities, "checklist taxa")
     else:
         modalities = available_modalities(keys, model.config.modalities, what="keys")
         key_set = _specimens(keys, processor, modalities, "keys")
@@ -304,7 +313,7 @@ def build_key_folder(
         else:
             features, labels = _embed(model, key_set, options, "embedding keys", out_dir=scratch, features=KEY_FEATURES)
         kill_point("index:embedded")
-        embedded = EmbeddedKeys(model, processor, modalities, keys, features, labels, calibration_queries)
+        embedded = EmbeddedKeys(model, processor, modalities, keys, features, labels, calibration_queries, checklist)
         _write_key_folder(embedded, options, staging)
         refuse_foreign_output(final_dir, overwrite)  # nothing foreign appeared there while we embedded
         swap_in(staging, final_dir, stage_prefix="index:")
@@ -360,6 +369,7 @@ def _write_key_folder(keys: EmbeddedKeys, options: BuildOptions, out_dir: Path) 
         "index_type": options.index_type,
         "count": len(keys.records),
         "features": sorted(indexed),
+        **({"checklist": dict(keys.checklist)} if keys.checklist is not None else {}),
         "files": file_checksums(out_dir),
     }
     (out_dir / KEY_MANIFEST).write_text(sealed_json(manifest))
@@ -384,6 +394,8 @@ def _calibrate(keys: EmbeddedKeys, options: BuildOptions, out_dir: Path, approxi
         )
         logger.warning(calibration["warnings"][-1])
         return calibration
+    if keys.checklist is not None:
+        return _checklist_calibration(keys, calibration)
     if keys.model is None:  # barcodes only: the library calibrates the alignment identity itself, below
         query_features, query_labels = {}, keys.labels
         leave_one_out = True
@@ -493,3 +505,73 @@ def build_index(
         batch_size=batch_size,
         overwrite=overwrite,
     )
+
+
+METHOD_CHECKLIST = "none: checklist keys are names without specimens, so there are no queries to calibrate on"
+
+
+def _checklist_calibration(keys: EmbeddedKeys, calibration: dict[str, Any]) -> dict[str, Any]:
+    """A checklist's calibration: no thresholds (no labelled query exists to set one, and a fixed similarity would
+    hold for no model in particular), so no call is marked confident; the confidence vote uses the model's own
+    learnt temperature, which makes it the CLIP zero-shot softmax over the nearest names."""
+    scale = float(keys.model.logit_scale.detach().exp())
+    calibration.update(method=METHOD_CHECKLIST, vote_temperature=1.0 / scale, calibration_queries=0)
+    calibration["warnings"].append(
+        "checklist keys are uncalibrated: no rank is ever marked confident and every query is flagged unknown "
+        "species; read each rank's confidence (the model's softmax over the k nearest names, temperature "
+        f"1/{scale:.1f}) and the similarity instead"
+    )
+    logger.warning(calibration["warnings"][-1])
+    return calibration
+
+
+def build_checklist_index(
+    model: str | Path,
+    checklist: str | Path,
+    out: str | Path,
+    *,
+    index_type: str = "flat",
+    index_options: Mapping[str, Any] | None = None,
+    batch_size: int = 128,
+    overwrite: bool = False,
+) -> Path:
+    """Writes a key folder of **text keys** from a checklist's names alone, no specimens: each taxon of the file
+    (:func:`dataset_scripts.checklist.read_checklist`: a ``.txt`` of binomials or full paths, or a ``.csv``/``.tsv``
+    with order..species columns) is one key, embedded by the model's taxonomy-text tower as the records' text
+    (``"order family genus species"``, ``not_classified`` where a rank is not given), its ``processid`` the taxon's
+    name. :class:`~bioscan_clip.identification.Identifier` and ``predict`` search it as any key folder: images and
+    barcodes are answered against the names (``image->text``, ``dna->text``), with the nearest names and their
+    similarity, and each rank's label and confidence.
+
+    Nothing is calibrated (see ``calibration.json``): without specimens there is no query whose answer is known, so
+    no call is marked confident and every query is flagged unknown species. The manifest names the checklist (file
+    name, sha256, taxa per rank).
+
+    Raises:
+        `BioscanInputError`: one line naming the checklist file and line, the model (no text tower) or ``out``.
+    """
+    from dataset_scripts.checklist import read_checklist
+    from dataset_scripts.integrity import sha256_file
+
+    refuse_foreign_output(Path(out), overwrite)
+    listed = read_checklist(checklist)  # the file is checked before the model is loaded
+    network, processor = load_pretrained(model)
+    if TEXT not in network.config.modalities:
+        raise BioscanInputError(
+            f"{model}: has no taxonomy-text tower (modalities {', '.join(network.config.modalities)}); checklist "
+            "names are embedded by it: use a model trained with text"
+        )
+    columns = {"processid": [entry.name for entry in listed.entries]}
+    columns.update({rank: [entry.taxonomy[rank] for entry in listed.entries] for rank in TAXONOMIC_RANKS})
+    records = datasets.Dataset.from_dict(
+        columns, features=datasets.Features(dict.fromkeys(columns, datasets.Value("string")))
+    )
+    source = {
+        "file": listed.path.name,
+        "sha256": sha256_file(listed.path),
+        "taxa": {rank: len(names) for rank, names in listed.by_rank().items()},
+    }
+    return build_key_folder(
+        network, processor, records, out, index_type=index_type, index_options=index_options,
+        batch_size=batch_size, overwrite=overwrite, checklist=source,
+    )  # fmt: skip

@@ -42,6 +42,7 @@ from bioscan_clip.features import (
     DNA,
     INDEXED_FEATURES,
     KMER,
+    TEXT,
     add_combined_features,
     embed_inputs,
     pair_name,
@@ -304,7 +305,9 @@ class Identifier:
                 returned; for images also the keys of the confidence vote. Fewer when fewer keys match ``restrict``
                 (a species with 4 keys is answered with those 4, not refused).
             key_feature (`str`, *optional*): search other keys than the query's own modality, e.g. ``"dna"`` for
-                image queries (the cross-modal view); ``"dna"`` for barcodes is the default hit search.
+                image queries (the cross-modal view); ``"dna"`` for barcodes is the default hit search. A key
+                folder of text keys only (a checklist, ``bioscan-clip index --checklist``) is searched with
+                ``"text"`` by default.
             restrict (`dict`, *optional*): search only keys with these taxa, e.g. ``{"order": ["Diptera"]}``.
             names (`Sequence`, *optional*): one name per query, used by error messages.
         """
@@ -338,7 +341,8 @@ class Identifier:
     ) -> list[Identification]:
         """Answers from the nearest keys of the query embedding (the paper's 1-NN, with the vote confidence)."""
         searched = query_feature(features)
-        key_feature = key_feature or searched
+        if key_feature is None:  # a checklist's key folder holds names only: every query is searched against them
+            key_feature = TEXT if set(self.indexes) == {TEXT} else searched
         if key_feature not in self.indexes or key_feature == KMER:
             embedded = sorted(set(self.indexes) - {KMER})
             raise BioscanInputError(f"no {key_feature} keys in this key folder; it has {embedded}")

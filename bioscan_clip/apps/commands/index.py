@@ -8,9 +8,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from bioscan_clip.apps.commands.options import add_data_arguments, add_field_arguments, data_spec
+from bioscan_clip.apps.commands.options import add_data_arguments, add_field_arguments, add_option, data_spec
 from bioscan_clip.features import INDEXED_FEATURES
-from bioscan_clip.identification.build import build_index
+from bioscan_clip.identification.build import build_checklist_index, build_index
 from bioscan_clip.identification.calibration import DEFAULT_PRECISION
 from bioscan_clip.retrieval.index_types import (
     AUTO,
@@ -20,6 +20,8 @@ from bioscan_clip.retrieval.index_types import (
     build_index_types,
     index_option_names,
 )
+from modeling_bioscanclip import BioscanInputError
+from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +36,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "AUROC, calibration.png the reliability diagram. Keys with barcodes also get a 5-mer profile index and "
         "identity thresholds calibrated on the library itself (each key identified against the others, a share of "
         "each rank's labels held out): barcodes are answered by their hits re-ranked by alignment identity. "
-        "`predict` and the demo read it without re-embedding."
+        "`predict` and the demo read it without re-embedding. With --checklist the keys are names alone, no "
+        "specimens: each taxon of the file becomes a text key embedded by the model's taxonomy-text tower, and "
+        "`predict` answers images and barcodes against the names (uncalibrated: no specimen, no threshold)."
     )
     parser.add_argument(
         "--model",
         help="a saved model folder or a Hub model repository id; without one only the barcodes are indexed (5-mer "
         "profiles, identity calibration): `predict` then identifies barcodes by alignment, no model needed",
+    )
+    add_option(
+        parser,
+        "--checklist",
+        metavar="TAXA.txt|.csv",
+        help="build text keys from this checklist instead of a dataset: a .txt with one taxon per line ('Genus "
+        "species' or 'Order Family Genus species'; blank and '#' lines skipped) or a .csv/.tsv with order, family, "
+        "genus, species columns (higher-rank entries leave the lower ranks empty); needs --model, takes no data "
+        "options",
     )
     add_data_arguments(parser)
     parser.add_argument("--out", required=True, help="the key folder to write (replaced if it is one)")
@@ -69,6 +82,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.checklist:
+        return _run_checklist(args)
     out = build_index(
         args.model,
         data_spec(args),
@@ -85,6 +100,28 @@ def run(args: argparse.Namespace) -> int:
     print_calibration(report, out)
     for name, recall in report.get("recall_at_5", {}).items():
         print(f"  {name}: recall@5 of the {args.index_type} index against exact search {recall:.3f}")
+    return 0
+
+
+def _run_checklist(args: argparse.Namespace) -> int:
+    given = [f"--{name}" for name in ("data_dir", "dataset_path") if getattr(args, name)]
+    if given:
+        raise BioscanInputError(f"--checklist builds keys from names alone; it takes no {' or '.join(given)}")
+    if not args.model:
+        raise BioscanInputError("--checklist needs --model: its taxonomy-text tower embeds the names")
+    out = build_checklist_index(
+        args.model,
+        args.checklist,
+        args.out,
+        index_type=args.index_type,
+        index_options={name: getattr(args, name) for name in index_option_names() if getattr(args, name) is not None},
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+    )
+    taxa = json.loads((out / "key_folder.json").read_text())["checklist"]["taxa"]
+    counted = ", ".join(f"{taxa[rank]} at {rank}" for rank in TAXONOMIC_RANKS if rank in taxa)
+    print(f"wrote key folder {out}: text keys of {sum(taxa.values())} taxa of {args.checklist} ({counted})")
+    print_calibration(json.loads((out / "calibration.json").read_text()), out)
     return 0
 
 

@@ -13,6 +13,7 @@ import pandas as pd
 from bioscan_clip.apps import report
 from bioscan_clip.apps.commands.options import (
     RowParts,
+    add_option,
     add_query_arguments,
     batches,
     collect_queries,
@@ -22,6 +23,7 @@ from bioscan_clip.apps.commands.options import (
 )
 from bioscan_clip.features import KEY_FEATURES
 from bioscan_clip.identification.barcode_search import DEFAULT_HITS
+from bioscan_clip.identification.build import METHOD_CHECKLIST
 from bioscan_clip.identification.identifier import DEFAULT_NEIGHBOURS, Identifier
 from bioscan_clip.safe_io import atomic_output_file
 from modeling_bioscanclip import BioscanInputError
@@ -38,6 +40,41 @@ def parse_restrict(values: list[str] | None) -> dict[str, list[str]] | None:
             raise BioscanInputError(f"--restrict expects RANK=NAME[,NAME...], got {value!r}")
         restrict.setdefault(rank.strip(), []).extend(n.strip() for n in names.split(",") if n.strip())
     return restrict
+
+
+def restrict_from_file(path: str | None, restrict: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+    """``restrict`` with the taxa of a checklist file added (:func:`dataset_scripts.checklist.read_checklist`), at
+    the one rank they are named at: a search is restricted by rank, so a file naming taxa at several ranks (which
+    would mean "this species or that genus") is refused rather than read as "both"."""
+    if not path:
+        return restrict
+    from dataset_scripts.checklist import read_checklist
+
+    by_rank = read_checklist(path).by_rank()
+    if len(by_rank) > 1:
+        counts = ", ".join(f"{len(names)} at {rank}" for rank, names in by_rank.items())
+        raise BioscanInputError(
+            f"--restrict_file {path}: lists taxa at several ranks ({counts}); a search is restricted at one rank, "
+            "so give one file per rank"
+        )
+    merged = {rank: list(names) for rank, names in (restrict or {}).items()}
+    for rank, names in by_rank.items():
+        merged.setdefault(rank, []).extend(names)
+    return merged
+
+
+def _report_unmatched(identifier: Identifier, restrict: dict[str, list[str]] | None) -> None:
+    """Names of the restriction that no key carries: a checklist's taxon absent from the library is never answered."""
+    if not restrict or not identifier.indexes:
+        return
+    index = next(iter(identifier.indexes.values()))
+    for rank, names in restrict.items():
+        if rank not in index.keys.column_names:
+            continue  # KeyIndex refuses an unknown column by name when searched
+        absent = sorted(set(names) - set(index.column(rank)))
+        if absent:
+            shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+            print(f"restrict: {len(absent)} of {len(set(names))} {rank} names have no key in the library: {shown}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +120,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="RANK=NAMES",
         help="search only keys of these taxa, e.g. order=Diptera,Hymenoptera",
     )
+    add_option(
+        parser,
+        "--restrict_file",
+        metavar="TAXA.txt|.csv",
+        help="search only keys of the taxa of a checklist (the file `index --checklist` reads: one 'Genus species' "
+        "or 'Order Family Genus species' per line, or a .csv/.tsv with order..species columns), all named at one "
+        "rank; with --restrict, ranks combine with AND and the names of one rank with OR",
+    )
     parser.add_argument("--out", default="predictions.parquet", help="output .parquet, .csv or .json")
     parser.add_argument(
         "--hits",
@@ -110,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     from bioscan_clip.sharding import ShardFailedError, process_shard
 
     queries = collect_queries(args)  # the inputs are read and checked before any model is loaded
-    restrict = parse_restrict(args.restrict)
+    restrict = restrict_from_file(args.restrict_file, parse_restrict(args.restrict))
     out = Path(args.out)
     if args.report:
         report.check_report_path(Path(args.report), out)
@@ -119,6 +164,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         identifier = Identifier.load(args.model, args.keys)
         provenance = identifier.provenance  # on every row: a table copied elsewhere still says what made it
+        if shard.is_main:
+            _report_unmatched(identifier, restrict)
+            if identifier.calibration.get("method") == METHOD_CHECKLIST:
+                print(f"note: {args.keys} holds checklist keys (names, no specimens): no call is marked confident")
         shard.announce({"queries": len(queries)})
         start, stop = shard.bounds(len(queries))
         parts = RowParts(out)

@@ -275,6 +275,8 @@ def validate_arrow(table: datasets.Dataset, what: str) -> None:
     crafted offset is refused here instead of read past its buffer later."""
     try:
         table.data.table.validate(full=True)
+    except MemoryError:
+        raise BioscanInputError(f"{what} does not fit in memory to be validated") from None
     except (pa.ArrowException, ValueError) as error:
         message = " ".join(str(error).split())[:200]
         raise BioscanInputError(f"{what} is not valid Arrow data ({message})") from None

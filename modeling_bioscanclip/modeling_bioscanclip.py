@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -637,7 +638,15 @@ class BioscanClipModel(BioscanClipPreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
-        loaded = super().from_pretrained(*args, **kwargs)
+        try:
+            loaded = super().from_pretrained(*args, **kwargs)
+        except pickle.UnpicklingError as error:  # torch.load(weights_only=True) met a pickled object: nothing ran
+            reasons = [line for line in str(error).splitlines() if "GLOBAL" in line] or [str(error).splitlines()[0]]
+            source = args[0] if args else kwargs.get("pretrained_model_name_or_path")
+            raise BioscanInputError(
+                f"{source}: refused the model weights: they hold pickled objects, not only tensors "
+                f"({reasons[0].strip()[:160]}); load a model saved as model.safetensors"
+            ) from None
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         # safetensors memory-maps tensors at arbitrary byte offsets, and CPU kernels take other code paths for
         # unaligned memory, which changes results in the last bit. Fresh storage makes a reloaded model

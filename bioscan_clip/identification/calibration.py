@@ -33,6 +33,7 @@ be reported side by side.
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,7 +41,9 @@ from typing import Any
 
 import numpy as np
 
+from bioscan_clip.safe_io import read_json
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
+from modeling_bioscanclip.errors_bioscanclip import BioscanInputError
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +56,39 @@ _CHUNK = 256  # queries per similarity block (256 x keys floats in memory at onc
 METHOD_HELD_OUT = "held-out labels"
 METHOD_PRESENT_ONLY = "present answers only"
 METHOD_NONE = "none"
+# Thresholds are cosine similarities or alignment identities: in [-1, 1], give or take float32 rounding.
+MAX_ABS_THRESHOLD = 1.001
+
+
+def read_calibration(path: Path) -> dict[str, Any]:
+    """A key folder's ``calibration.json``, every value the identifier uses typed and in range before any is used:
+    ``thresholds`` an object pair -> rank -> a score in [-1, 1] (cosine similarity, alignment identity) or Infinity
+    (never confident), ``vote_temperature`` a finite number above 0. Anything else is one line naming the file and
+    the value (a threshold of -1e9 would make every call confident; a temperature of 0 every confidence NaN)."""
+
+    def refuse(what: str) -> None:
+        raise BioscanInputError(f"{path}: {what}; rebuild the key folder")
+
+    calibration = read_json(path, "the calibration")
+    if not isinstance(calibration, dict):
+        refuse(f"the calibration must be a JSON object, got {type(calibration).__name__}")
+    thresholds = calibration.get("thresholds")
+    if not isinstance(thresholds, dict):
+        refuse(f"thresholds must be an object pair -> rank -> threshold, got {thresholds!r:.80}")
+    for pair, ranks in thresholds.items():
+        if not isinstance(ranks, dict):
+            refuse(f"thresholds[{pair!r}] must be an object rank -> threshold, got {ranks!r:.80}")
+        for rank, value in ranks.items():
+            if rank not in TAXONOMIC_RANKS:
+                refuse(f"thresholds[{pair!r}] names {rank!r}, not one of {TAXONOMIC_RANKS}")
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or not (value == math.inf or abs(value) <= MAX_ABS_THRESHOLD):
+                refuse(f"thresholds[{pair!r}][{rank!r}] must be a score in [-1, 1] or Infinity, got {value!r:.80}")
+    temperature = calibration.get("vote_temperature", DEFAULT_VOTE_TEMPERATURE)
+    number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+    if not number or not math.isfinite(temperature) or temperature <= 0:
+        refuse(f"vote_temperature must be a finite number above 0, got {temperature!r:.80}")
+    return calibration
 
 
 def isotonic_accuracy(scores: np.ndarray, hits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -50,12 +50,12 @@ from bioscan_clip.features import (
 )
 from bioscan_clip.resolve import load_pretrained
 from bioscan_clip.retrieval.key_index import KeyIndex
-from bioscan_clip.safe_io import SEAL_KEY, read_json
+from bioscan_clip.safe_io import SEAL_KEY
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError, load_image_safely
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
 from .barcode_search import ALIGNMENT_PAIR, CANDIDATES, DEFAULT_HITS, BarcodeSearch, KeyBarcodes
-from .calibration import DEFAULT_VOTE_TEMPERATURE
+from .calibration import DEFAULT_VOTE_TEMPERATURE, read_calibration
 from .key_folder import CALIBRATION_FILE, config_hash, key_records, verify_key_folder
 from .library import resolve_key_folder, resolve_key_library
 
@@ -221,7 +221,7 @@ class Identifier:
             name: KeyIndex.load(key_dir / name, verify=False) for name in INDEXED_FEATURES if (key_dir / name).exists()
         }
         records = key_records(key_dir)
-        calibration = read_json(key_dir / CALIBRATION_FILE, "the calibration")
+        calibration = read_calibration(key_dir / CALIBRATION_FILE)
         if model is None:
             if KMER not in indexes:
                 raise BioscanInputError(f"{key_dir}: holds no barcodes to identify against without a model; give one")

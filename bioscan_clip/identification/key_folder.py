@@ -18,6 +18,7 @@ from typing import Any
 
 import datasets
 
+from bioscan_clip.retrieval.storage import validate_arrow
 from bioscan_clip.safe_io import (
     check_seal,
     read_json,
@@ -112,6 +113,7 @@ def key_records(key_dir: str | Path) -> datasets.Dataset | None:
         records = datasets.load_from_disk(str(key_dir / RECORDS_DIRNAME))
     except (OSError, ValueError, KeyError) as error:
         raise BioscanInputError(f"{key_dir}: the key records cannot be read ({error}); rebuild it") from None
+    validate_arrow(records, f"{key_dir / RECORDS_DIRNAME}: the key records")  # before any value is read
     if "image" in records.column_names:
         records = records.cast_column("image", datasets.Image(decode=False))
     return records

@@ -2,7 +2,7 @@
 :data:`KEY_LIBRARY_FILE`, the model (and revision) its keys were embedded with. Written by
 ``bioscan-clip push keys`` (:mod:`bioscan_clip.apps.publish`), read by :meth:`Identifier.from_pretrained`, the demo
 and the Space. Every name goes through :func:`bioscan_clip.resolve.resolve_folder`, and every path a library names is
-kept inside the repository it came from."""
+kept inside the repository it came from; the model it names must be a Hub repository id, never a local path."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from bioscan_clip.resolve import inside, resolve_folder
+from bioscan_clip.resolve import check_repo_id, inside, resolve_folder
 from bioscan_clip.safe_io import read_json
 from modeling_bioscanclip import BioscanInputError
 
@@ -70,6 +70,8 @@ def resolve_key_library(
         raise BioscanInputError(f"{root / KEY_LIBRARY_FILE}: 'model' must be an object with a repo_id")
     if model is None:
         model, model_revision = named.get("repo_id"), model_revision or named.get("revision")
+        if model:  # a Hub id only: a library must not point the loader at a folder of the machine reading it
+            check_repo_id(model, what=f"{root / KEY_LIBRARY_FILE} 'model' repo_id")
     if not model or not isinstance(model, (str, os.PathLike)):
         raise BioscanInputError(f"{root / KEY_LIBRARY_FILE}: names no model repository; pass the model as well")
     return resolve_folder(model, revision=model_revision), _keys_of(root, library, spec)

@@ -24,6 +24,8 @@ import numpy as np
 from bioscan_clip.option_fields import option
 from modeling_bioscanclip.errors_bioscanclip import BioscanInputError
 
+from .index_file import Layout, flat_layout, hnsw_layout, ivf_layout, ivfpq_layout
+
 AUTO = "auto"
 AUTO_FLAT_MAX_KEYS = 200_000
 # IVF-PQ candidates re-scored exactly per query when the caller does not say: DEFAULT_RERANK per RERANK_PER_KEYS keys,
@@ -32,6 +34,10 @@ AUTO_FLAT_MAX_KEYS = 200_000
 # with 64 candidates and 0.985 with 128 (benchmarks/bench_index.py measures the defaults from 200k to 5.15M keys).
 DEFAULT_RERANK = 64
 RERANK_PER_KEYS = 1_000_000
+# Hard ceilings of the per-query search settings (IVF lists visited, HNSW beam widths, candidates re-ranked): far above
+# any useful value, and low enough that no saved index can make one query allocate more than a few MB (a stored
+# efSearch of 2**31-1 made faiss reserve 8.8 GB; an nprobe of 3.4e11 aborted the process).
+MAX_SEARCH_WIDTH = 16_384
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,6 +139,10 @@ class IndexTypeEntry:
             ``count`` rows, which the build fills in place instead of adding (no second copy); ``None``: vectors go
             to a temporary file and are added in batches.
         mmap_on_load (`bool`): Memory-map ``index.faiss`` on load instead of reading it.
+        file_layout (`Callable`, *optional*): Walks a saved ``index.faiss`` field by field against the manifest
+            before faiss reads it (:mod:`~bioscan_clip.retrieval.index_file`: faiss itself is not hardened against
+            hostile files); ``None``: faiss reads the file unchecked (a warning on every load), for a type that is
+            never loaded from others.
     """
 
     description: str
@@ -143,6 +153,7 @@ class IndexTypeEntry:
     search_settings: Mapping[str, SearchSetting] = field(default_factory=dict)
     own_storage: Callable[[faiss.Index, int], np.ndarray] | None = None
     mmap_on_load: bool = False
+    file_layout: Layout | None = None
 
 
 # ---------------------------------------------------------------------------------------------------- shared checks
@@ -161,6 +172,14 @@ def _int_param(value: Any, name: str, low: int, high: int | None = None) -> int:
     return int(value)
 
 
+def _search_width(value: Any, name: str, low: int) -> int:
+    """A per-query search setting: an int from ``low`` up to :data:`MAX_SEARCH_WIDTH`."""
+    value = _int_param(value, name, low)
+    if value > MAX_SEARCH_WIDTH:
+        raise BioscanInputError(f"{name} must be at most {MAX_SEARCH_WIDTH}, got {value}")
+    return value
+
+
 def _largest_divisor(dim: int, at_most: int) -> int:
     return max(m for m in range(1, max(1, at_most) + 1) if dim % m == 0)
 
@@ -172,18 +191,18 @@ def _default_nlist(count: int) -> int:
 
 def default_rerank(count: int) -> int:
     """IVF-PQ candidates re-ranked exactly per query for ``count`` keys: 64 per million keys, at least 64."""
-    return max(DEFAULT_RERANK, round(DEFAULT_RERANK * count / RERANK_PER_KEYS))
+    return min(MAX_SEARCH_WIDTH, max(DEFAULT_RERANK, round(DEFAULT_RERANK * count / RERANK_PER_KEYS)))
 
 
 def _rerank(value: Any, count: int, default: int) -> int:
-    return min(_int_param(default if value is None else value, "rerank", 0), count)
+    return min(_search_width(default if value is None else value, "rerank", 0), count)
 
 
 def _ivf_lists(params: IndexParams, count: int) -> dict[str, Any]:
     nlist = _default_nlist(count) if params.nlist is None else params.nlist
     if isinstance(nlist, bool) or not isinstance(nlist, (int, np.integer)) or not 1 <= nlist <= count:
         raise BioscanInputError(f"nlist must be in [1, {count}] (the key count), got {nlist!r}")
-    return {"nlist": int(nlist), "nprobe": min(_int_param(params.nprobe, "nprobe", 1), int(nlist))}
+    return {"nlist": int(nlist), "nprobe": min(_search_width(params.nprobe, "nprobe", 1), int(nlist))}
 
 
 def _train_size(value: Any, count: int, nlist: int, minimum: int) -> int:
@@ -200,11 +219,13 @@ def _set_nprobe(index: faiss.Index, value: int) -> None:
     faiss.extract_index_ivf(index).nprobe = value
 
 
-NPROBE = SearchSetting(
-    "IVF indexes", lambda value, params, count: _int_param(value, "nprobe", 1, params["nlist"]), _set_nprobe
-)
+def _check_nprobe(value: Any, params: Mapping[str, Any], count: int) -> int:
+    return _search_width(_int_param(value, "nprobe", 1, params["nlist"]), "nprobe", 1)
+
+
+NPROBE = SearchSetting("IVF indexes", _check_nprobe, _set_nprobe)
 # The search reads rerank from the manifest: nothing to set on the faiss index.
-RERANK = SearchSetting("approximate indexes", lambda value, params, count: min(_int_param(value, "rerank", 0), count))
+RERANK = SearchSetting("approximate indexes", lambda value, params, count: _rerank(value, count, 0))
 
 
 # ---------------------------------------------------------------------------------------------------- flat
@@ -242,8 +263,8 @@ def _resolve_hnsw(params: IndexParams, count: int, dim: int) -> dict[str, Any]:
     return {
         "rerank": _rerank(params.rerank, count, 0),
         "hnsw_m": _int_param(params.hnsw_m, "hnsw_m", 2, 1024),
-        "ef_construction": _int_param(params.ef_construction, "ef_construction", 1),
-        "ef_search": _int_param(params.ef_search, "ef_search", 1),
+        "ef_construction": _search_width(params.ef_construction, "ef_construction", 1),
+        "ef_search": _search_width(params.ef_search, "ef_search", 1),
     }
 
 
@@ -318,7 +339,7 @@ def _new_ivfpq(dim: int, params: Mapping[str, Any], seed: int) -> faiss.Index:
 # ---------------------------------------------------------------------------------------------------- the table
 
 
-def _ivf_family(description: str, resolve: Callable, new_index: Callable) -> IndexTypeEntry:
+def _ivf_family(description: str, resolve: Callable, new_index: Callable, file_layout: Layout) -> IndexTypeEntry:
     """An IVF index type: searched with its nprobe (kept in a restricted search too), re-ranked on request."""
     return IndexTypeEntry(
         description=description,
@@ -327,6 +348,7 @@ def _ivf_family(description: str, resolve: Callable, new_index: Callable) -> Ind
         new_index=new_index,
         search_parameters=_ivf_search_parameters,
         search_settings={"nprobe": NPROBE, "rerank": RERANK},
+        file_layout=file_layout,
     )
 
 
@@ -339,8 +361,9 @@ INDEX_TYPES: dict[str, IndexTypeEntry] = {
         search_settings={"rerank": SearchSetting("approximate indexes", _flat_rerank)},
         own_storage=_flat_storage,
         mmap_on_load=True,  # the vectors themselves: mapped, not read (faiss >= 1.11 maps IndexFlat codes)
+        file_layout=flat_layout,
     ),
-    "ivf": _ivf_family("IVF-Flat, approximate", _resolve_ivf, _new_ivf),
+    "ivf": _ivf_family("IVF-Flat, approximate", _resolve_ivf, _new_ivf, ivf_layout),
     "hnsw": IndexTypeEntry(
         description="HNSW-Flat, approximate",
         exact=False,
@@ -349,13 +372,19 @@ INDEX_TYPES: dict[str, IndexTypeEntry] = {
         search_parameters=_hnsw_search_parameters,
         search_settings={
             "ef_search": SearchSetting(
-                "HNSW indexes", lambda value, params, count: _int_param(value, "ef_search", 1), _set_ef_search
+                "HNSW indexes",
+                lambda value, params, count: _search_width(value, "ef_search", 1),
+                _set_ef_search,
             ),
             "rerank": RERANK,
         },
+        file_layout=hnsw_layout,
     ),
     "ivfpq": _ivf_family(
-        "IVF-PQ, approximate and compressed for millions of keys, re-ranked exactly", _resolve_ivfpq, _new_ivfpq
+        "IVF-PQ, approximate and compressed for millions of keys, re-ranked exactly",
+        _resolve_ivfpq,
+        _new_ivfpq,
+        ivfpq_layout,
     ),
 }
 

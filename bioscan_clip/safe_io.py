@@ -153,13 +153,15 @@ def folder_lock(folder: Path, *, exclusive: bool = False) -> Iterator[None]:
     It is a ``flock`` on the parent directory itself, so there is no lock file to create (readers of a read-only
     folder, such as the Hub cache, take it too) nor to leave behind; siblings share it, which makes a writer wait
     at most for a reader's verification. What stays open after the block (memory maps, open files) keeps the build
-    it was opened from, whatever is swapped in later. Where the parent cannot be opened or the file system has no
-    flock (some network mounts), nothing is locked.
+    it was opened from, whatever is swapped in later. Nothing may be written beside ``folder`` inside a shared
+    block (that swap would wait for the block). Where the parent cannot be opened or the file system has no flock
+    (some network mounts), nothing is locked.
     """
     descriptor = None
     if fcntl is not None:
         try:
-            descriptor = os.open(folder.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            parent = os.path.dirname(os.path.abspath(folder))  # also for "." or a trailing slash
+            descriptor = os.open(parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
             fcntl.flock(descriptor, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         except OSError as error:
             logger.debug("%s: not locked (%s)", folder, error)

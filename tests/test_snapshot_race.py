@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets
@@ -31,14 +32,18 @@ from bioscan_clip.identification.key_folder import verify_key_folder
 from bioscan_clip.safe_io import KILL_AT_ENV, atomic_output_file, staging_dir
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor
 
-SWAPS = 120  # per writer; the issue asks for at least 100 swaps during the reads
+SWAPS = 100  # swaps during the reads, as the issue asks (a swap waits for the load it would disturb: ~0.1 s each)
 
-# Swaps prebuilt folders into argv[1], alternating between the folders argv[3:], argv[2] times.
+# Swaps prebuilt folders into argv[1], alternating between the folders argv[4:], argv[3] times, once the file argv[2]
+# appears (it touches argv[2] + ".ready-PID" when imported), so that writers started together race from the start.
 WRITER = """
-import shutil, sys
+import os, shutil, sys, time
 from pathlib import Path
 from bioscan_clip.safe_io import staging_dir, swap_in
-target, swaps, sources = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+target, go, swaps, sources = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+Path(f"{go}.ready-{os.getpid()}").touch()
+while not go.exists():
+    time.sleep(0.01)
 for i in range(swaps):
     staging = staging_dir(target)
     shutil.copytree(sources[i % len(sources)], staging, dirs_exist_ok=True)
@@ -134,15 +139,29 @@ def start(script: str, *args: object) -> subprocess.Popen:
     )
 
 
+def wait_for(files: Callable[[], int], count: int, processes: list[subprocess.Popen], what: str) -> None:
+    deadline = time.monotonic() + 240
+    while files() < count:
+        for process in processes:
+            assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"the {what} never started"
+        time.sleep(0.1)
+
+
 def start_reader(target: Path, stop: Path, two_builds) -> subprocess.Popen:
     """The reader, once it has loaded ``target`` (its imports take longer than a writer's whole run)."""
     reader = start(READER, target, stop, json.dumps(two_builds["builds"]))
-    ready, deadline = Path(f"{stop}.ready"), time.monotonic() + 240
-    while not ready.exists():
-        assert reader.poll() is None, reader.communicate()[1][-3000:]
-        assert time.monotonic() < deadline, "the reader never loaded the key folder"
-        time.sleep(0.1)
+    wait_for(lambda: int(Path(f"{stop}.ready").exists()), 1, [reader], "reader")
     return reader
+
+
+def start_writers(target: Path, *sources: list[Path]) -> list[subprocess.Popen]:
+    """One writer per list of folders to alternate, all swapping from the same instant."""
+    go = target.with_name(f"{target.name}.go")
+    writers = [start(WRITER, target, go, SWAPS, *folders) for folders in sources]
+    wait_for(lambda: len(list(target.parent.glob(f"{go.name}.ready-*"))), len(writers), writers, "writers")
+    go.touch()
+    return writers
 
 
 def finish(process: subprocess.Popen, timeout: float = 240) -> str:
@@ -169,33 +188,24 @@ def test_reader_during_swaps_gets_one_whole_build_and_never_fails(two_builds, tm
     target, stop = tmp_path / "keys", tmp_path / "stop"
     shutil.copytree(two_builds["folders"]["A"], target)
     reader = start_reader(target, stop, two_builds)
-    writer = start(WRITER, target, SWAPS, two_builds["folders"]["B"], two_builds["folders"]["A"])
     try:
+        [writer] = start_writers(target, [two_builds["folders"]["B"], two_builds["folders"]["A"]])
         finish(writer)
     finally:
         stop.touch()
     report = json.loads(finish(reader).strip().splitlines()[-1])
-    assert report["failed"] == 0, report
-    assert report["mixed_count"] == 0, report
+    assert (report["failed"], report["mixed_count"]) == (0, 0), report["failures"] + report["mixed"]
     assert report["seen"].get("A", 0) >= 2 and report["seen"].get("B", 0) >= 2, report  # it read during the swaps
     assert_one_of_the_builds(target, two_builds)
     assert asides(target) == []
 
 
 def test_two_writers_swapping_one_folder_take_turns_and_leave_nothing_aside(two_builds, tmp_path):
-    target, stop = tmp_path / "keys", tmp_path / "stop"
+    target = tmp_path / "keys"
     shutil.copytree(two_builds["folders"]["B"], target)
-    reader = start_reader(target, stop, two_builds)
-    folders = two_builds["folders"]
-    writers = [start(WRITER, target, SWAPS, folders["A"], folders["B"]),
-               start(WRITER, target, SWAPS, folders["B"], folders["A"])]  # fmt: skip
-    try:
-        for writer in writers:
-            finish(writer)
-    finally:
-        stop.touch()
-    report = json.loads(finish(reader).strip().splitlines()[-1])
-    assert report["failed"] == 0 and report["mixed_count"] == 0, report
+    a, b = two_builds["folders"]["A"], two_builds["folders"]["B"]
+    for writer in start_writers(target, [a, b], [b, a]):
+        finish(writer)  # every swap of both succeeded
     assert_one_of_the_builds(target, two_builds)
     assert asides(target) == []
 

@@ -216,7 +216,8 @@ class Identifier:
         --out`` the same folder) gives this identifier the old build or the new one, whole
         (:func:`~bioscan_clip.identification.key_folder.key_folder_snapshot`); it keeps the one it loaded.
         """
-        with folder_lock(Path(keys)):  # a local folder is not resolved in the instant between a swap's two renames
+        # A local folder is not resolved in the instant between the two renames of a swap (it would look absent).
+        with folder_lock(Path(keys).expanduser()):
             key_dir = resolve_key_folder(keys, revision=keys_revision)
         with key_folder_snapshot(key_dir) as manifest:  # every part of the build verified, even during a rebuild
             indexes = {

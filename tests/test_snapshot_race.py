@@ -222,6 +222,7 @@ def bold_table(path: Path, prefix: str, count: int) -> Path:
     return path
 
 
+@pytest.mark.slow  # two whole `index` processes (~50 s on a loaded 2-core machine); the swap race itself is above
 def test_two_index_runs_to_one_out_both_end_whole(tmp_path):
     """Two real ``bioscan-clip index --out SAME`` processes (barcodes only, no model) started together."""
     out = tmp_path / "keys"

@@ -34,7 +34,7 @@ from typing import Any
 
 from bioscan_clip.evaluation.metric import METRIC_DIR
 from bioscan_clip.evaluation.reports import ensure_card_metadata, update_model_card
-from bioscan_clip.identification.key_folder import KEY_MANIFEST, key_records, verify_key_folder
+from bioscan_clip.identification.key_folder import KEY_MANIFEST, key_folder_snapshot, key_records, verify_key_folder
 from bioscan_clip.identification.library import KEY_LIBRARY_FILE, KEY_LIBRARY_FORMAT, KEYS_SUBFOLDER
 from bioscan_clip.resolve import check_repo_id
 from modeling_bioscanclip import BioscanInputError
@@ -143,15 +143,15 @@ def export_keys(
     check_repo_id(repo_id)
     check_repo_id(model_repo)
     key_dir = Path(key_dir)
-    manifest = verify_key_folder(key_dir)
-    records = key_records(key_dir)
-    if records is None:
-        raise BioscanInputError(f"{key_dir}: has no key records; rebuild it with `bioscan-clip index`")
-    out = _fresh_out(out)
-    for name in repo_files(key_dir):
-        target = out / KEYS_SUBFOLDER / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(key_dir / name, target)
+    with key_folder_snapshot(key_dir) as manifest:  # the build verified is the one copied, even during a rebuild
+        records = key_records(key_dir)
+        if records is None:
+            raise BioscanInputError(f"{key_dir}: has no key records; rebuild it with `bioscan-clip index`")
+        out = _fresh_out(out)
+        for name in repo_files(key_dir):
+            target = out / KEYS_SUBFOLDER / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(key_dir / name, target)
     verify_key_folder(out / KEYS_SUBFOLDER)  # the copy is what was built
     import datasets
 

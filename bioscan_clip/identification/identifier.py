@@ -50,13 +50,13 @@ from bioscan_clip.features import (
 )
 from bioscan_clip.resolve import load_pretrained
 from bioscan_clip.retrieval.key_index import KeyIndex
-from bioscan_clip.safe_io import SEAL_KEY
+from bioscan_clip.safe_io import SEAL_KEY, folder_lock
 from modeling_bioscanclip import BioscanClipModel, BioscanClipProcessor, BioscanInputError, load_image_safely
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
 from .barcode_search import ALIGNMENT_PAIR, CANDIDATES, DEFAULT_HITS, BarcodeSearch, KeyBarcodes
 from .calibration import DEFAULT_VOTE_TEMPERATURE, read_calibration
-from .key_folder import CALIBRATION_FILE, config_hash, key_records, verify_key_folder
+from .key_folder import CALIBRATION_FILE, config_hash, key_folder_snapshot, key_records
 from .library import resolve_key_folder, resolve_key_library
 
 logger = logging.getLogger(__name__)
@@ -213,15 +213,21 @@ class Identifier:
             model_revision, keys_revision: Hub revisions (branch, tag or commit sha) of those repositories.
 
         The key folder is verified against its manifest before the model is loaded (see :func:`verify_key_folder`),
-        and refused when it was built with a model of another configuration.
+        and refused when it was built with a model of another configuration. A rebuild swapped in meanwhile (``index
+        --out`` the same folder) gives this identifier the old build or the new one, whole
+        (:func:`~bioscan_clip.identification.key_folder.key_folder_snapshot`); it keeps the one it loaded.
         """
-        key_dir = resolve_key_folder(keys, revision=keys_revision)
-        manifest = verify_key_folder(key_dir)
-        indexes = {
-            name: KeyIndex.load(key_dir / name, verify=False) for name in INDEXED_FEATURES if (key_dir / name).exists()
-        }
-        records = key_records(key_dir)
-        calibration = read_calibration(key_dir / CALIBRATION_FILE)
+        # A local folder is not resolved in the instant between the two renames of a swap (it would look absent).
+        with folder_lock(Path(keys).expanduser()):
+            key_dir = resolve_key_folder(keys, revision=keys_revision)
+        with key_folder_snapshot(key_dir) as manifest:  # every part of the build verified, even during a rebuild
+            indexes = {
+                name: KeyIndex.load(key_dir / name, verify=False)
+                for name in INDEXED_FEATURES
+                if (key_dir / name).exists()
+            }
+            records = key_records(key_dir)
+            calibration = read_calibration(key_dir / CALIBRATION_FILE)
         if model is None:
             if KMER not in indexes:
                 raise BioscanInputError(f"{key_dir}: holds no barcodes to identify against without a model; give one")

@@ -5,14 +5,18 @@ holds one :class:`~bioscan_clip.retrieval.KeyIndex` per feature (``image``, ``dn
 over the same key records, the key records themselves (with their images, for galleries), the calibration of the
 confidence thresholds and ``key_folder.json``: the model it was built with (id and config hash) and every file's
 size and sha256. It is built in a sibling temporary folder and swapped in by rename, so a reader sees the old folder
-or the new one, never parts of both; :func:`verify_key_folder` refuses a partial, mixed or corrupted folder by name.
+or the new one, never parts of both; :func:`verify_key_folder` refuses a partial, mixed or corrupted folder by name,
+and a reader that opens the parts inside :func:`key_folder_snapshot` opens those of the build it verified, even while
+a rebuild is swapped in.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ import datasets
 from bioscan_clip.retrieval.storage import validate_arrow
 from bioscan_clip.safe_io import (
     check_seal,
+    folder_lock,
     read_json,
     verify_checksums,
 )
@@ -101,6 +106,22 @@ def verify_key_folder(key_dir: str | Path) -> dict[str, Any]:
     check_seal(manifest, key_dir / KEY_MANIFEST, "the key folder manifest")
     verify_checksums(key_dir, manifest["files"], "the key folder")
     return manifest
+
+
+@contextlib.contextmanager
+def key_folder_snapshot(key_dir: str | Path) -> Iterator[dict[str, Any]]:
+    """Verifies a key folder (:func:`verify_key_folder`) and yields its manifest while no rebuild can be swapped in
+    (:func:`~bioscan_clip.safe_io.folder_lock`): every part opened inside the block belongs to the build verified,
+    and stays that build after it (the parts are memory-mapped or read; a later swap only renames folders).
+
+    Example::
+
+        with key_folder_snapshot(key_dir) as manifest:
+            records = key_records(key_dir)
+    """
+    key_dir = Path(key_dir)
+    with folder_lock(key_dir):
+        yield verify_key_folder(key_dir)
 
 
 def key_records(key_dir: str | Path) -> datasets.Dataset | None:

@@ -3,11 +3,13 @@ records and the manifest last, and swap the whole folder in (format: :mod:`biosc
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +242,9 @@ def _write_key_folder(keys: EmbeddedKeys, options: BuildOptions, out_dir: Path) 
         },
         "index_type": options.index_type,
         "count": len(keys.records),
+        # When and by what this folder was built, for `bioscan-clip info` and bug reports.
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "bioscan_clip_version": importlib.metadata.version("bioscan-clip"),
         "features": sorted(indexed),
         "files": file_checksums(out_dir),
     }

@@ -80,7 +80,8 @@ def test_evaluate_writes_tables_plots_and_model_card(tmp_path, trained_tiny, min
                 assert value is None or 0 <= value <= 1
     assert (out / "accuracy.png").stat().st_size > 10_000 and (out / "retrieval_examples.png").stat().st_size > 10_000
     text = card.read_text()
-    assert text.startswith("---\nlicense: mit\nmodel-index:") and "Intro text that must survive." in text
+    assert text.startswith("---\nlicense: mit\n") and "\nmodel-index:\n" in text
+    assert "Intro text that must survive." in text
     assert "| image->image | species |" in text and "SYNTHETIC" in text
     # Rewriting replaces the results rather than appending a second copy.
     main(

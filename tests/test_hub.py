@@ -208,7 +208,7 @@ def test_model_repo_card_and_files(published, tmp_path):
     argv = ["push", "model", "--model", str(published.model_dir), "--results", str(tmp_path / "results.json")]
     assert main([*argv, "--repo_id", MODEL_REPO, "--dry_run", str(out)]) == 0
     card = (out / "README.md").read_text()
-    assert "model-index:" in card and "value: 50.00" in card and "value: 25.00" in card
+    assert "model-index:" in card and "value: 50.0\n" in card and "value: 25.0\n" in card
     assert card.count("library_name: transformers") == 1 and "| image->image | species | 50.0 | 25.0 |" in card
 
 

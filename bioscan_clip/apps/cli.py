@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, str] = {
     "convert-clibd": "convert a published CLIBD .pth checkpoint into a from_pretrained folder",
     "push": "publish a model, key library, the metric or the Space on the Hugging Face Hub (or --dry_run DIR)",
     "demo": "open the Gradio demo on a trained model and its key index",
+    "info": "say what a key library or a model holds: model, counts per rank, indexes, calibration, provenance",
 }
 COMMANDS_PACKAGE = "bioscan_clip.apps.commands"
 

@@ -77,16 +77,15 @@ def export_model(
     out: str | os.PathLike,
     *,
     repo_id: str,
-    results: Mapping[str, Mapping[str, Any]] | None = None,
-    dataset: str = "",
-    split: str = "",
-    notes: str = "",
+    evaluation: Mapping[str, Any] | None = None,
+    card: str | os.PathLike | None = None,
 ) -> Path:
     """The model repository: the saved folder's files (safetensors only) plus a model card.
 
-    The card is the folder's ``README.md`` (kept) or a new one; ``results`` (``evaluate``'s ``results.json``
-    ``results``) go into its ``model-index`` and table through the same :func:`update_model_card` that
-    ``bioscan-clip evaluate --model_card`` uses.
+    The card starts from ``card`` (a template such as the repository's ``model_card.md``), else the folder's
+    ``README.md``, else a new one; ``evaluation`` (``evaluate``'s ``results.json``, :func:`read_results`) goes into
+    its ``model-index`` and results table through the same :func:`update_model_card` that
+    ``bioscan-clip evaluate --model_card`` uses, so no figure on the card is typed by hand.
     """
     check_repo_id(repo_id)
     model_dir = Path(model_dir)
@@ -106,25 +105,29 @@ def export_model(
             raise BioscanInputError(f"{model_dir}: config.json's {field} names {module}.py, which is missing")
     if not (model_dir / "dna_tokenizer" / "tokenizer_config.json").is_file():
         raise BioscanInputError(f"{model_dir}: no dna_tokenizer/tokenizer_config.json; save the processor with it")
+    if card is not None and not Path(card).is_file():
+        raise BioscanInputError(f"--card {card}: no such file")
     out = _fresh_out(out)
     for name in repo_files(model_dir):
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(model_dir / name, out / name)
-    card = out / "README.md"
-    if results:
-        update_model_card(card, results, model_name=repo_id.split("/")[1], dataset=dataset, split=split, notes=notes)
-    ensure_card_metadata(card, model_name=repo_id.split("/")[1])
+    readme = out / "README.md"
+    if card is not None:
+        shutil.copyfile(card, readme)
+    if evaluation:
+        update_model_card(readme, evaluation, model_name=repo_id.split("/")[1])
+    ensure_card_metadata(readme, model_name=repo_id.split("/")[1])
     return out
 
 
-def read_results(path: str | os.PathLike) -> tuple[dict[str, Any], str, str]:
-    """``results``, dataset and split of an ``evaluate`` ``results.json``."""
+def read_results(path: str | os.PathLike) -> dict[str, Any]:
+    """An ``evaluate`` ``results.json`` (dataset, split, query and key counts, ``results`` per pair)."""
     from bioscan_clip.safe_io import read_json
 
     summary = read_json(Path(path), "the evaluation results")
     if not isinstance(summary, dict) or not isinstance(summary.get("results"), dict):
         raise BioscanInputError(f"{path}: not a results.json written by `bioscan-clip evaluate` (no 'results')")
-    return summary["results"], str(summary.get("dataset", "")), str(summary.get("split", ""))
+    return summary
 
 
 # ---- keys -----------------------------------------------------------------------------------------------------------

@@ -483,11 +483,5 @@ def evaluate(
         examples,
     )
     if model_card:
-        synthetic = "mini" in data.name
-        notes = (
-            "\n*mini-BIOSCAN is SYNTHETIC: these figures test the pipeline, not insect identification.*\n"
-            if synthetic
-            else ""
-        )
-        update_model_card(model_card, results, model_name=Path(model).name, dataset=data.name, split=split, notes=notes)
+        update_model_card(model_card, summary, model_name=Path(model).name)
     return Evaluation(results=results, summary=summary, out=out)

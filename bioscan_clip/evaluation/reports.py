@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -98,98 +97,129 @@ def plot_retrieval_examples(
     return Path(path)
 
 
-def results_markdown(results: Mapping[str, Mapping[str, Any]], *, dataset: str, split: str) -> str:
-    """A Markdown table of top-1 macro and micro accuracy (seen / unseen / harmonic mean) per pair and rank."""
+# The caveat every card and table on mini-BIOSCAN carries (its dataset name is "mini").
+SYNTHETIC_NOTE = "*mini-BIOSCAN is SYNTHETIC: these figures test the pipeline, not insect identification.*"
+CARD_TASK = "zero-shot-classification"  # model-index task: retrieval against labelled keys, no fine-tuning
+CARD_GROUPS = ("seen", "unseen", "hm")
+# The Hub groups model-index metrics by task and dataset, so one task holds every pair, each metric named by its pair.
+CARD_TASK_NAME = "taxonomic retrieval"
 
-    def cell(metrics: Mapping[str, Any], group: str, rank: str, average: str) -> str:
-        value = metrics.get(f"{group}/{rank}/{average}/top1")
-        return "–" if value is None else f"{100 * value:.1f}"
 
+def is_synthetic(summary: Mapping[str, Any]) -> bool:
+    """Whether an evaluation ran on the generated mini-BIOSCAN (``results.json``'s ``dataset``)."""
+    return "mini" in str(summary.get("dataset", ""))
+
+
+def _percent(value: Any) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def results_caption(summary: Mapping[str, Any]) -> str:
+    """What was scored, from ``results.json``: dataset, split, query and key counts."""
+    queries = summary.get("queries") or {}
+    counted = ", ".join(f"{n:,} {group}" for group, n in queries.items())
+    keys = summary.get("keys")
+    return (
+        f"**{summary.get('dataset', '')}**, `{summary.get('split', '')}` queries"
+        + (f" ({counted})" if counted else "")
+        + (f" against all {keys:,} keys" if keys is not None else " against all keys")
+    )
+
+
+def results_markdown(summary: Mapping[str, Any]) -> str:
+    """The card's table, from ``results.json``: top-1 macro and micro accuracy (seen / unseen / harmonic mean) per
+    pair and rank."""
     lines = [
-        f"Top-1 accuracy (%) on **{dataset}**, `{split}` queries against all keys (seen / unseen / harmonic mean).",
+        f"Top-1 accuracy (%) on {results_caption(summary)} (seen / unseen / harmonic mean), as "
+        "`bioscan-clip evaluate` wrote them in `results.json`.",
         "",
         "| query → key | rank | macro seen | macro unseen | macro HM | micro seen | micro unseen | micro HM |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for pair, metrics in results.items():
+    for pair, metrics in summary["results"].items():
         for rank in TAXONOMIC_RANKS:
-            cells = [cell(metrics, g, rank, a) for a in ("macro", "micro") for g in ("seen", "unseen", "hm")]
+            cells = [_percent(metrics.get(f"{g}/{rank}/{a}/top1")) for a in ("macro", "micro") for g in CARD_GROUPS]
             lines.append(f"| {pair} | {rank} | " + " | ".join(cells) + " |")
+    if is_synthetic(summary):
+        lines += ["", SYNTHETIC_NOTE]
     return "\n".join(lines)
 
 
-def model_index(results: Mapping[str, Mapping[str, Any]], *, model_name: str, dataset: str, split: str) -> str:
-    """The ``model-index`` YAML block of the Hub model card (species-level macro top-1 per pair)."""
-    lines = ["model-index:", f"- name: {model_name}", "  results:"]
-    for pair, metrics in results.items():
-        lines += [
-            "  - task:",
-            "      type: zero-shot-classification",
-            f"      name: taxonomic retrieval {pair}",
-            "    dataset:",
-            f"      name: {dataset}",
-            f"      type: {dataset}",
-            f"      split: {split}",
-            "    metrics:",
-        ]
-        for group in ("seen", "unseen", "hm"):
+def eval_results(summary: Mapping[str, Any]) -> list[Any]:
+    """The card's ``model-index`` entries (``huggingface_hub.EvalResult``), from ``results.json``: species-level macro
+    top-1 accuracy (%) of seen and unseen queries and their harmonic mean, per query -> key pair (one task and
+    dataset, a metric ``"<pair>: species macro top-1 (<group>)"`` each)."""
+    from huggingface_hub import EvalResult
+
+    found = []
+    for pair, metrics in summary["results"].items():
+        for group in CARD_GROUPS:
             value = metrics.get(f"{group}/species/macro/top1")
-            if value is not None:
-                lines += [
-                    "    - type: accuracy",
-                    f"      name: species macro top-1 ({group})",
-                    f"      value: {100 * value:.2f}",
-                ]
-    return "\n".join(lines)
+            if value is None:
+                continue
+            found.append(
+                EvalResult(
+                    task_type=CARD_TASK,
+                    task_name=CARD_TASK_NAME,
+                    dataset_type=str(summary.get("dataset", "")),
+                    dataset_name=str(summary.get("dataset", "")),
+                    dataset_split=str(summary.get("split", "")) or None,
+                    metric_type="accuracy",
+                    metric_name=f"{pair}: species macro top-1 ({group})",
+                    metric_value=round(100 * float(value), 2),
+                )
+            )
+    return found
 
 
-def update_model_card(
-    card: str | Path,
-    results: Mapping[str, Mapping[str, Any]],
-    *,
-    model_name: str,
-    dataset: str,
-    split: str,
-    notes: str = "",
-) -> Path:
-    """Writes the results into a model card: ``model-index`` in its YAML front matter, the table between markers.
+def _card(path: Path, model_name: str) -> Any:
+    """The card at ``path`` (a new one when missing), as ``huggingface_hub.ModelCard``."""
+    from huggingface_hub import ModelCard
 
-    Other text of the card is kept; a card without front matter or markers gets them.
+    text = path.read_text() if path.exists() else f"# {model_name}\n"
+    # A model-index the Hub could not read is replaced below, not a reason to refuse the card.
+    return ModelCard(text, ignore_metadata_errors=True)
+
+
+def update_model_card(card: str | Path, summary: Mapping[str, Any], *, model_name: str) -> Path:
+    """Writes an evaluation (``results.json``, what :func:`~bioscan_clip.evaluation.protocol.evaluate` writes) into a
+    model card: the ``model-index`` of its metadata (:func:`eval_results`, through ``huggingface_hub.ModelCard``) and
+    the table between :data:`CARD_RESULTS_START` and :data:`CARD_RESULTS_END` (:func:`results_markdown`).
+
+    Other text and metadata of the card are kept; a card without markers gets a Results section. Used by
+    ``bioscan-clip evaluate --model_card`` and ``bioscan-clip push model --results``, so both write the same card.
     """
     path = Path(card)
-    text = path.read_text() if path.exists() else f"# {model_name}\n"
-    index_block = model_index(results, model_name=model_name, dataset=dataset, split=split)
-    front = re.match(r"^---\n(.*?)\n---\n", text, flags=re.S)
-    if front:
-        yaml = re.sub(r"(?ms)^model-index:.*?(?=^\S|\Z)", "", front.group(1)).rstrip()
-        text = f"---\n{yaml}\n{index_block}\n---\n" + text[front.end() :]
-    else:
-        text = f"---\n{index_block}\n---\n" + text
-    table = results_markdown(results, dataset=dataset, split=split)
-    block = f"{CARD_RESULTS_START}\n{table}\n{notes}\n{CARD_RESULTS_END}"
+    model_card = _card(path, model_name)
+    model_card.data.model_name = model_name
+    model_card.data.eval_results = eval_results(summary)
+    block = f"{CARD_RESULTS_START}\n{results_markdown(summary)}\n{CARD_RESULTS_END}"
+    text = model_card.text
     if CARD_RESULTS_START in text and CARD_RESULTS_END in text:
         start, end = text.index(CARD_RESULTS_START), text.index(CARD_RESULTS_END) + len(CARD_RESULTS_END)
         text = text[:start] + block + text[end:]
     else:
         text = text.rstrip() + "\n\n## Results\n\n" + block + "\n"
-    path.write_text(text)
+    model_card.text = text
+    path.write_text(str(model_card))
     return ensure_card_metadata(path, model_name=model_name)
 
 
 # What the Hub needs to list and load the model (remote code through transformers); added only where missing.
-CARD_METADATA = "library_name: transformers\ntags:\n- bioscan-clip\n- biodiversity\n- dna-barcoding\n- clip"
+CARD_METADATA = {
+    "library_name": "transformers",
+    "tags": ["bioscan-clip", "biodiversity", "dna-barcoding", "clip"],
+}
 
 
 def ensure_card_metadata(card: str | Path, *, model_name: str) -> Path:
-    """Adds the Hub metadata (:data:`CARD_METADATA`) a model card lacks, after what its front matter holds;
+    """Adds the Hub metadata (:data:`CARD_METADATA`) a model card lacks, after what its metadata holds;
     ``bioscan-clip evaluate --model_card`` and ``bioscan-clip push model`` write cards through this."""
     path = Path(card)
-    text = path.read_text() if path.exists() else f"# {model_name}\n"
-    front = re.match(r"^---\n(.*?)\n---\n", text, flags=re.S)
-    yaml, body = (front.group(1), text[front.end() :]) if front else ("", text)
-    blocks = re.split(r"\n(?=\S)", CARD_METADATA)
-    missing = [block for block in blocks if not re.search(rf"(?m)^{block.split(':')[0]}:", yaml)]
-    if missing or not front:
-        yaml = "\n".join(part for part in (yaml.rstrip(), *missing) if part)
-        path.write_text(f"---\n{yaml}\n---\n" + body)
+    model_card = _card(path, model_name)
+    missing = {key: value for key, value in CARD_METADATA.items() if getattr(model_card.data, key, None) is None}
+    if missing or not path.exists():
+        for key, value in missing.items():
+            setattr(model_card.data, key, value)
+        path.write_text(str(model_card))
     return path

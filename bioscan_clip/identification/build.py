@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import importlib.metadata
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -368,6 +370,9 @@ def _write_key_folder(keys: EmbeddedKeys, options: BuildOptions, out_dir: Path) 
         },
         "index_type": options.index_type,
         "count": len(keys.records),
+        # When and by what this folder was built, for `bioscan-clip info` and bug reports.
+        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "bioscan_clip_version": importlib.metadata.version("bioscan-clip"),
         "features": sorted(indexed),
         **({"checklist": dict(keys.checklist)} if keys.checklist is not None else {}),
         "files": file_checksums(out_dir),

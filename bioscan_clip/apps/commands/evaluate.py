@@ -29,7 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the keys and from training (the other split's unseen species), and the identifiers' comparison",
     )
     parser.add_argument("--out", help="output folder (default: <model>/../evaluation-<split>)")
-    parser.add_argument("--model_card", help="write model-index metadata and the results table into this card")
+    parser.add_argument(
+        "--model_card",
+        help="write the model-index metadata and the results table, from the results.json written here, into this "
+        "card (created when missing; its other text and metadata are kept; e.g. a copy of the model_card.md template)",
+    )
     parser.add_argument(
         "--no_kmer_baseline",
         action="store_true",

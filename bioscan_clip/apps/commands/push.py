@@ -21,7 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--private", action="store_true", help="create the repository private")
     parser.add_argument("--dry_run", metavar="DIR", help="write the repository's files into DIR (new or empty) only")
     parser.add_argument("--model", help="model: the saved model folder (e.g. runs/quickstart/model)")
-    parser.add_argument("--results", help="model: an `evaluate` results.json for the card's model-index")
+    parser.add_argument(
+        "--results", help="model: an `evaluate` results.json; the card's model-index and results table come from it"
+    )
+    parser.add_argument(
+        "--card", help="model: start the card from this file (e.g. the repository's model_card.md template)"
+    )
     parser.add_argument("--keys", help="keys: the key folder (bioscan-clip index)")
     parser.add_argument("--model_repo", help="keys: the model repository the keys were embedded with; space: shown")
     parser.add_argument("--model_revision", help="keys: the model's commit sha, so loads use that exact model")
@@ -43,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if args.artefact == "model":
         options["model_dir"] = args.model
+        options["card"] = args.card
         if args.results:
-            options["results"], options["dataset"], options["split"] = hub.read_results(args.results)
+            options["evaluation"] = hub.read_results(args.results)
     elif args.artefact == "keys":
         options.update(key_dir=args.keys, model_repo=args.model_repo, model_revision=args.model_revision,
                        source=args.source, license=args.license)  # fmt: skip

@@ -401,11 +401,21 @@ def test_burst_of_requests_hits_the_bounded_queue(served, client, real_barcode, 
     assert set(codes) <= {200, 503}, codes
     assert codes.count(200) <= 16 + 1  # the waiting line plus the one running
     assert codes.count(503) >= 30 - 17
-    # The queue drains and a later request succeeds.
-    status, ranks, *_ = client.predict(None, short_barcode, 1, api_name="/identify")
+    # The queue drains and a later request succeeds (once the held jobs have run: a client retries on "queue full").
+    from gradio_client.utils import QueueError
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            status, ranks, *_ = client.predict(None, short_barcode, 1, api_name="/identify")
+            break
+        except QueueError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
     assert "**Query:** barcode," in status and len(ranks["data"]) == len(TAXONOMIC_RANKS)
     assert active["max"] == 1  # default_concurrency_limit=1
-    assert time.monotonic() - started < 30
+    assert time.monotonic() - started < 60
 
 
 # --- a real browser ------------------------------------------------------------------------------------------------

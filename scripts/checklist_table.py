@@ -30,17 +30,15 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pandas as pd
+from real_photos import RANKS, split_photos  # this folder's script, on sys.path when run
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_PHOTOS = HERE.parent.parent / "shared" / "realdata" / "dsw88__cs601r-project1-dataset"
-RANKS = ("order", "family", "genus", "species")
 
 
 def photo_dataset(labels_csv: Path, seed: int) -> datasets.DatasetDict:
     """The photos of ``labels_csv`` in BIOSCAN-5M's split layout: per species half ``train`` (training records and
     specimen keys), half ``test`` (held-out queries), drawn with ``seed``."""
-    from dataset_scripts.schema import RECORD_FEATURES
-
     table = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
     rng = np.random.default_rng(seed)
     split = np.empty(len(table), dtype=object)
@@ -48,16 +46,7 @@ def photo_dataset(labels_csv: Path, seed: int) -> datasets.DatasetDict:
         rows = rng.permutation(rows)
         split[rows[: len(rows) // 2]] = "train"
         split[rows[len(rows) // 2 :]] = "test"
-    records = {name: [None] * len(table) for name in RECORD_FEATURES}  # no barcode or sample id
-    records["processid"] = [Path(path).stem for path in table["path"]]
-    records["image"] = [str(labels_csv.parent / path) for path in table["path"]]
-    records["split"] = list(split)
-    for rank in RANKS:
-        records[rank] = [value or None for value in table[rank]]
-    full = datasets.Dataset.from_dict(records, features=RECORD_FEATURES)
-    return datasets.DatasetDict(
-        {name: full.filter(lambda s, n=name: s == n, input_columns="split") for name in ("train", "test")}
-    )
+    return split_photos(labels_csv, table, split)
 
 
 def prepare(task: str, out: Path, seed: int, photos_dir: Path):

@@ -26,12 +26,11 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_PHOTOS = HERE.parent.parent / "shared" / "realdata" / "dsw88__cs601r-project1-dataset"
 DEFAULT_UNSEEN = ("Vanessa cardui", "Heliconius erato")  # each has a seen congener: genus is answerable, species not
 RANKS = ("order", "family", "genus", "species")
+SPLITS = ("train", "val", "test", "key_unseen", "val_unseen", "test_unseen")
 
 
 def photo_dataset(labels_csv: Path, unseen: tuple[str, ...] = DEFAULT_UNSEEN, seed: int = 0) -> datasets.DatasetDict:
     """The labelled photos of ``labels_csv`` (columns ``path``, the ranks) in BIOSCAN-5M's split layout."""
-    from dataset_scripts.schema import RECORD_FEATURES
-
     table = pd.read_csv(labels_csv, dtype=str, keep_default_na=False)
     missing = sorted(set(unseen) - set(table["species"]))
     if missing:
@@ -50,15 +49,22 @@ def photo_dataset(labels_csv: Path, unseen: tuple[str, ...] = DEFAULT_UNSEEN, se
             split[rows[:val]] = "val"
             split[rows[val : val + test]] = "test"
             split[rows[val + test :]] = "train"
-    records = {name: [None] * len(table) for name in RECORD_FEATURES}  # no barcode, sample id or lower ranks
+    return split_photos(labels_csv, table, split)
+
+
+def split_photos(labels_csv: Path, table: pd.DataFrame, split: np.ndarray) -> datasets.DatasetDict:
+    """The photos of ``table`` (read from ``labels_csv``) as records, one dataset per split name in ``split``."""
+    from dataset_scripts.schema import RECORD_FEATURES
+
+    records = {name: [None] * len(table) for name in RECORD_FEATURES}  # no barcode or sample id
     records["processid"] = [Path(path).stem for path in table["path"]]
     records["image"] = [str(labels_csv.parent / path) for path in table["path"]]
     records["split"] = list(split)
     for rank in RANKS:
         records[rank] = [value or None for value in table[rank]]
     full = datasets.Dataset.from_dict(records, features=RECORD_FEATURES)
-    return datasets.DatasetDict({name: full.filter(lambda s, n=name: s == n, input_columns="split")
-                                 for name in ("train", "val", "test", "key_unseen", "val_unseen", "test_unseen")})  # fmt: skip
+    names = [name for name in SPLITS if name in set(split)]
+    return datasets.DatasetDict({name: full.filter(lambda s, n=name: s == n, input_columns="split") for name in names})
 
 
 def image_scores(results: dict) -> dict[str, dict[str, float]]:

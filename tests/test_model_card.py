@@ -112,11 +112,16 @@ def test_the_readme_main_job_table_is_the_snapshot_rendered():
     block = table.readme_block(readme)
     image_species = snapshot["trained"]["results"]["image->image"]["seen/species/macro/top1"]
     assert f"| image→image | species | {100 * image_species:.1f} |" in block
+    # The seed-spread table comes from three seeds' runs, the first of them the run of the table above.
+    spread = json.loads(table.SPREAD_SNAPSHOT.read_text())
+    assert spread["command"] == table.COMMAND and list(spread["seeds"]) == ["0", "1", "2"]
+    assert spread["seeds"]["0"]["results"] == snapshot["trained"]["results"]
+    assert table.readme_block(readme, table.SPREAD_START, table.SPREAD_END) == table.render_spread(spread)
 
 
 @pytest.mark.slow
 def test_the_readme_main_job_table_is_what_the_documented_command_gives(tmp_path):
-    """Slow (the whole main job: about 1.5 min on an idle 2-core CPU, several minutes on a loaded one): the main job,
+    """Slow (the whole main job: minutes on a 2-core CPU; about 17 min beside a second run): the main job,
     run as the README documents it on its documented seed, renders exactly the README's table. It earns CI time as
     the only check that the README's figures are still what the code produces."""
     table = load_script("main_job_table")

@@ -55,6 +55,15 @@ def kill_point(stage: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def format_bytes(count: float) -> str:
+    """A size as a person reads it: ``812 bytes``, ``1.4 MiB``."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:

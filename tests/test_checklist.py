@@ -10,7 +10,8 @@ import torch
 from reliability_fixtures import key_records, png_bytes, save_tiny_model
 
 from bioscan_clip.apps.cli import main
-from bioscan_clip.identification.build import METHOD_CHECKLIST, build_checklist_index
+from bioscan_clip.identification.build import build_checklist_index
+from bioscan_clip.identification.calibration import METHOD_CHECKLIST
 from bioscan_clip.identification.identifier import Identifier
 from bioscan_clip.identification.key_folder import verify_key_folder
 from dataset_scripts.checklist import read_checklist

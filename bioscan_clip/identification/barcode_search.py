@@ -201,11 +201,9 @@ class BarcodeSearch:
         sources = [(self.kmer, profiles, count)]
         if dna_vectors is not None and self.dna is not None:
             sources.append((self.dna, dna_vectors, CANDIDATES))
-        searchable = len(self)
-        if restrict is not None:
-            searchable = len(self.kmer.restrict_ids(restrict))
-        elif rows is not None:
-            searchable = len(rows)
+        if rows is None and restrict is not None:  # resolved once for every source: their keys are the same rows
+            rows = self.kmer.restrict_ids(restrict)
+        searchable = len(self) if rows is None else len(rows)
         extra = 1 if own_rows is not None else 0
         found = []
         for index, vectors, wanted in sources:
@@ -213,7 +211,7 @@ class BarcodeSearch:
             if k == 0 or not len(vectors):
                 found.append(np.full((len(queries), 0), -1, dtype=np.int64))
                 continue
-            _, indices = index.search(vectors, k, restrict=restrict, rows=rows)
+            _, indices = index.search(vectors, k, rows=rows)
             if len(indices) < len(queries):  # the 5-mer source, without the unprofiled queries
                 padded = np.full((len(queries), k), -1, dtype=np.int64)
                 padded[profiled] = indices

@@ -41,6 +41,7 @@ from bioscan_clip.retrieval.index_types import INDEX_TYPES, resolve_index_params
 from bioscan_clip.retrieval.key_index import KeyIndex
 from bioscan_clip.safe_io import (
     file_checksums,
+    format_bytes,
     kill_point,
     sealed_json,
     staging_dir,
@@ -55,6 +56,7 @@ from .calibration import (
     DEFAULT_PRECISION,
     DEFAULT_VOTE_TEMPERATURE,
     HELD_OUT_FRACTION,
+    METHOD_CHECKLIST,
     METHOD_NONE,
     calibrate_pair,
     plot_reliability,
@@ -193,14 +195,6 @@ def _image_file_bytes(keys: datasets.Dataset) -> int:
     return sum(os.stat(path).st_size for path in column.to_pylist() if path and os.path.isfile(path))
 
 
-def _size(count: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
-        count /= 1024
-    raise AssertionError("unreachable")
-
-
 def check_free_space(out_dir: Path, keys: datasets.Dataset, dims: Mapping[str, int], options: BuildOptions) -> None:
     """Refuses, before anything is embedded, a build (see :func:`required_space`) that the disk holding ``out_dir``
     cannot take."""
@@ -211,8 +205,8 @@ def check_free_space(out_dir: Path, keys: datasets.Dataset, dims: Mapping[str, i
     if free < needed:
         raise BioscanInputError(
             f"{out_dir.parent}: not enough free space to build the key folder {out_dir.name}: it needs about "
-            f"{_size(needed)} (embeddings, indexes and records, with a margin), {_size(free)} is free, short by "
-            f"{_size(needed - free)}; free some space or choose another --out"
+            f"{format_bytes(needed)} (embeddings, indexes and records, with a margin), {format_bytes(free)} is free, "
+            f"short by {format_bytes(needed - free)}; free some space or choose another --out"
         )
 
 
@@ -510,9 +504,6 @@ def build_index(
         batch_size=batch_size,
         overwrite=overwrite,
     )
-
-
-METHOD_CHECKLIST = "none: checklist keys are names without specimens, so there are no queries to calibrate on"
 
 
 def _checklist_calibration(keys: EmbeddedKeys, calibration: dict[str, Any]) -> dict[str, Any]:

@@ -56,6 +56,7 @@ _CHUNK = 256  # queries per similarity block (256 x keys floats in memory at onc
 METHOD_HELD_OUT = "held-out labels"
 METHOD_PRESENT_ONLY = "present answers only"
 METHOD_NONE = "none"
+METHOD_CHECKLIST = "none: checklist keys are names without specimens, so there are no queries to calibrate on"
 # Thresholds are cosine similarities or alignment identities: in [-1, 1], give or take float32 rounding.
 MAX_ABS_THRESHOLD = 1.001
 

@@ -353,10 +353,10 @@ class Identifier:
             embedded = sorted(set(self.indexes) - {KMER})
             raise BioscanInputError(f"no {key_feature} keys in this key folder; it has {embedded}")
         index = self.indexes[key_feature]
-        searchable = len(index) if restrict is None else len(index.restrict_ids(restrict))
-        if restrict is not None and k > searchable:  # a rare taxon is answered with the keys it has, not refused
-            logger.info(f"k={k}: only {searchable} keys match restrict={dict(restrict)!r}; answering with those")
-        found = index.search_labels(features[searched], min(k, searchable), restrict=restrict)
+        rows = None if restrict is None else index.restrict_ids(restrict)  # the restriction resolved once
+        if rows is not None and k > len(rows):  # a rare taxon is answered with the keys it has, not refused
+            logger.info("k=%d: only %d keys match restrict=%r; answering with those", k, len(rows), dict(restrict))
+        found = index.search_labels(features[searched], min(k, len(index) if rows is None else len(rows)), rows=rows)
         thresholds = self.calibration.get("thresholds", {}).get(pair_name((searched, key_feature)), {})
         temperature = self.calibration.get("vote_temperature", DEFAULT_VOTE_TEMPERATURE)
         ids = index.keys["processid"]

@@ -501,6 +501,7 @@ class KeyIndex:
         *,
         columns: Sequence[str] | None = None,
         restrict: Mapping[str, str | Sequence[str]] | None = None,
+        rows: np.ndarray | None = None,
     ) -> RetrievalResult:
         """:meth:`search`, plus the neighbours' metadata.
 
@@ -509,11 +510,12 @@ class KeyIndex:
             k (`int`): As for :meth:`search`.
             columns (`Sequence[str]`, *optional*): Key columns to return; defaults to the taxonomic ranks present.
             restrict (`dict`, *optional*): As for :meth:`search`.
+            rows (`np.ndarray`, *optional*): As for :meth:`search`.
 
         Returns:
             `RetrievalResult`: ``labels[column][query]`` lists the neighbours' values, nearest first.
         """
-        scores, indices = self.search(queries, k, restrict=restrict)
+        scores, indices = self.search(queries, k, restrict=restrict, rows=rows)
         if columns is None:
             columns = [rank for rank in TAXONOMIC_RANKS if rank in self.keys.column_names]
         labels = {column: self.column(column)[indices].tolist() for column in columns}

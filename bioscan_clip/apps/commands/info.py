@@ -17,6 +17,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bioscan_clip.identification.calibration import (
+    METHOD_CHECKLIST,
+    METHOD_HELD_OUT,
+    METHOD_NONE,
+    METHOD_PRESENT_ONLY,
+)
 from bioscan_clip.identification.key_folder import (
     CALIBRATION_FILE,
     KEY_MANIFEST,
@@ -25,11 +31,11 @@ from bioscan_clip.identification.key_folder import (
 )
 from bioscan_clip.identification.library import KEY_LIBRARY_FILE, resolve_key_folder
 from bioscan_clip.resolve import resolve_folder
-from bioscan_clip.safe_io import SEAL_KEY, read_json
+from bioscan_clip.retrieval.storage import MANIFEST_NAME
+from bioscan_clip.safe_io import SEAL_KEY, format_bytes, read_json
 from modeling_bioscanclip import BioscanInputError
 from modeling_bioscanclip.constants_bioscanclip import TAXONOMIC_RANKS
 
-INDEX_MANIFEST = "manifest.json"  # of each feature's key index (bioscan_clip.retrieval.storage)
 TRAINING_FILES = ("train_config.json", "train_summary.json")  # written by training beside its final_model/
 NOT_RECORDED = "not recorded"
 
@@ -148,7 +154,7 @@ def _record_counts(key_dir: Path) -> dict[str, Any] | None:
 def _index_summary(folder: Path) -> dict[str, Any]:
     """A feature's key index, from its manifest (verified with the key folder; its ``count`` is the faiss index's
     ``ntotal``, which loading checks again)."""
-    manifest = read_json(folder / INDEX_MANIFEST, "the key index manifest")
+    manifest = read_json(folder / MANIFEST_NAME, "the key index manifest")
     return {
         "index_type": manifest.get("index_type"),
         "dim": manifest.get("dim"),
@@ -195,7 +201,7 @@ def format_keys(described: Mapping[str, Any]) -> str:
         )
     lines.append(
         f"built        {described['built_at']} by bioscan-clip {described['bioscan_clip_version']} "
-        f"(format {described['format_version']}); {_bytes(described['size_bytes'])} in {described['files']} files"
+        f"(format {described['format_version']}); {format_bytes(described['size_bytes'])} in {described['files']} files"
     )
     records = described["records"]
     if records is None:
@@ -249,7 +255,7 @@ def format_keys(described: Mapping[str, Any]) -> str:
 
 
 # Marks beside a threshold: how it was set (calibration.py's methods; the barcode identifier's BOLD fall-back).
-_METHOD_MARKS = {"held-out labels": " ", "present answers only": "*", "none": "-"}
+_METHOD_MARKS = {METHOD_HELD_OUT: " ", METHOD_PRESENT_ONLY: "*", METHOD_NONE: "-", METHOD_CHECKLIST: "-"}
 
 
 def _method_mark(method: str | None) -> str:
@@ -264,14 +270,6 @@ def _threshold(value: Any) -> str:
     if isinstance(value, (int, float)) and math.isinf(value):
         return "never"
     return f"{float(value):.3f}"
-
-
-def _bytes(size: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size} GB"
 
 
 def _json_value(value: Any) -> Any:
@@ -414,7 +412,7 @@ def format_model(described: Mapping[str, Any]) -> str:
         f"architecture {described['architecture']} (preset {described['preset']}), towers "
         f"{', '.join(described['modalities'])}, embeddings of {described['projection_dim']} dimensions",
         f"parameters   {NOT_RECORDED if parameters is None else f'{parameters:,}'}; "
-        f"{_bytes(described['size_bytes'])} on disk; transformers {described['transformers_version']}",
+        f"{format_bytes(described['size_bytes'])} on disk; transformers {described['transformers_version']}",
     ]
     for modality, tower in described["towers"].items():
         shape = ", ".join(

@@ -23,7 +23,7 @@ from bioscan_clip.apps.commands.options import (
 )
 from bioscan_clip.features import KEY_FEATURES
 from bioscan_clip.identification.barcode_search import DEFAULT_HITS
-from bioscan_clip.identification.build import METHOD_CHECKLIST
+from bioscan_clip.identification.calibration import METHOD_CHECKLIST
 from bioscan_clip.identification.identifier import DEFAULT_NEIGHBOURS, Identifier
 from bioscan_clip.safe_io import atomic_output_file
 from modeling_bioscanclip import BioscanInputError

@@ -18,6 +18,7 @@ from .modeling_bioscanclip import (
     contrastive_loss,
     contrastive_targets,
     gather_with_local_grad,
+    taxonomic_targets,
 )
 from .processing_bioscanclip import BioscanClipProcessor, taxonomy_to_text
 from .tokenization_dna import BioscanDnaTokenizer, normalize_barcode
@@ -38,6 +39,7 @@ __all__ = [
     "load_image_safely",
     "normalize_barcode",
     "register_auto_classes",
+    "taxonomic_targets",
     "taxonomy_to_text",
 ]
 

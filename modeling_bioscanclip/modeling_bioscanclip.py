@@ -177,6 +177,43 @@ def contrastive_targets(species_ids: torch.Tensor, same_species_positives: bool)
     return targets / targets.sum(dim=1, keepdim=True)
 
 
+def taxonomic_targets(taxon_ids: torch.Tensor, rank_weight: float) -> torch.Tensor:
+    """Soft targets for [`contrastive_loss`] by shared rank: a record of the same species weighs 1, of the same genus
+    (another species) ``rank_weight``, of the same family ``rank_weight**2``, and so on up the lineage; each row
+    normalised to sum to 1. A new species then learns to lie beside its genus, not only apart from every other.
+
+    Args:
+        taxon_ids (`torch.LongTensor` of shape `(batch, ranks)`): per record, an id per rank from the coarsest to
+            the finest (order, family, genus, species), each naming the whole lineage down to that rank; ``-1`` is
+            unknown and matches nothing (nor anything finer).
+        rank_weight (`float`): in (0, 1); each rank up the lineage weighs this much less.
+
+    Example:
+
+    ```python
+    >>> ids = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 1], [0, 1, 2, 2], [1, 2, 3, -1]])  # order, family, genus, species
+    >>> taxonomic_targets(ids, 0.5) * torch.tensor([[1.625], [1.625], [1.25], [1.0]])  # rows: 1 + 0.5 + 0.125, ...
+    tensor([[1.0000, 0.5000, 0.1250, 0.0000],
+            [0.5000, 1.0000, 0.1250, 0.0000],
+            [0.1250, 0.1250, 1.0000, 0.0000],
+            [0.0000, 0.0000, 0.0000, 1.0000]])
+
+    ```
+    """
+    if taxon_ids.ndim != 2:
+        raise ValueError(f"taxon_ids: expected shape (batch, ranks), got {tuple(taxon_ids.shape)}")
+    if not 0 < rank_weight < 1:
+        raise ValueError(f"rank_weight: expected a weight in (0, 1), got {rank_weight}")
+    ranks = taxon_ids.shape[1]
+    same = (taxon_ids[:, None, :] == taxon_ids[None, :, :]) & (taxon_ids[:, None, :] >= 0)
+    # Shared depth: how many ranks from the coarsest down the two lineages agree on (ids name whole lineages, so
+    # agreement at a rank implies it at every coarser one).
+    depth = same.long().cumprod(dim=-1).sum(dim=-1)
+    weights = torch.where(depth > 0, torch.tensor(rank_weight, dtype=torch.float32) ** (ranks - depth).float(), 0.0)
+    weights.fill_diagonal_(1.0)
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
 def _symmetric_infonce(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
     """Mean of the cross-entropies over rows and over columns; ``targets`` None means the diagonal."""
     if targets is None:
@@ -193,6 +230,8 @@ def contrastive_loss(
     pairs: Sequence[tuple[str, str]] | None = None,
     species_ids: torch.Tensor | None = None,
     same_species_positives: bool = False,
+    taxon_ids: torch.Tensor | None = None,
+    rank_weight: float = 0.0,
     gather: bool = False,
 ) -> torch.Tensor:
     r"""The BIOSCAN-CLIP loss: symmetric InfoNCE for each pair of modalities, averaged over the pairs.
@@ -214,6 +253,10 @@ def contrastive_loss(
             Species of each record, ``-1`` for unknown; needed with ``same_species_positives``.
         same_species_positives (`bool`, *optional*, defaults to `False`):
             Soft targets: the diagonal plus the same-species records, each row normalised to sum to 1.
+        taxon_ids (`torch.LongTensor` of shape `(batch, ranks)`, *optional*): lineage ids of each record, coarsest
+            rank first (see [`taxonomic_targets`]); needed with ``rank_weight``.
+        rank_weight (`float`, *optional*, defaults to 0): above 0, soft targets by shared rank
+            ([`taxonomic_targets`]) in place of the diagonal (and of ``same_species_positives``).
         gather (`bool`, *optional*, defaults to `False`):
             Take negatives from every process: with `torch.distributed` initialised and more than one process,
             the embeddings (and species ids) of all processes are gathered, this process's rows keeping their
@@ -261,16 +304,29 @@ def contrastive_loss(
             raise ValueError(
                 f"species_ids: expected shape ({next(iter(sizes.values()))},), got {tuple(species_ids.shape)}"
             )
+    if rank_weight:
+        if taxon_ids is None or taxon_ids.ndim != 2 or taxon_ids.shape[0] != next(iter(sizes.values())):
+            raise ValueError(
+                f"rank_weight needs taxon_ids of shape ({next(iter(sizes.values()))}, ranks), got "
+                f"{None if taxon_ids is None else tuple(taxon_ids.shape)}"
+            )
     vectors = {name: gather_with_local_grad(embeds[name]) if gather else embeds[name] for name in used}
     if same_species_positives and gather:
         species_ids = gather_with_local_grad(species_ids)
+    if rank_weight and gather:
+        taxon_ids = gather_with_local_grad(taxon_ids)
     world_size = _world()[0] if gather else 1
     if world_size > 1:
         # The embeddings reach the loss through this process's rows only, but the temperature through every
         # logit: its gradient is here the whole batch's on each process. Scaled by 1/world_size (same value), it
         # too comes out exact after `loss * world_size` and DDP's average.
         logit_scale = logit_scale / world_size + (logit_scale * (1 - 1 / world_size)).detach()
-    targets = contrastive_targets(species_ids, same_species_positives) if same_species_positives else None
+    if rank_weight:
+        targets = taxonomic_targets(taxon_ids, rank_weight).to(vectors[used[0]].device)
+    elif same_species_positives:
+        targets = contrastive_targets(species_ids, same_species_positives)
+    else:
+        targets = None
     # `logit_scale * a @ b.T` evaluates left to right; the forward pass uses the same expression, bit for bit.
     losses = [_symmetric_infonce(logit_scale * vectors[a] @ vectors[b].t(), targets) for a, b in pairs]
     return torch.stack(losses).mean()

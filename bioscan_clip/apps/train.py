@@ -31,6 +31,7 @@ from bioscan_clip.safe_io import DEBUG_ENV, error_boundary
 from bioscan_clip.training import presets
 from bioscan_clip.training.config import TrainConfig
 from bioscan_clip.training.loop import train
+from bioscan_clip.training.pretraining import pretrain_dna_tower
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def train_and_publish(config: TrainConfig) -> None:
     """Trains, then (``--push_to_hub``) publishes the chosen model from the main process: the same export and single
     commit as ``bioscan-clip push model``, its card what ``evaluate --model_card`` wrote, if any."""
+    if config.objective == "masked_kmers":
+        folder = pretrain_dna_tower(config)
+        logger.info("pretrained DNA tower in %s; train on it with --dna_tower %s", folder, folder)
+        return
     result = train(config)
     if config.push_to_hub and PartialState().is_main_process:
         push_model_folder(result.model_dir, config.hub_model_id)

@@ -144,6 +144,23 @@ class ImageAugmentation:
         return image.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
 
 
+def lineage_ids(metadata: dict[str, list[Any]], count: int) -> torch.Tensor:
+    """(count, ranks) ids, order first: each names the lineage down to its rank (so a genus name used in two
+    families is two genera), -1 where the rank or any coarser one is missing."""
+    ids = torch.full((count, len(TAXONOMIC_RANKS)), -1, dtype=torch.long)
+    lineages: list[tuple] = [()] * count
+    for column, rank in enumerate(TAXONOMIC_RANKS):
+        names = metadata.get(rank, [None] * count)
+        lookup: dict[tuple, int] = {}
+        for row in range(count):
+            if lineages[row] is None or not names[row]:
+                lineages[row] = None
+                continue
+            lineages[row] = (*lineages[row], names[row])
+            ids[row, column] = lookup.setdefault(lineages[row], len(lookup))
+    return ids
+
+
 class SpecimenDataset(torch.utils.data.Dataset):
     """Model inputs for a set of records, made by the processor: DNA and taxonomy text once for all records, images
     per item (so the image bytes of a large dataset never all sit in memory).
@@ -215,6 +232,7 @@ class SpecimenDataset(torch.utils.data.Dataset):
         lookup = {name: i for i, name in enumerate(sorted({s for s in species if s}))}
         # -1 for an unknown species: such a record is only ever its own positive.
         self.species_ids = torch.tensor([lookup[s] if s else -1 for s in species], dtype=torch.long)
+        self.taxon_ids = lineage_ids(metadata, len(records))
         # The Arrow column, read one row at a time.
         self.images = records.data.column("image") if "image" in self.modalities else None
 
@@ -270,7 +288,11 @@ class SpecimenDataset(torch.utils.data.Dataset):
         return items
 
     def _item(self, index: int) -> dict[str, torch.Tensor]:
-        item: dict[str, torch.Tensor] = {"index": torch.tensor(index), "species_id": self.species_ids[index]}
+        item: dict[str, torch.Tensor] = {
+            "index": torch.tensor(index),
+            "species_id": self.species_ids[index],
+            "taxon_ids": self.taxon_ids[index],
+        }
         if self.images is not None:
             augmentation = None
             if self.augmentation is not None:

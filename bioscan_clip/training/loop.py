@@ -44,9 +44,12 @@ class TrainingDivergedError(RuntimeError):
     """The loss was NaN or infinite for too many consecutive steps."""
 
 
-def training_loss(model: Any, batch: dict[str, torch.Tensor], *, same_species_positives: bool = False) -> torch.Tensor:
+def training_loss(
+    model: Any, batch: dict[str, torch.Tensor], *, same_species_positives: bool = False, rank_weight: float = 0.0
+) -> torch.Tensor:
     """The loss of one batch: the model's contrastive loss over every pair of its modalities, with negatives from
-    every process. In one process it equals ``model(**inputs, return_loss=True).loss``."""
+    every process (and, with ``rank_weight``, soft targets by shared rank). In one process, without either option,
+    it equals ``model(**inputs, return_loss=True).loss``."""
     out = model(**model_inputs(batch))
     embeds = {m: getattr(out, f"{m}_embeds") for m in MODALITIES if getattr(out, f"{m}_embeds") is not None}
     return contrastive_loss(
@@ -54,6 +57,8 @@ def training_loss(model: Any, batch: dict[str, torch.Tensor], *, same_species_po
         out.logit_scale,
         species_ids=batch["species_id"],
         same_species_positives=same_species_positives,
+        taxon_ids=batch.get("taxon_ids"),
+        rank_weight=rank_weight,
         gather=True,
     )
 
@@ -138,14 +143,22 @@ def _datasets(
         )
     output_dir.mkdir(parents=True, exist_ok=True)
     text_tokenizer = _text_tokenizer(config, train_records, accelerator, output_dir / "text_tokenizer")
-    processor = presets.build_processor(config.preset, text_tokenizer, dna_reference_mode=config.dna_reference_mode)
+    processor = presets.build_processor(
+        config.preset,
+        text_tokenizer,
+        dna_reference_mode=config.dna_reference_mode,
+        kmer_size=config.kmer_size(),
+        stride=config.stride(),
+    )
     augmentation = None
     if "image" in modalities:
         image_processor = processor.image_processor
         augmentation = ImageAugmentation(
             image_processor.resize_shortest_edge, image_processor.crop_size, scale=(config.crop_scale_min, 1.0)
         )
-    dna_augmentation = DnaAugmentation() if config.dna_augmentation and "dna" in modalities else None
+    dna_augmentation = None
+    if config.dna_augmentation and "dna" in modalities:
+        dna_augmentation = DnaAugmentation(max_shift=config.kmer_size() - 1)
     train_set = SpecimenDataset(
         train_records,
         processor,
@@ -164,15 +177,38 @@ def _datasets(
     return train_set, validation, processor
 
 
-def _model(config: TrainConfig, text_vocab_size: int) -> BioscanClipModel:
+def _model(config: TrainConfig, processor: BioscanClipProcessor) -> BioscanClipModel:
     """The preset's architecture, from random weights or from pretrained towers (as the paper starts)."""
     model_config = presets.model_config(
-        config.preset, config.modality_list(), text_vocab_size, **config.model_overrides()
+        config.preset,
+        config.modality_list(),
+        len(processor.tokenizer),
+        dna_tokenizer=processor.dna_tokenizer,
+        dna_layers=config.dna_layers,
+        **config.model_overrides(),
     )
     towers = {"image_tower": config.image_tower, "dna_tower": config.dna_tower, "text_tower": config.text_tower}
+    if config.dna_tower is not None:
+        _check_tower_tokenization(Path(config.dna_tower), processor.dna_tokenizer)
     if any(towers.values()):
         return BioscanClipModel.from_towers(**towers, config=model_config)
     return BioscanClipModel(model_config)
+
+
+def _check_tower_tokenization(folder: Path, tokenizer: Any) -> None:
+    """A DNA tower pretrained here (``--objective masked_kmers``) keeps its tokenizer beside it: it must read the
+    k-mers this run gives it (a tower from elsewhere carries none and is taken as it is)."""
+    saved = folder / "tokenizer_config.json"
+    if not saved.is_file():
+        return
+    settings = json.loads(saved.read_text())
+    expected = {"kmer_size": tokenizer.kmer_size, "stride": tokenizer.stride}
+    found = {name: settings.get(name) for name in expected}
+    if found != expected:
+        raise ValueError(
+            f"--dna_tower {folder}: pretrained on {found['kmer_size']}-mers with stride {found['stride']}, but this "
+            f"run reads {expected['kmer_size']}-mers with stride {expected['stride']} (set --dna_kmer_size/--dna_stride)"
+        )
 
 
 def validate(model: Any, accelerator: Any, validation: dict[str, SpecimenDataset], batch_size: int, workers: int):
@@ -201,7 +237,7 @@ def train(config: TrainConfig) -> TrainResult:
     threads, workers = _set_threads(config, accelerator)
     set_seed(config.seed)  # model init and dropout; augmentation draws from (seed, epoch, index)
     train_set, validation, processor = _datasets(config, accelerator, output_dir)
-    model = _model(config, len(processor.tokenizer))
+    model = _model(config, processor)
     global_batch = config.batch_size * accelerator.num_processes * config.gradient_accumulation_steps
     peak_lr = config.learning_rate * global_batch / config.lr_reference_batch
     optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=config.weight_decay)
@@ -265,7 +301,12 @@ def train(config: TrainConfig) -> TrainResult:
         skip = state.step_in_epoch * config.gradient_accumulation_steps
         for batch in accelerator.skip_first_batches(train_loader, skip) if skip else train_loader:
             with accelerator.accumulate(model):
-                loss = training_loss(model, batch, same_species_positives=config.same_species_positives)
+                loss = training_loss(
+                    model,
+                    batch,
+                    same_species_positives=config.same_species_positives,
+                    rank_weight=config.rank_weight,
+                )
                 # Decided across processes: if one process skipped backward alone, DDP would hang.
                 finite = bool(accelerator.gather(torch.isfinite(loss.detach()).float().reshape(1)).min() > 0)
                 if finite:

@@ -140,10 +140,24 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def model_config(preset: str, modalities: list[str], text_vocab_size: int, **overrides: Any) -> BioscanClipConfig:
-    """The [`BioscanClipConfig`] of a preset for the given modalities and text vocabulary size."""
+def model_config(
+    preset: str,
+    modalities: list[str],
+    text_vocab_size: int,
+    dna_tokenizer: BioscanDnaTokenizer | None = None,
+    dna_layers: int | None = None,
+    **overrides: Any,
+) -> BioscanClipConfig:
+    """The [`BioscanClipConfig`] of a preset for the given modalities and text vocabulary size; with
+    ``dna_tokenizer``, the DNA tower's vocabulary and positions fit its k-mers (e.g. 4-mers, or overlapping ones)."""
     kwargs = {key: dict(value) if isinstance(value, dict) else value for key, value in get_preset(preset).model.items()}
     kwargs["text_config"]["vocab_size"] = text_vocab_size
+    if dna_tokenizer is not None:
+        dna = kwargs["dna_config"]
+        dna["vocab_size"] = dna_tokenizer.vocab_size
+        dna["max_position_embeddings"] = max(dna["max_position_embeddings"], dna_tokenizer.sequence_length)
+    if dna_layers is not None:
+        kwargs["dna_config"]["num_hidden_layers"] = dna_layers
     kwargs.update(overrides)
     return BioscanClipConfig(modalities=modalities, **kwargs)
 
@@ -153,11 +167,20 @@ def image_processor(preset: str) -> BioscanClipImageProcessor:
     return BioscanClipImageProcessor(**get_preset(preset).image_processor)
 
 
-def build_processor(preset: str, text_tokenizer: Any, *, dna_reference_mode: bool = False) -> BioscanClipProcessor:
+def build_processor(
+    preset: str,
+    text_tokenizer: Any,
+    *,
+    dna_reference_mode: bool = False,
+    kmer_size: int | None = None,
+    stride: int | None = None,
+) -> BioscanClipProcessor:
     """A processor with the preset's image processor, the DNA k-mer tokenizer (``<CLS>`` prefix and padding masked;
-    or, with ``dna_reference_mode``, the original's ids: ``<MASK>`` prefix) and ``text_tokenizer``."""
+    ``kmer_size``/``stride`` default to non-overlapping 5-mers; with ``dna_reference_mode``, the original's ids:
+    ``<MASK>`` prefix) and ``text_tokenizer``."""
+    tokenization = {name: value for name, value in (("kmer_size", kmer_size), ("stride", stride)) if value}
     return BioscanClipProcessor(
         image_processor=image_processor(preset),
-        dna_tokenizer=BioscanDnaTokenizer(reference_mode=dna_reference_mode),
+        dna_tokenizer=BioscanDnaTokenizer(reference_mode=dna_reference_mode, **tokenization),
         tokenizer=text_tokenizer,
     )

@@ -1,0 +1,198 @@
+"""The README's DNA-encoder comparison: ways of training the DNA tower, measured with species held out on two real
+BOLD libraries, beside the model-free 5-mer profile and alignment identity.
+
+    python scripts/dna_encoder_comparison.py --out runs/dna-encoders            # train, evaluate, print the table
+    python scripts/dna_encoder_comparison.py --out runs/dna-encoders --write    # ... and refresh README + snapshot
+    python scripts/dna_encoder_comparison.py --check                           # README's block == the snapshot's
+
+For every library, seed and variant it runs what a user runs: ``accelerate launch train_accelerate.py --preset tiny
+--source bold --partition clibd --modalities dna,text --epochs 8 --seed S`` with the variant's options (after
+``--objective masked_kmers`` on the same training split, for a pretrained tower), then ``bioscan-clip evaluate
+--protocol species_held_out``: the default variant with every identifier (the product identifier re-measured on
+its encoder), the others with the model and the 5-mer profile only. A run already complete in ``--out`` is not run
+again. Each cell is the range over the seeds; training time is the training loop's own seconds (pretraining
+included) on the machine that ran it. Nothing is computed here that `evaluate` did not write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REALDATA = ROOT.parent / "shared" / "realdata"
+README = ROOT / "README.md"
+SNAPSHOT = ROOT / "docs" / "dna_encoder_comparison.json"
+START = "<!-- dna-encoders:start: written by scripts/dna_encoder_comparison.py; edit nothing here -->"
+END = "<!-- dna-encoders:end -->"
+LIBRARIES = {
+    "matteodegobbi": "matteodegobbi__InsectClassification/insect_species_bold_v3_coi_subset.tsv",
+    "naturalis": "naturalis__Custom-databases-DNA-sequences/nl_insect_bold_v3_coi_subset.tsv",
+}
+SEEDS = (0, 1, 2)
+EPOCHS = 8
+PRETRAIN_EPOCHS = 20
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    train: tuple[str, ...] = ()
+    pretrain: tuple[str, ...] | None = None  # options of a masked-k-mer pretraining run first (None: none)
+
+
+# The first is the default of the tiny preset: its runs are evaluated with every identifier.
+VARIANTS = {
+    "default": Variant("5-mers, stride 5, 5 frames, InfoNCE (tiny default)"),
+    "kmer4": Variant("4-mers, stride 4, 4 frames", ("--dna_kmer_size", "4")),
+    "rank01": Variant("taxonomy-aware targets, --rank_weight 0.1", ("--rank_weight", "0.1")),
+    "pretrained": Variant("masked-k-mer pretrained tower, then InfoNCE", (), ()),
+}
+# (column, part of the identifier's entry, key); percentages except the AUROC.
+COLUMNS = (
+    ("species seen", "scores", "seen/species/micro/top1"),
+    ("species unseen", "scores", "unseen/species/micro/top1"),
+    ("novel species: genus", "scores", "novel/genus/micro/top1"),
+    ("novel: family", "scores", "novel/family/micro/top1"),
+    ("novelty AUROC", "confidence", "novelty_auroc"),
+    ("known flagged", "confidence", "known_flagged"),
+)
+MODEL, KMER, IDENTITY = "model (dna->dna)", "5-mer profile 1-NN", "alignment identity 1-NN"
+PRODUCT = "bioscan-clip barcode identifier"
+
+
+def _run(command: list[str], log: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    with open(log, "w") as handle:
+        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    if done.returncode:
+        raise SystemExit(f"failed ({done.returncode}): {' '.join(command)}; see {log}")
+
+
+def run_one(out: Path, library: str, seed: int, name: str, variant: Variant, full: bool) -> Path:
+    """Trains and evaluates one (library, seed, variant); returns its results.json (kept when already there)."""
+    folder = out / library / f"{name}-s{seed}"
+    results = folder / "evaluation" / "results.json"
+    if results.is_file() and (not full or IDENTITY in json.loads(results.read_text())["identification"]):
+        return results
+    folder.mkdir(parents=True, exist_ok=True)
+    data = ["--source", "bold", "--partition", "clibd", "--data_dir", str(REALDATA / LIBRARIES[library])]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "train_accelerate.py"]
+    common = ["--preset", "tiny", *data, "--seed", str(seed), "--report_to", "none"]
+    train = list(variant.train)
+    if variant.pretrain is not None:
+        tower = folder / "pretrain"
+        _run([*launch, *common, "--objective", "masked_kmers", "--epochs", str(PRETRAIN_EPOCHS),
+              "--output_dir", str(tower), *variant.pretrain, *variant.train], folder / "pretrain.log")  # fmt: skip
+        train += ["--dna_tower", str(tower / "dna_tower")]
+    _run([*launch, *common, "--modalities", "dna,text", "--epochs", str(EPOCHS), "--eval_every_epochs", "0",
+          "--output_dir", str(folder / "train"), *train], folder / "train.log")  # fmt: skip
+    evaluate = [sys.executable, "-m", "bioscan_clip.apps.cli", "evaluate", "--model", str(folder / "train" / "final_model"),
+                *data, "--protocol", "species_held_out", "--out", str(folder / "evaluation")]  # fmt: skip
+    _run(evaluate if full else [*evaluate, "--no_identity_baseline"], folder / "evaluate.log")
+    return results
+
+
+def figures_of(folder: Path) -> dict:
+    """What the table needs from one run: each identifier's columns and the training seconds."""
+    results = json.loads((folder / "evaluation" / "results.json").read_text())
+    seconds = json.loads((folder / "train" / "train_summary.json").read_text())["seconds"]
+    pretrain = folder / "pretrain" / "train_summary.json"
+    if pretrain.is_file():
+        seconds += json.loads(pretrain.read_text())["seconds"]
+    cells = {
+        identifier: {column: entry[part].get(key) for column, part, key in COLUMNS}
+        for identifier, entry in results["identification"].items()
+    }
+    return {"seconds": seconds, "identifiers": cells, "queries": results["queries"], "keys": results["keys"]}
+
+
+def _spread(values: list[float | None], percent: bool) -> str:
+    if not values or any(v is None for v in values):
+        return "-"
+    scaled = [100 * v if percent else v for v in values]
+    text = [f"{v:.1f}" if percent else f"{v:.3f}" for v in (min(scaled), max(scaled))]
+    return text[0] if text[0] == text[1] else f"{text[0]}–{text[1]}"
+
+
+def render(snapshot: dict) -> str:
+    """The README block: a table per library, one row per variant's embedding, then the baselines and the product
+    identifier on the default encoder."""
+    lines = []
+    for library, runs in snapshot["libraries"].items():
+        first = runs["default"][0]
+        queries = ", ".join(f"{count} {group}" for group, count in first["queries"].items())
+        lines += [f"**{library}** ({queries} queries against {first['keys']} keys; seeds "
+                  f"{', '.join(str(s) for s in snapshot['seeds'])})", ""]  # fmt: skip
+        lines += ["| DNA identifier | " + " | ".join(c for c, _, _ in COLUMNS) + " | training (s) |",
+                  "|---" * (len(COLUMNS) + 2) + "|"]  # fmt: skip
+
+        def row(label: str, entries: list[dict], identifier: str, timed: bool) -> str:
+            cells = [_spread([e["identifiers"][identifier][c] for e in entries], c != "novelty AUROC")
+                     for c, _, _ in COLUMNS]  # fmt: skip
+            seconds = [e["seconds"] for e in entries]
+            time = f"{min(seconds):.0f}–{max(seconds):.0f}" if timed else "none"
+            return f"| {label} | " + " | ".join(cells) + f" | {time} |"
+
+        for name, entries in runs.items():
+            lines.append(row(f"model: {snapshot['labels'][name]}", entries, MODEL, True))
+        lines.append(row("5-mer profile 1-NN", runs["default"], KMER, False))
+        if IDENTITY in first["identifiers"]:
+            lines.append(row("alignment identity 1-NN", runs["default"], IDENTITY, False))
+            lines.append(row(f"{PRODUCT} (default encoder's + 5-mer candidates)", runs["default"], PRODUCT, True))
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def _readme_block(text: str) -> str:
+    if START not in text or END not in text:
+        raise SystemExit(f"{README}: no block between {START!r} and {END!r}")
+    return text.split(START, 1)[1].split(END, 1)[0].strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])  # fmt: skip
+    parser.add_argument("--out", type=Path, help="folder of the runs (made; complete runs in it are reused)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=list(LIBRARIES))
+    parser.add_argument("--write", action="store_true", help=f"write {SNAPSHOT.name} and README.md's block")
+    parser.add_argument("--check", action="store_true", help="README.md's block == the snapshot rendered")
+    args = parser.parse_args()
+    if args.check:
+        expected = render(json.loads(SNAPSHOT.read_text()))
+        if _readme_block(README.read_text()) != expected:
+            raise SystemExit(f"{README}: the DNA-encoder block differs from {SNAPSHOT} rendered; run --write")
+        print("README block == snapshot")
+        return
+    if args.out is None:
+        parser.error("--out is needed (or --check)")
+    if not REALDATA.is_dir():
+        raise SystemExit(f"{REALDATA}: missing; the comparison reads the real BOLD libraries there")
+    snapshot: dict = {"seeds": args.seeds, "labels": {n: VARIANTS[n].label for n in args.variants}, "libraries": {}}
+    for library in args.libraries:
+        runs: dict[str, list[dict]] = {}
+        for name in args.variants:
+            runs[name] = []
+            for seed in args.seeds:
+                run_one(args.out, library, seed, name, VARIANTS[name], full=name == "default")
+                runs[name].append(figures_of(args.out / library / f"{name}-s{seed}"))
+                print(f"{library} {name} seed {seed}: done", file=sys.stderr)
+        snapshot["libraries"][library] = runs
+    table = render(snapshot)
+    print(table)
+    if args.write:
+        SNAPSHOT.write_text(json.dumps(snapshot, indent=1) + "\n")
+        text = README.read_text()
+        before, rest = text.split(START, 1)
+        README.write_text(f"{before}{START}\n{table}\n{END}{rest.split(END, 1)[1]}")
+
+
+if __name__ == "__main__":
+    main()

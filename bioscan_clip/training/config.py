@@ -77,6 +77,7 @@ class TrainConfig(DataSpec):
     dna_layers: int | None = option(
         None, "transformer layers of the DNA tower (None: the preset's; 0: a bag of k-mer embeddings, no attention)"
     )
+    dna_hidden_size: int | None = option(None, "width of the DNA tower (None: the preset's)")
     dna_kmer_size: int | None = option(None, "DNA k-mer length (None: the preset's, 5 as the paper)")
     dna_stride: int | None = option(
         None, "bases between successive k-mers (None: the k-mer length, non-overlapping as the paper; 1: every k-mer)"

@@ -185,6 +185,7 @@ def _model(config: TrainConfig, processor: BioscanClipProcessor) -> BioscanClipM
         len(processor.tokenizer),
         dna_tokenizer=processor.dna_tokenizer,
         dna_layers=config.dna_layers,
+        dna_hidden_size=config.dna_hidden_size,
         **config.model_overrides(),
     )
     towers = {"image_tower": config.image_tower, "dna_tower": config.dna_tower, "text_tower": config.text_tower}

@@ -146,6 +146,7 @@ def model_config(
     text_vocab_size: int,
     dna_tokenizer: BioscanDnaTokenizer | None = None,
     dna_layers: int | None = None,
+    dna_hidden_size: int | None = None,
     **overrides: Any,
 ) -> BioscanClipConfig:
     """The [`BioscanClipConfig`] of a preset for the given modalities and text vocabulary size; with
@@ -158,6 +159,10 @@ def model_config(
         dna["max_position_embeddings"] = max(dna["max_position_embeddings"], dna_tokenizer.sequence_length)
     if dna_layers is not None:
         kwargs["dna_config"]["num_hidden_layers"] = dna_layers
+    if dna_hidden_size is not None:  # the feed-forward keeps the preset's ratio (BERT's defaults: 768, 3072)
+        dna = kwargs["dna_config"]
+        ratio = dna.get("intermediate_size", 3072) / dna.get("hidden_size", 768)
+        dna["hidden_size"], dna["intermediate_size"] = dna_hidden_size, round(ratio * dna_hidden_size)
     kwargs.update(overrides)
     return BioscanClipConfig(modalities=modalities, **kwargs)
 

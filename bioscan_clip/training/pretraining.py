@@ -99,7 +99,12 @@ class MaskedKmerDataset(torch.utils.data.Dataset):
 def tower_config(config: TrainConfig, tokenizer: BioscanDnaTokenizer) -> BertConfig:
     """The preset's DNA tower (a BERT), its vocabulary and positions fitted to the tokenizer."""
     dna = presets.model_config(
-        config.preset, ["dna", "text"], 2, dna_tokenizer=tokenizer, dna_layers=config.dna_layers
+        config.preset,
+        ["dna", "text"],
+        2,
+        dna_tokenizer=tokenizer,
+        dna_layers=config.dna_layers,
+        dna_hidden_size=config.dna_hidden_size,
     ).dna_config.to_dict()
     for key in ("architectures", "transformers_version", "model_type"):
         dna.pop(key, None)

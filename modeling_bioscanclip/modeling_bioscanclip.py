@@ -304,12 +304,12 @@ def contrastive_loss(
             raise ValueError(
                 f"species_ids: expected shape ({next(iter(sizes.values()))},), got {tuple(species_ids.shape)}"
             )
-    if rank_weight:
-        if taxon_ids is None or taxon_ids.ndim != 2 or taxon_ids.shape[0] != next(iter(sizes.values())):
-            raise ValueError(
-                f"rank_weight needs taxon_ids of shape ({next(iter(sizes.values()))}, ranks), got "
-                f"{None if taxon_ids is None else tuple(taxon_ids.shape)}"
-            )
+    batch = next(iter(sizes.values()))
+    if rank_weight and (taxon_ids is None or taxon_ids.ndim != 2 or taxon_ids.shape[0] != batch):
+        raise ValueError(
+            f"rank_weight needs taxon_ids of shape ({batch}, ranks), got "
+            f"{None if taxon_ids is None else tuple(taxon_ids.shape)}"
+        )
     vectors = {name: gather_with_local_grad(embeds[name]) if gather else embeds[name] for name in used}
     if same_species_positives and gather:
         species_ids = gather_with_local_grad(species_ids)

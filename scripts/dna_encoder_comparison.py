@@ -6,12 +6,16 @@ BOLD libraries, beside the model-free 5-mer profile and alignment identity.
     python scripts/dna_encoder_comparison.py --check                           # README's block == the snapshot's
 
 For every library, seed and variant it runs what a user runs: ``accelerate launch train_accelerate.py --preset tiny
---source bold --partition clibd --modalities dna,text --epochs 8 --seed S`` with the variant's options (after
-``--objective masked_kmers`` on the same training split, for a pretrained tower), then ``bioscan-clip evaluate
---protocol species_held_out``: the ``bold`` preset's variant with every identifier (the product identifier
-re-measured on its encoder), the others with the model and the 5-mer profile only. A run already complete in ``--out`` is not run
-again. Each cell is the range over the seeds; training time is the training loop's own seconds (pretraining
-included) on the machine that ran it. Nothing is computed here that `evaluate` did not write.
+--source bold --partition clibd --modalities dna,text --epochs 8 --seed S`` with the variant's options (the ``bold``
+preset's are spelled out the same way; a test checks they agree), then ``bioscan-clip evaluate --protocol
+species_held_out``: the ``bold`` variant with every identifier (the product identifier re-measured on its encoder),
+the others with the model and the 5-mer profile only. A run already complete in ``--out`` is not run again.
+
+Variants that helped nothing were removed from the trainer (4-mers; masked-k-mer pretraining of the BERT): they can
+no longer be run, and their rows are read from ``--out`` where their runs are, else kept from the snapshot, with the
+commit they were measured at. Each cell is the range over the seeds; training time is the training loop's own
+seconds (pretraining included) on the machine that ran it. Nothing is computed here that `evaluate` did not write,
+but the last row: the default's worst seed minus the 5-mer profile.
 """
 
 from __future__ import annotations
@@ -36,28 +40,30 @@ LIBRARIES = {  # the small one first: its runs take seconds
 }
 SEEDS = (0, 1, 2)
 EPOCHS = 8
-PRETRAIN_EPOCHS = 20
+MEASURED_AT = "cdea350"  # the commit whose trainer still had the removed variants' options
 
 
 @dataclass(frozen=True)
 class Variant:
     label: str
     train: tuple[str, ...] = ()
-    pretrain: bool = False  # a masked-k-mer pretraining run on the same training split first
     full: bool = False  # evaluated with every identifier (the product identifier re-measured on this encoder)
+    removed: bool = False  # its options are gone from the trainer: rows come from earlier runs, never run here
 
 
 BAG = ("--dna_stride", "1", "--dna_layers", "0")
 # Every variant spells out its options over `--preset tiny`; "bold" is the `bold` preset's (tests check they agree).
 VARIANTS = {
-    "tiny": Variant("tiny: 5-mers, stride 5, 2-layer BERT, 5 frames, InfoNCE"),
-    "kmer4": Variant("4-mers, stride 4, 4 frames", ("--dna_kmer_size", "4")),
+    "tiny": Variant("tiny preset: 5-mers, stride 5, 2-layer BERT, 5 frames, InfoNCE"),
+    "kmer4": Variant("4-mers, stride 4, 4 frames", removed=True),
+    "pretrained": Variant("masked-k-mer pretrained 2-layer BERT (20 epochs), then InfoNCE", removed=True),
     "rank": Variant("taxonomy-aware targets (--rank_weight 0.1)", ("--rank_weight", "0.1")),
-    "pretrained": Variant(f"masked-k-mer pretrained 2-layer BERT ({PRETRAIN_EPOCHS} epochs), then InfoNCE", (), True),
     "bag": Variant("overlapping 5-mers, bag of k-mer embeddings (--dna_stride 1 --dna_layers 0)", BAG),
-    "bold": Variant("bold preset: overlapping 5-mers, bag, --rank_weight 0.1", (*BAG, "--rank_weight", "0.1"),
-                    full=True),  # fmt: skip
+    "bold": Variant(
+        "bold preset: overlapping 5-mers, bag, --rank_weight 0.1", (*BAG, "--rank_weight", "0.1"), full=True
+    ),  # fmt: skip
 }
+DEFAULT = "bold"
 # (column, part of the identifier's entry, key); percentages except the AUROC.
 COLUMNS = (
     ("species seen", "scores", "seen/species/micro/top1"),
@@ -88,23 +94,18 @@ def run_one(out: Path, library: str, seed: int, name: str, variant: Variant) -> 
         return results
     folder.mkdir(parents=True, exist_ok=True)
     data = ["--source", "bold", "--partition", "clibd", "--data_dir", str(REALDATA / LIBRARIES[library])]
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "train_accelerate.py"]
-    common = ["--preset", "tiny", *data, "--seed", str(seed), "--report_to", "none"]
-    train = list(variant.train)
-    if variant.pretrain:
-        tower = folder / "pretrain"
-        _run([*launch, *common, "--objective", "masked_kmers", "--epochs", str(PRETRAIN_EPOCHS),
-              "--output_dir", str(tower), *variant.train], folder / "pretrain.log")  # fmt: skip
-        train += ["--dna_tower", str(tower / "dna_tower")]
-    _run([*launch, *common, "--modalities", "dna,text", "--epochs", str(EPOCHS), "--eval_every_epochs", "0",
-          "--output_dir", str(folder / "train"), *train], folder / "train.log")  # fmt: skip
+    if not (folder / "train" / "train_summary.json").is_file():  # a finished training run is only evaluated again
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "train_accelerate.py"]
+        _run([*launch, "--preset", "tiny", *data, "--seed", str(seed), "--report_to", "none", "--modalities",
+              "dna,text", "--epochs", str(EPOCHS), "--eval_every_epochs", "0", "--output_dir", str(folder / "train"),
+              *variant.train], folder / "train.log")  # fmt: skip
     evaluate = [sys.executable, "-m", "bioscan_clip.apps.cli", "evaluate", "--model", str(folder / "train" / "final_model"),
                 *data, "--protocol", "species_held_out", "--out", str(folder / "evaluation")]  # fmt: skip
     _run(evaluate if full else [*evaluate, "--no_identity_baseline"], folder / "evaluate.log")
     return results
 
 
-def figures_of(folder: Path) -> dict:
+def figures_of(folder: Path, seed: int) -> dict:
     """What the table needs from one run: each identifier's columns and the training seconds."""
     results = json.loads((folder / "evaluation" / "results.json").read_text())
     seconds = json.loads((folder / "train" / "train_summary.json").read_text())["seconds"]
@@ -115,7 +116,13 @@ def figures_of(folder: Path) -> dict:
         identifier: {column: entry[part].get(key) for column, part, key in COLUMNS}
         for identifier, entry in results["identification"].items()
     }
-    return {"seconds": seconds, "identifiers": cells, "queries": results["queries"], "keys": results["keys"]}
+    return {
+        "seed": seed,
+        "seconds": seconds,
+        "identifiers": cells,
+        "queries": results["queries"],
+        "keys": results["keys"],
+    }
 
 
 def _spread(values: list[float | None], percent: bool) -> str:
@@ -126,9 +133,20 @@ def _spread(values: list[float | None], percent: bool) -> str:
     return text[0] if text[0] == text[1] else f"{text[0]}–{text[1]}"
 
 
+def _gap(entries: list[dict], baseline: dict) -> str:
+    """The default's worst seed minus the 5-mer profile, per column (known flagged: lower is better)."""
+    cells = []
+    for column, _, _ in COLUMNS:
+        values = [e["identifiers"][MODEL][column] for e in entries]
+        worst = max(values) if column == "known flagged" else min(values)
+        difference = worst - baseline[column]
+        cells.append(f"{difference:+.3f}" if column == "novelty AUROC" else f"{100 * difference:+.1f}")
+    return " | ".join(cell.replace("-", "−") for cell in cells)
+
+
 def render(snapshot: dict) -> str:
-    """The README block: a table per library, one row per variant's embedding, then the baselines and the product
-    identifier on the default encoder."""
+    """The README block: a table per library, one row per variant's embedding, then the baselines, the product
+    identifier on the default encoder and the default's gap to the 5-mer profile."""
     lines = []
     for library, runs in snapshot["libraries"].items():
         full = next((name for name in runs if IDENTITY in runs[name][0]["identifiers"]), next(iter(runs)))
@@ -147,11 +165,18 @@ def render(snapshot: dict) -> str:
             return f"| {label} | " + " | ".join(cells) + f" | {time} |"
 
         for name, entries in runs.items():
-            lines.append(row(f"model: {snapshot['labels'][name]}", entries, MODEL, True))
+            label = snapshot["labels"][name]
+            seeds = [e["seed"] for e in entries]
+            if seeds != snapshot["seeds"]:
+                label += f", seed{'s' if len(seeds) > 1 else ''} {', '.join(str(s) for s in seeds)}"
+            if VARIANTS[name].removed:
+                label += f" (removed: helped nothing; measured at {MEASURED_AT})"
+            lines.append(row(f"model: {label}", entries, MODEL, True))
         lines.append(row("5-mer profile 1-NN", runs[full], KMER, False))
         if IDENTITY in first["identifiers"]:
             lines.append(row("alignment identity 1-NN", runs[full], IDENTITY, False))
             lines.append(row(f"{PRODUCT}, on the {full} encoder", runs[full], PRODUCT, True))
+        lines.append(f"| {full} model − 5-mer profile, worst seed | {_gap(runs[full], first['identifiers'][KMER])} | |")
         lines.append("")
     return "\n".join(lines).rstrip()
 
@@ -182,14 +207,23 @@ def main() -> None:
         parser.error("--out is needed (or --check)")
     if not REALDATA.is_dir():
         raise SystemExit(f"{REALDATA}: missing; the comparison reads the real BOLD libraries there")
+    earlier = json.loads(SNAPSHOT.read_text())["libraries"] if SNAPSHOT.is_file() else {}
     snapshot: dict = {"seeds": args.seeds, "labels": {n: VARIANTS[n].label for n in args.variants}, "libraries": {}}
     for library in args.libraries:
         runs: dict[str, list[dict]] = {}
         for name in args.variants:
+            folders = {seed: args.out / library / f"{name}-s{seed}" for seed in args.seeds}
+            if VARIANTS[name].removed:  # rows from runs made at MEASURED_AT, else the snapshot's
+                found = [figures_of(f, s) for s, f in folders.items() if (f / "evaluation" / "results.json").is_file()]
+                runs[name] = found or earlier.get(library, {}).get(name, [])
+                if not runs[name]:
+                    print(f"{library} {name}: removed and never measured into {args.out}; left out", file=sys.stderr)
+                    del runs[name]
+                continue
             runs[name] = []
-            for seed in args.seeds:
+            for seed, folder in folders.items():
                 run_one(args.out, library, seed, name, VARIANTS[name])
-                runs[name].append(figures_of(args.out / library / f"{name}-s{seed}"))
+                runs[name].append(figures_of(folder, seed))
                 print(f"{library} {name} seed {seed}: done", file=sys.stderr)
         snapshot["libraries"][library] = runs
     table = render(snapshot)

@@ -1,20 +1,31 @@
-"""The DNA encoder's training options (issue 28): masked-k-mer pretraining of the tower, taxonomy-aware targets and
-the k-mer tokenisation, each reached from train_accelerate.py's command line."""
+"""The DNA encoder's training options (issue 28): taxonomy-aware targets, overlapping k-mers and a bag-of-k-mers tower,
+each reached from train_accelerate.py's command line, and the `bold` preset that puts the measured best together."""
 
 from __future__ import annotations
 
-import json
+import subprocess
+import sys
+from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from test_train import base_args
 
 from bioscan_clip.apps import train as train_app
 from bioscan_clip.data.specimens import lineage_ids
-from bioscan_clip.training import loop
-from bioscan_clip.training.pretraining import mask_kmers
-from modeling_bioscanclip import BioscanDnaTokenizer, contrastive_loss, taxonomic_targets
+from bioscan_clip.features import dna_frames_of
+from bioscan_clip.training import presets
+from modeling_bioscanclip import (
+    BioscanClipModel,
+    BioscanClipProcessor,
+    BioscanDnaTokenizer,
+    contrastive_loss,
+    taxonomic_targets,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+import dna_encoder_comparison as comparison  # noqa: E402
 
 
 def test_taxonomic_targets_weigh_each_shared_rank_less():
@@ -61,64 +72,59 @@ def test_lineage_ids_name_whole_lineages():
     assert ids[4][0] == ids[0][0]
 
 
-def test_tokenisation_options_fit_the_tower_and_the_frames(text_tokenizer):
+def test_overlapping_kmers_fit_the_tower_and_read_one_frame():
     config = train_app.parse_args(["--dna_stride", "1"])
-    assert (config.kmer_size(), config.stride(), config.frames()) == (5, 1, 1)  # overlapping: one frame is all
+    assert (config.stride(), config.frames()) == (1, 1)  # every frame holds the same overlapping k-mers
     assert "dna_frames" not in config.model_overrides()
     assert train_app.parse_args([]).frames() == 5  # the tiny preset averages the five frames of 5-mers
-    four = train_app.parse_args(["--dna_kmer_size", "4"])
-    assert (four.kmer_size(), four.stride(), four.frames()) == (4, 4, 4)
-    processor = loop.presets.build_processor("tiny", text_tokenizer, kmer_size=4, stride=4)
-    model_config = loop.presets.model_config("tiny", ["dna", "text"], 100, dna_tokenizer=processor.dna_tokenizer)
-    assert model_config.dna_config.vocab_size == 4**4 + 3 == processor.dna_tokenizer.vocab_size
     overlapping = BioscanDnaTokenizer(stride=1)
-    positions = loop.presets.model_config("tiny", ["dna", "text"], 100, dna_tokenizer=overlapping)
+    positions = presets.model_config("tiny", ["dna", "text"], 100, dna_tokenizer=overlapping, dna_layers=0)
     assert positions.dna_config.max_position_embeddings == overlapping.sequence_length == 657
-    for bad, message in (
-        (["--dna_stride", "6"], "--dna_stride: expected 1 to the k-mer length"),
-        (["--dna_kmer_size", "4", "--dna_reference_mode"], "--dna_reference_mode reads the original's"),
-        (["--rank_weight", "1"], "--rank_weight: expected 0"),
-        (["--mask_ratio", "0"], "--mask_ratio"),
-    ):
+    assert positions.dna_config.num_hidden_layers == 0
+    for bad in (["--dna_stride", "6"], ["--dna_stride", "1", "--dna_reference_mode"], ["--rank_weight", "1"]):
         with pytest.raises(SystemExit):
             train_app.parse_args(bad)
+    # Reference mode stays the original's non-overlapping 5-mers, bit for bit.
+    assert train_app.parse_args(["--dna_reference_mode"]).stride() == 5
 
 
-def test_mask_kmers_masks_only_real_kmers():
-    tokenizer = BioscanDnaTokenizer()
-    encoded = tokenizer.encode_batch(["ACGTTGCA" * 60, "ACGTNACGTAGGCT"])
-    ids, attention = torch.from_numpy(encoded.input_ids), torch.from_numpy(encoded.attention_mask)
-    masked, labels = mask_kmers(ids, attention, 0.5, np.random.default_rng(0), mask_id=0)
-    chosen = labels != -100
-    assert torch.equal(masked[chosen], torch.zeros(int(chosen.sum()), dtype=torch.long))
-    assert torch.equal(labels[chosen], ids[chosen]) and torch.equal(masked[~chosen], ids[~chosen])
-    assert not chosen[:, 0].any()  # the <CLS> prefix
-    assert not (chosen & (attention == 0)).any() and not (chosen & (ids == 2)).any()  # padding, <UNK>
-    assert 0.4 < chosen[0].sum() / attention[0, 1:].sum() < 0.6
-    assert chosen[1].sum() >= 1  # a short barcode still asks for something
+def _resolved(argv: list[str]) -> dict:
+    config = train_app.parse_args(argv)
+    fields = {name: value for name, value in vars(config).items() if name not in ("preset", "dna_frames")}
+    return {**fields, "frames": config.frames(), "stride": config.stride()}
 
 
-def test_pretrained_tower_is_what_training_starts_from(tmp_path, mini_dir, mini_cache, capsys):
-    from transformers import BertForMaskedLM
+def test_the_bold_preset_is_the_variant_the_comparison_measured():
+    data = ["--source", "bold", "--data_dir", "library.tsv"]
+    variant = comparison.VARIANTS[comparison.DEFAULT]
+    measured = ["--preset", "tiny", "--modalities", "dna,text", "--epochs", str(comparison.EPOCHS),
+                "--eval_every_epochs", "0", *variant.train, *data]  # fmt: skip
+    assert _resolved(["--preset", "bold", "--data_dir", "library.tsv"]) == _resolved(measured)
+    assert presets.get_preset("bold").model == presets.get_preset("tiny").model
+    assert train_app.parse_args(["--preset", "tiny"]).rank_weight == 0  # tiny and the paper's stay plain InfoNCE
+    assert train_app.parse_args(["--preset", "clibd-5m"]).rank_weight == 0
 
-    from modeling_bioscanclip import BioscanClipModel
 
-    pretrain = tmp_path / "pretrain"
-    train_app.main(base_args(mini_dir, mini_cache, pretrain, "--objective", "masked_kmers", "--max_steps", "3"))
-    summary = json.loads((pretrain / "train_summary.json").read_text())
-    assert summary["steps"] == 3 and summary["objective"] == "masked_kmers"
-    tower = pretrain / "dna_tower"
-    pretrained = BertForMaskedLM.from_pretrained(tower).bert.embeddings.word_embeddings.weight
-    out = tmp_path / "clip"
-    train_app.main(base_args(mini_dir, mini_cache, out, "--max_steps", "1", "--dna_tower", str(tower)))
-    trained = BioscanClipModel.from_pretrained(out / "final_model").dna_model.embeddings.word_embeddings.weight
-    assert (trained - pretrained).abs().max() < 0.01  # one small step from the pretrained weights
-    fresh = torch.nn.init.normal_(torch.empty_like(pretrained), std=0.02)
-    assert (fresh - pretrained).abs().max() > 0.05
-    # A tower pretrained on other k-mers is refused in one line that says both.
-    code = train_app.main(
-        base_args(mini_dir, mini_cache, tmp_path / "k4", "--max_steps", "1", "--dna_tower", str(tower),
-                  "--dna_kmer_size", "4")  # fmt: skip
-    )
-    assert code == 2
-    assert "pretrained on 5-mers with stride 5, but this run reads 4-mers with stride 4" in capsys.readouterr().err
+def test_a_bold_preset_model_reads_overlapping_kmers_without_attention(tmp_path, mini_dir, mini_cache):
+    args = base_args(mini_dir, mini_cache, tmp_path / "bold", "--max_steps", "2")
+    args[args.index("--preset") + 1] = "bold"
+    assert train_app.main(args) == 0
+    folder = tmp_path / "bold" / "final_model"
+    model = BioscanClipModel.from_pretrained(folder)
+    processor = BioscanClipProcessor.from_pretrained(folder)
+    assert model.config.dna_config.num_hidden_layers == 0 and dna_frames_of(model) == 1
+    assert processor.dna_tokenizer.stride == 1 and model.config.modalities == ["dna", "text"]
+    rng = torch.Generator().manual_seed(0)
+    barcode, other = ("".join("ACGT"[i] for i in torch.randint(0, 4, (650,), generator=rng)) for _ in range(2))
+    inputs = processor(dna=[barcode, barcode[1:], other], return_tensors="pt")
+    assert inputs["dna_input_ids"].shape[-1] == processor.dna_tokenizer.sequence_length == 657  # <CLS> + 656 k-mers
+    with torch.no_grad():
+        embeds = model.get_dna_features(inputs["dna_input_ids"], inputs["dna_attention_mask"], normalize=True)
+    # One base dropped at the start shifts every k-mer by one position: the same bag, nearer than another barcode.
+    assert float(embeds[0] @ embeds[1]) > float(embeds[0] @ embeds[2])
+
+
+def test_the_readme_table_is_the_snapshot_rendered():
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "dna_encoder_comparison.py"), "--check"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr

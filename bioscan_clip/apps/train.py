@@ -1,6 +1,7 @@
 """Train BIOSCAN-CLIP with Accelerate: from mini-BIOSCAN on two CPU cores to the paper's multi-GPU recipe.
 
     accelerate launch train_accelerate.py --preset tiny --output_dir runs/tiny
+    accelerate launch train_accelerate.py --preset bold --data_dir my_library.tsv --output_dir runs/my-library
     accelerate launch --multi_gpu --num_processes 2 train_accelerate.py --preset tiny --expect_processes 2 ...
     accelerate launch --config_file configs/accelerate/gpu4_bf16.yaml train_accelerate.py --preset clibd-5m \\
         --source bioscan5m --data_dir /data
@@ -31,7 +32,6 @@ from bioscan_clip.safe_io import DEBUG_ENV, error_boundary
 from bioscan_clip.training import presets
 from bioscan_clip.training.config import TrainConfig
 from bioscan_clip.training.loop import train
-from bioscan_clip.training.pretraining import pretrain_dna_tower
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +74,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def train_and_publish(config: TrainConfig) -> None:
     """Trains, then (``--push_to_hub``) publishes the chosen model from the main process: the same export and single
     commit as ``bioscan-clip push model``, its card what ``evaluate --model_card`` wrote, if any."""
-    if config.objective == "masked_kmers":
-        folder = pretrain_dna_tower(config)
-        logger.info("pretrained DNA tower in %s; train on it with --dna_tower %s", folder, folder)
-        return
     result = train(config)
     if config.push_to_hub and PartialState().is_main_process:
         push_model_folder(result.model_dir, config.hub_model_id)

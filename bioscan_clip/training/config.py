@@ -17,8 +17,6 @@ from . import presets
 
 logger = logging.getLogger(__name__)
 
-OBJECTIVES = ("contrastive", "masked_kmers")
-
 
 # TrainConfig *is* a DataSpec: it inherits the data options (source, data_dir, ... num_proc) with their defaults,
 # help and choices, so they are declared once, in DataSpec, and HfArgumentParser turns them into options here exactly
@@ -29,13 +27,6 @@ class TrainConfig(DataSpec):
     """Every option of a run. A preset fills the defaults; the command line (or the caller) overrides any field."""
 
     preset: str = option("tiny", "defaults for every other option", choices=presets.PRESET_NAMES)
-    objective: str = option(
-        "contrastive",
-        "contrastive: the CLIP model; masked_kmers: pretrain the DNA tower alone on the training barcodes "
-        "(BarcodeBERT's objective), written to OUTPUT_DIR/dna_tower for --dna_tower",
-        choices=OBJECTIVES,
-    )
-    mask_ratio: float = option(0.5, "masked_kmers: share of each barcode's k-mers masked (0.5 as BarcodeBERT)")
     output_dir: str = option("runs/train", "checkpoints, logs, the final and the best model")
     modalities: str = option("image,dna,text", "two or three of image,dna,text (dna,text for barcode-only data)")
     epochs: int = option(20, "passes over the training records")
@@ -77,8 +68,6 @@ class TrainConfig(DataSpec):
     dna_layers: int | None = option(
         None, "transformer layers of the DNA tower (None: the preset's; 0: a bag of k-mer embeddings, no attention)"
     )
-    dna_hidden_size: int | None = option(None, "width of the DNA tower (None: the preset's)")
-    dna_kmer_size: int | None = option(None, "DNA k-mer length (None: the preset's, 5 as the paper)")
     dna_stride: int | None = option(
         None, "bases between successive k-mers (None: the k-mer length, non-overlapping as the paper; 1: every k-mer)"
     )
@@ -114,20 +103,16 @@ class TrainConfig(DataSpec):
             self.max_grad_norm = None
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push_to_hub needs --hub_model_id")
-        if not 0 < self.mask_ratio < 1:
-            raise ValueError(f"--mask_ratio: expected a share between 0 and 1, got {self.mask_ratio}")
         if not 0 <= self.rank_weight < 1:
             raise ValueError(f"--rank_weight: expected 0 (off) or a weight below 1, got {self.rank_weight}")
         if self.dna_frames is not None and not 1 <= self.dna_frames <= 8:
             raise ValueError(f"--dna_frames: expected 1 to 8 reading frames, got {self.dna_frames}")
-        if self.dna_reference_mode and (self.dna_kmer_size, self.dna_stride) not in ((None, None), (5, 5)):
-            raise ValueError("--dna_reference_mode reads the original's non-overlapping 5-mers; drop --dna_kmer_size/--dna_stride")
+        if self.dna_reference_mode and self.stride() != KMER_SIZE:
+            raise ValueError("--dna_reference_mode reads the original's non-overlapping 5-mers; drop --dna_stride")
         if self.dna_layers is not None and not 0 <= self.dna_layers <= 48:
             raise ValueError(f"--dna_layers: expected 0 to 48, got {self.dna_layers}")
-        if self.dna_kmer_size is not None and not 3 <= self.dna_kmer_size <= 8:
-            raise ValueError(f"--dna_kmer_size: expected 3 to 8, got {self.dna_kmer_size}")
-        if self.dna_stride is not None and not 1 <= self.dna_stride <= self.kmer_size():
-            raise ValueError(f"--dna_stride: expected 1 to the k-mer length ({self.kmer_size()}), got {self.dna_stride}")
+        if self.dna_stride is not None and not 1 <= self.dna_stride <= KMER_SIZE:
+            raise ValueError(f"--dna_stride: expected 1 to the k-mer length ({KMER_SIZE}), got {self.dna_stride}")
 
     @classmethod
     def from_preset(cls, preset: str = "tiny", **overrides: Any) -> TrainConfig:
@@ -140,11 +125,8 @@ class TrainConfig(DataSpec):
             raise ValueError(f"--modalities: expected at least two of {','.join(MODALITIES)}, got {self.modalities!r}")
         return [m for m in MODALITIES if m in names]
 
-    def kmer_size(self) -> int:
-        return self.dna_kmer_size or KMER_SIZE
-
     def stride(self) -> int:
-        return self.dna_stride or self.kmer_size()
+        return self.dna_stride or KMER_SIZE
 
     def frames(self) -> int:
         """Reading frames averaged at inference: as asked, but at most the stride (frames a stride apart hold the

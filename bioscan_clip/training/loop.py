@@ -147,7 +147,6 @@ def _datasets(
         config.preset,
         text_tokenizer,
         dna_reference_mode=config.dna_reference_mode,
-        kmer_size=config.kmer_size(),
         stride=config.stride(),
     )
     augmentation = None
@@ -156,9 +155,7 @@ def _datasets(
         augmentation = ImageAugmentation(
             image_processor.resize_shortest_edge, image_processor.crop_size, scale=(config.crop_scale_min, 1.0)
         )
-    dna_augmentation = None
-    if config.dna_augmentation and "dna" in modalities:
-        dna_augmentation = DnaAugmentation(max_shift=config.kmer_size() - 1)
+    dna_augmentation = DnaAugmentation() if config.dna_augmentation and "dna" in modalities else None
     train_set = SpecimenDataset(
         train_records,
         processor,
@@ -185,31 +182,12 @@ def _model(config: TrainConfig, processor: BioscanClipProcessor) -> BioscanClipM
         len(processor.tokenizer),
         dna_tokenizer=processor.dna_tokenizer,
         dna_layers=config.dna_layers,
-        dna_hidden_size=config.dna_hidden_size,
         **config.model_overrides(),
     )
     towers = {"image_tower": config.image_tower, "dna_tower": config.dna_tower, "text_tower": config.text_tower}
-    if config.dna_tower is not None:
-        _check_tower_tokenization(Path(config.dna_tower), processor.dna_tokenizer)
     if any(towers.values()):
         return BioscanClipModel.from_towers(**towers, config=model_config)
     return BioscanClipModel(model_config)
-
-
-def _check_tower_tokenization(folder: Path, tokenizer: Any) -> None:
-    """A DNA tower pretrained here (``--objective masked_kmers``) keeps its tokenizer beside it: it must read the
-    k-mers this run gives it (a tower from elsewhere carries none and is taken as it is)."""
-    saved = folder / "tokenizer_config.json"
-    if not saved.is_file():
-        return
-    settings = json.loads(saved.read_text())
-    expected = {"kmer_size": tokenizer.kmer_size, "stride": tokenizer.stride}
-    found = {name: settings.get(name) for name in expected}
-    if found != expected:
-        raise ValueError(
-            f"--dna_tower {folder}: pretrained on {found['kmer_size']}-mers with stride {found['stride']}, but this "
-            f"run reads {expected['kmer_size']}-mers with stride {expected['stride']} (set --dna_kmer_size/--dna_stride)"
-        )
 
 
 def validate(model: Any, accelerator: Any, validation: dict[str, SpecimenDataset], batch_size: int, workers: int):

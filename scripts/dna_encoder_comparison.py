@@ -9,7 +9,8 @@ For every library, seed and variant it runs what a user runs: ``accelerate launc
 --source bold --partition clibd --modalities dna,text --epochs 8 --seed S`` with the variant's options (the ``bold``
 preset's are spelled out the same way; a test checks they agree), then ``bioscan-clip evaluate --protocol
 species_held_out``: the ``bold`` variant with every identifier (the product identifier re-measured on its encoder),
-the others with the model and the 5-mer profile only. A run already complete in ``--out`` is not run again.
+the others with the model and the 5-mer profile only. The small library is also identified by the larger one's
+``bold`` models (``TRANSFER``). A run already complete in ``--out`` is not run again.
 
 Variants that helped nothing were removed from the trainer (4-mers; masked-k-mer pretraining of the BERT): they can
 no longer be run, and their rows are read from ``--out`` where their runs are, else kept from the snapshot, with the
@@ -64,6 +65,9 @@ VARIANTS = {
     ),  # fmt: skip
 }
 DEFAULT = "bold"
+# A library too small to train on is also identified by the default model of a larger one (its own partition's
+# queries and keys, the larger library's trained model): is the shortfall the library's size or the encoder's?
+TRANSFER = {"naturalis": "matteodegobbi"}
 # (column, part of the identifier's entry, key); percentages except the AUROC.
 COLUMNS = (
     ("species seen", "scores", "seen/species/micro/top1"),
@@ -99,16 +103,32 @@ def run_one(out: Path, library: str, seed: int, name: str, variant: Variant) -> 
         _run([*launch, "--preset", "tiny", *data, "--seed", str(seed), "--report_to", "none", "--modalities",
               "dna,text", "--epochs", str(EPOCHS), "--eval_every_epochs", "0", "--output_dir", str(folder / "train"),
               *variant.train], folder / "train.log")  # fmt: skip
-    evaluate = [sys.executable, "-m", "bioscan_clip.apps.cli", "evaluate", "--model", str(folder / "train" / "final_model"),
-                *data, "--protocol", "species_held_out", "--out", str(folder / "evaluation")]  # fmt: skip
-    _run(evaluate if full else [*evaluate, "--no_identity_baseline"], folder / "evaluate.log")
+    _evaluate(folder / "train" / "final_model", library, folder, full)
     return results
 
 
-def figures_of(folder: Path, seed: int) -> dict:
-    """What the table needs from one run: each identifier's columns and the training seconds."""
+def run_transfer(out: Path, library: str, seed: int) -> Path:
+    """Evaluates on ``library`` the default model trained on ``TRANSFER[library]`` (run first by :func:`run_one`)."""
+    folder = out / library / f"{DEFAULT}-from-{TRANSFER[library]}-s{seed}"
+    if not (folder / "evaluation" / "results.json").is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        trained = out / TRANSFER[library] / f"{DEFAULT}-s{seed}" / "train"
+        _evaluate(trained / "final_model", library, folder, full=False)
+    return folder
+
+
+def _evaluate(model: Path, library: str, folder: Path, full: bool) -> None:
+    data = ["--source", "bold", "--partition", "clibd", "--data_dir", str(REALDATA / LIBRARIES[library])]
+    evaluate = [sys.executable, "-m", "bioscan_clip.apps.cli", "evaluate", "--model", str(model), *data,
+                "--protocol", "species_held_out", "--out", str(folder / "evaluation")]  # fmt: skip
+    _run(evaluate if full else [*evaluate, "--no_identity_baseline"], folder / "evaluate.log")
+
+
+def figures_of(folder: Path, seed: int, train: Path | None = None) -> dict:
+    """What the table needs from one run: each identifier's columns and the training seconds (of ``train``, the
+    run's own training folder by default)."""
     results = json.loads((folder / "evaluation" / "results.json").read_text())
-    seconds = json.loads((folder / "train" / "train_summary.json").read_text())["seconds"]
+    seconds = json.loads(((train or folder / "train") / "train_summary.json").read_text())["seconds"]
     pretrain = folder / "pretrain" / "train_summary.json"
     if pretrain.is_file():
         seconds += json.loads(pretrain.read_text())["seconds"]
@@ -161,7 +181,8 @@ def render(snapshot: dict) -> str:
             cells = [_spread([e["identifiers"][identifier][c] for e in entries], c != "novelty AUROC")
                      for c, _, _ in COLUMNS]  # fmt: skip
             seconds = [e["seconds"] for e in entries]
-            time = f"{min(seconds):.0f}–{max(seconds):.0f}" if timed else "none"
+            low, high = f"{min(seconds):.0f}", f"{max(seconds):.0f}"
+            time = "none" if not timed else low if low == high else f"{low}–{high}"
             return f"| {label} | " + " | ".join(cells) + f" | {time} |"
 
         for name, entries in runs.items():
@@ -172,6 +193,10 @@ def render(snapshot: dict) -> str:
             if VARIANTS[name].removed:
                 label += f" (removed: helped nothing; measured at {MEASURED_AT})"
             lines.append(row(f"model: {label}", entries, MODEL, True))
+        if library in snapshot.get("transfer", {}):
+            source = snapshot["transfer"][library]
+            label = f"model: {snapshot['labels'][DEFAULT]}, trained on {source['from']} (not on this library)"
+            lines.append(row(label, source["runs"], MODEL, True))
         lines.append(row("5-mer profile 1-NN", runs[full], KMER, False))
         if IDENTITY in first["identifiers"]:
             lines.append(row("alignment identity 1-NN", runs[full], IDENTITY, False))
@@ -226,6 +251,13 @@ def main() -> None:
                 runs[name].append(figures_of(folder, seed))
                 print(f"{library} {name} seed {seed}: done", file=sys.stderr)
         snapshot["libraries"][library] = runs
+    for library, source in TRANSFER.items():
+        if {library, source} <= set(args.libraries) and DEFAULT in args.variants:
+            runs = []
+            for seed in args.seeds:
+                trained = args.out / source / f"{DEFAULT}-s{seed}" / "train"
+                runs.append(figures_of(run_transfer(args.out, library, seed), seed, train=trained))
+            snapshot.setdefault("transfer", {})[library] = {"from": source, "runs": runs}
     table = render(snapshot)
     print(table)
     if args.write:

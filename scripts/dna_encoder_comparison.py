@@ -120,6 +120,20 @@ def run_transfer(out: Path, library: str, seed: int) -> Path:
     return folder
 
 
+def novel_trained_elsewhere(library: str, source: str) -> tuple[int, int]:
+    """How many of ``library``'s novel-species queries are of a species in ``source``'s training split: for them the
+    transferred model has seen the species (the others it has not)."""
+    from bioscan_clip.data.spec import DataSpec, role_records
+    from bioscan_clip.evaluation.protocol import hold_out_species
+
+    def load(name: str):
+        return DataSpec(source="bold", data_dir=str(REALDATA / LIBRARIES[name]), partition="clibd").load()
+
+    trained = {species for species in role_records(*load(source), "train")["species"] if species}
+    novel = hold_out_species(*load(library), "test")[1]["species"]
+    return sum(species in trained for species in novel), len(novel)
+
+
 def _evaluate(model: Path, library: str, folder: Path, full: bool) -> None:
     data = ["--source", "bold", "--partition", "clibd", "--data_dir", str(REALDATA / LIBRARIES[library])]
     evaluate = [sys.executable, "-m", "bioscan_clip.apps.cli", "evaluate", "--model", str(model), *data,
@@ -198,7 +212,9 @@ def render(snapshot: dict) -> str:
             lines.append(row(f"model: {label}", entries, MODEL, True))
         if library in snapshot.get("transfer", {}):
             source = snapshot["transfer"][library]
-            label = f"model: {snapshot['labels'][DEFAULT]}, trained on {source['from']} (not on this library)"
+            shared, novel = source["novel_trained_there"]
+            label = (f"model: {snapshot['labels'][DEFAULT]}, trained on {source['from']}, not on this library "
+                     f"({shared} of the {novel} novel-species queries are of species trained on there)")  # fmt: skip
             lines.append(row(label, source["runs"], MODEL, True))
         lines.append(row("5-mer profile 1-NN", runs[full], KMER, False))
         if IDENTITY in first["identifiers"]:
@@ -260,7 +276,8 @@ def main() -> None:
             for seed in args.seeds:
                 trained = args.out / source / f"{DEFAULT}-s{seed}" / "train"
                 runs.append(figures_of(run_transfer(args.out, library, seed), seed, train=trained))
-            snapshot.setdefault("transfer", {})[library] = {"from": source, "runs": runs}
+            shared = novel_trained_elsewhere(library, source)
+            snapshot.setdefault("transfer", {})[library] = {"from": source, "runs": runs, "novel_trained_there": shared}
     table = render(snapshot)
     print(table)
     if args.write:

@@ -63,7 +63,7 @@ VARIANTS = {
     "bold": Variant(
         "bold preset: overlapping 5-mers, bag, --rank_weight 0.1", (*BAG, "--rank_weight", "0.1"), full=True
     ),  # fmt: skip
-    # The soft targets' weight, measured around the preset's 0.1 (its worst seeds' known flagged decided).
+    # The soft targets' weight around the preset's 0.1 (README: more lifts genus, and flags more known species).
     "bold-rw0.2": Variant("bold preset with --rank_weight 0.2", (*BAG, "--rank_weight", "0.2")),
     "bold-rw0.3": Variant("bold preset with --rank_weight 0.3", (*BAG, "--rank_weight", "0.3")),
 }

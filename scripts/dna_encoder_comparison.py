@@ -100,7 +100,7 @@ def run_one(out: Path, library: str, seed: int, name: str, variant: Variant) -> 
     if results.is_file() and (not full or IDENTITY in json.loads(results.read_text())["identification"]):
         return results
     folder.mkdir(parents=True, exist_ok=True)
-    data = ["--source", "bold", "--partition", "clibd", "--data_dir", str(REALDATA / LIBRARIES[library])]
+    data = _data_options(library)
     if not (folder / "train" / "train_summary.json").is_file():  # a finished training run is only evaluated again
         launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "train_accelerate.py"]
         _run([*launch, "--preset", "tiny", *data, "--seed", str(seed), "--report_to", "none", "--modalities",
@@ -134,9 +134,12 @@ def novel_trained_elsewhere(library: str, source: str) -> tuple[int, int]:
     return sum(species in trained for species in novel), len(novel)
 
 
+def _data_options(library: str) -> list[str]:
+    return ["--source", "bold", "--partition", "clibd", "--data_dir", str(REALDATA / LIBRARIES[library])]
+
+
 def _evaluate(model: Path, library: str, folder: Path, full: bool) -> None:
-    data = ["--source", "bold", "--partition", "clibd", "--data_dir", str(REALDATA / LIBRARIES[library])]
-    evaluate = [sys.executable, "-m", "bioscan_clip.apps.cli", "evaluate", "--model", str(model), *data,
+    evaluate = [sys.executable, "-m", "bioscan_clip.apps.cli", "evaluate", "--model", str(model), *_data_options(library),
                 "--protocol", "species_held_out", "--out", str(folder / "evaluation")]  # fmt: skip
     _run(evaluate if full else [*evaluate, "--no_identity_baseline"], folder / "evaluate.log")
 

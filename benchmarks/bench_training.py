@@ -94,7 +94,7 @@ def bare_loop(data_dir: Path, cache: Path, out: Path, batch: int, steps: int):
         batches += list(loader)
     batches = batches[: steps + 1]
     torch.manual_seed(0)
-    model = loop._model(config, len(processor.tokenizer))
+    model = loop._model(config, processor)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
 
     def step(item):

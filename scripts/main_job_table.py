@@ -9,7 +9,8 @@ A run is what `bioscan-clip quickstart --out RUN` writes: ``RUN/evaluation/resul
 ``RUN/evaluation-untrained/results.json`` (the same architecture untrained) and ``RUN/train/train_config.json`` (its
 seed). ``--write`` copies the figures it rendered into :data:`SNAPSHOT` and replaces the block of README.md between
 :data:`START` and :data:`END`; ``--check`` renders the snapshot again and compares. tests/test_model_card.py checks
-the README against the snapshot (fast) and the snapshot against a fresh run of the documented command (slow).
+the README against the snapshot (fast), tests/test_wheel.py against a run of the documented command from the wheel
+(slow).
 Nothing is computed here that `evaluate` did not write.
 """
 
@@ -29,6 +30,9 @@ SPREAD_SNAPSHOT = ROOT / "docs" / "main_job_spread.json"
 SPREAD_START = "<!-- main-job-spread:start: written by scripts/main_job_table.py --spread from main-job runs; edit nothing here -->"
 SPREAD_END = "<!-- main-job-spread:end -->"
 COMMAND = "bioscan-clip quickstart --out runs/quickstart"
+# PyTorch, MKL and oneDNN choose their CPU kernels by instruction set, and the digits follow the kernels: these pin
+# them to the AVX2 ones the snapshots were measured with (an AVX-512 CPU then gives exactly the snapshots' digits).
+KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 # (results.json pair, rank, README label): the rows the README shows, in its order.
 ROWS = (
     ("image->image", "order", "image→image"),

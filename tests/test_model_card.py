@@ -5,8 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -117,15 +115,3 @@ def test_the_readme_main_job_table_is_the_snapshot_rendered():
     assert spread["command"] == table.COMMAND and list(spread["seeds"]) == ["0", "1", "2"]
     assert spread["seeds"]["0"]["results"] == snapshot["trained"]["results"]
     assert table.readme_block(readme, table.SPREAD_START, table.SPREAD_END) == table.render_spread(spread)
-
-
-@pytest.mark.slow
-def test_the_readme_main_job_table_is_what_the_documented_command_gives(tmp_path):
-    """Slow (the whole main job: minutes on a 2-core CPU; about 17 min beside a second run): the main job,
-    run as the README documents it on its documented seed, renders exactly the README's table. It earns CI time as
-    the only check that the README's figures are still what the code produces."""
-    table = load_script("main_job_table")
-    run = tmp_path / "runs" / "quickstart"
-    command = [str(Path(sys.executable).with_name("bioscan-clip")), *table.COMMAND.split()[1:]]
-    subprocess.run(command, cwd=tmp_path, check=True, capture_output=True, text=True)
-    assert table.render(table.read_run(run)) == table.readme_block(table.README.read_text())

@@ -308,7 +308,9 @@ def test_missing_modality_leaves_its_fields_empty():
         out.pair_logits("dna", "dna")
 
 
-@pytest.mark.slow  # flex attention compiles its kernels on first use (~40 s on a CPU)
+# Flex attention compiles its kernels on first use (~40 s on a CPU); sdpa and eager are checked against each other in CI.
+@pytest.mark.slow
+@pytest.mark.exhaustive
 # torch.compile's internals warn about their own deprecated flags; nothing of ours.
 @pytest.mark.filterwarnings("ignore::DeprecationWarning:torch.*", "ignore::DeprecationWarning:transformers.*")
 def test_flex_attention_gives_the_same_embeddings():

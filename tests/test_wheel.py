@@ -10,6 +10,7 @@ repository with ``PYTHONPATH`` unset, and the first check asserts where each of 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
 import subprocess
@@ -39,10 +40,11 @@ class FreshInstall:
     work_dir: Path  # the working directory of every command: outside the repository
     env: dict[str, str]
 
-    def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    def run(self, *args: str, timeout: float = 600, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         return subprocess.run(
-            args, cwd=self.work_dir, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
-        )
+            args, cwd=self.work_dir, env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+            check=False,
+        )  # fmt: skip
 
 
 def _free_port() -> int:
@@ -126,12 +128,21 @@ def test_evaluate_loads_the_installed_metric(fresh_install):
     assert result["seen/order/micro/top1"] == 1.0 and result["unseen/species/micro/top1"] is None
 
 
+def main_job_table():
+    spec = importlib.util.spec_from_file_location("main_job_table", REPO_ROOT / "scripts" / "main_job_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def quickstart_dir(fresh_install) -> Path:
-    out = fresh_install.work_dir / "quickstart"
-    bioscan_clip = str(fresh_install.bin_dir / "bioscan-clip")
-    _check(fresh_install.run(bioscan_clip, "quickstart", "--out", str(out), "--epochs", "1", timeout=900))
-    return out
+    """The README's main job, run from the wheel exactly as documented (minutes on a 2-core CPU), with the CPU kernels
+    of the machine that measured the README's table, so that CI's CPU does not change the digits."""
+    table = main_job_table()
+    program, *args = table.COMMAND.split()
+    _check(fresh_install.run(str(fresh_install.bin_dir / program), *args, timeout=1200, env=table.KERNELS))
+    return fresh_install.work_dir / args[args.index("--out") + 1]
 
 
 def test_quickstart_from_the_wheel(quickstart_dir):
@@ -139,6 +150,13 @@ def test_quickstart_from_the_wheel(quickstart_dir):
     assert (quickstart_dir / "keys").is_dir()
     results = json.loads((quickstart_dir / "evaluation" / "results.json").read_text())
     assert results
+
+
+def test_the_readme_main_job_table_is_what_the_documented_command_gives(quickstart_dir):
+    """The only check that the README's figures are still what the code produces: the main job, installed from the
+    wheel and run as the README documents it on its documented seed, renders exactly the README's table."""
+    table = main_job_table()
+    assert table.render(table.read_run(quickstart_dir)) == table.readme_block(table.README.read_text())
 
 
 def test_demo_from_the_wheel_serves_its_page(fresh_install, quickstart_dir):

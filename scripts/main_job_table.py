@@ -31,7 +31,7 @@ SPREAD_START = "<!-- main-job-spread:start: written by scripts/main_job_table.py
 SPREAD_END = "<!-- main-job-spread:end -->"
 COMMAND = "bioscan-clip quickstart --out runs/quickstart"
 # PyTorch, MKL and oneDNN choose their CPU kernels by instruction set, and the digits follow the kernels: these pin
-# them to the AVX2 ones the snapshots were measured with (an AVX-512 CPU then gives exactly the snapshots' digits).
+# them to AVX2, with which an AVX-512 CPU gives exactly the snapshots' digits too.
 KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 # (results.json pair, rank, README label): the rows the README shows, in its order.
 ROWS = (

@@ -138,7 +138,7 @@ def main_job_table():
 @pytest.fixture(scope="module")
 def quickstart_dir(fresh_install) -> Path:
     """The README's main job, run from the wheel exactly as documented (minutes on a 2-core CPU), with the CPU kernels
-    of the machine that measured the README's table, so that CI's CPU does not change the digits."""
+    pinned to AVX2 (``KERNELS``, as the README says), so that CI's CPU does not change the digits."""
     table = main_job_table()
     program, *args = table.COMMAND.split()
     _check(fresh_install.run(str(fresh_install.bin_dir / program), *args, timeout=1200, env=table.KERNELS))

@@ -127,15 +127,20 @@ def novel_trained_elsewhere(library: str, source: str) -> tuple[int, int]:
     from bioscan_clip.evaluation.protocol import hold_out_species
 
     def load(name: str):
-        return DataSpec(source="bold", data_dir=str(REALDATA / LIBRARIES[name]), partition="clibd").load()
+        return DataSpec(**_data(name)).load()
 
     trained = {species for species in role_records(*load(source), "train")["species"] if species}
     novel = hold_out_species(*load(library), "test")[1]["species"]
     return sum(species in trained for species in novel), len(novel)
 
 
+def _data(library: str) -> dict[str, str]:
+    """How every run reads ``library``: BOLD records, the CLIBD-style partition."""
+    return {"source": "bold", "partition": "clibd", "data_dir": str(REALDATA / LIBRARIES[library])}
+
+
 def _data_options(library: str) -> list[str]:
-    return ["--source", "bold", "--partition", "clibd", "--data_dir", str(REALDATA / LIBRARIES[library])]
+    return [arg for name, value in _data(library).items() for arg in (f"--{name}", value)]
 
 
 def _evaluate(model: Path, library: str, folder: Path, full: bool) -> None:

@@ -3,12 +3,14 @@ each reached from train_accelerate.py's command line, and the `bold` preset that
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_script
 from test_train import base_args
 
 from bioscan_clip.apps import train as train_app
@@ -24,8 +26,7 @@ from modeling_bioscanclip import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-import dna_encoder_comparison as comparison  # noqa: E402
+comparison = load_script("dna_encoder_comparison")
 
 
 def test_taxonomic_targets_weigh_each_shared_rank_less():
@@ -120,7 +121,7 @@ def test_a_bold_preset_model_reads_overlapping_kmers_without_attention(tmp_path,
     assert inputs["dna_input_ids"].shape[-1] == processor.dna_tokenizer.sequence_length == 657  # <CLS> + 656 k-mers
     with torch.no_grad():
         embeds = model.get_dna_features(inputs["dna_input_ids"], inputs["dna_attention_mask"], normalize=True)
-    # One base dropped at the start shifts every k-mer by one position: the same bag, nearer than another barcode.
+    # One base dropped at the start shifts every k-mer by one position: the same k-mers, nearer than another barcode.
     assert float(embeds[0] @ embeds[1]) > float(embeds[0] @ embeds[2])
 
 
@@ -128,3 +129,13 @@ def test_the_readme_table_is_the_snapshot_rendered():
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "dna_encoder_comparison.py"), "--check"],
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_transfer_rows_count_of_novel_species_trained_elsewhere_is_the_real_libraries(realdata):
+    """The README's transfer row says how many of the small library's novel-species queries the large one trains on:
+    counted again from the real exports, it is the snapshot's figure."""
+    snapshot = json.loads((ROOT / "docs" / "dna_encoder_comparison.json").read_text())
+    for library, source in comparison.TRANSFER.items():
+        counted = comparison.novel_trained_elsewhere(library, source)
+        assert list(counted) == snapshot["transfer"][library]["novel_trained_there"]
+        assert 0 < counted[0] < counted[1]

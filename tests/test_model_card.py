@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 from huggingface_hub import ModelCard
 
 from bioscan_clip.apps.cli import main
@@ -15,13 +15,6 @@ from bioscan_clip.evaluation.reports import CARD_RESULTS_END, CARD_RESULTS_START
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "model_card.md"
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def results_block(text: str) -> str:

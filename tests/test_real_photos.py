@@ -8,7 +8,6 @@ untrained image+text tower: what is checked is that real files go through every 
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_config_kwargs
+from conftest import load_script, tiny_config_kwargs
 from PIL import Image
 
 from bioscan_clip.apps.cli import main
@@ -27,13 +26,6 @@ from modeling_bioscanclip import BioscanClipConfig, BioscanClipModel
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUTTERFLIES = "dsw88__cs601r-project1-dataset"
 PLATE_PHOTOS = "3dlg-hcvc__Bioscan-ImgFilter"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("real_photos", REPO_ROOT / "scripts" / "real_photos.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +39,7 @@ def photo_model(tmp_path_factory, tiny_processor) -> Path:
 
 @pytest.fixture(scope="module")
 def butterfly_dataset(tmp_path_factory, realdata) -> Path:
-    splits = load_script().photo_dataset(realdata / BUTTERFLIES / "labels.csv")
+    splits = load_script("real_photos").photo_dataset(realdata / BUTTERFLIES / "labels.csv")
     # Held-out species have keys and queries; every split is in the BIOSCAN-5M layout that --dataset_path reads.
     assert set(splits["key_unseen"]["species"]) == set(splits["test_unseen"]["species"]) == {
         "Vanessa cardui", "Heliconius erato",

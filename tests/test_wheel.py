@@ -10,7 +10,6 @@ repository with ``PYTHONPATH`` unset, and the first check asserts where each of 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 import subprocess
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import load_script
 from wheel_build import REPO_ROOT, build_wheel, expose_test_dependencies, isolated_env, make_venv, pip_install
 from wheel_build import check as _check
 
@@ -128,18 +128,11 @@ def test_evaluate_loads_the_installed_metric(fresh_install):
     assert result["seen/order/micro/top1"] == 1.0 and result["unseen/species/micro/top1"] is None
 
 
-def main_job_table():
-    spec = importlib.util.spec_from_file_location("main_job_table", REPO_ROOT / "scripts" / "main_job_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def quickstart_dir(fresh_install) -> Path:
     """The README's main job, run from the wheel exactly as documented (minutes on a 2-core CPU), with the CPU kernels
     pinned to AVX2 (``KERNELS``, as the README says), so that CI's CPU does not change the digits."""
-    table = main_job_table()
+    table = load_script("main_job_table")
     program, *args = table.COMMAND.split()
     _check(fresh_install.run(str(fresh_install.bin_dir / program), *args, timeout=1200, env=table.KERNELS))
     return fresh_install.work_dir / args[args.index("--out") + 1]
@@ -155,7 +148,7 @@ def test_quickstart_from_the_wheel(quickstart_dir):
 def test_the_readme_main_job_table_is_what_the_documented_command_gives(quickstart_dir):
     """The only check that the README's figures are still what the code produces: the main job, installed from the
     wheel and run as the README documents it on its documented seed, renders exactly the README's table."""
-    table = main_job_table()
+    table = load_script("main_job_table")
     assert table.render(table.read_run(quickstart_dir)) == table.readme_block(table.README.read_text())
 
 
